@@ -1,0 +1,146 @@
+"""Load the catalogue of accelerators, prices and performance profiles (YAML) into core values.
+
+The packaged ``catalogue.yaml`` is the default; a user's copy can replace it.  Validation
+happens here, once, so the rest of the code can trust every ``Offering`` and ``Profile``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleetpilot.core.model import Accelerator, CapacityClass, Offering, Profile
+from fleetpilot.errors import ConfigError
+
+__all__ = ["Catalogue", "load_catalogue"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Acc(_Strict):
+    memory_gb: float = Field(gt=0)
+    memory_bandwidth_gbps: float = Field(gt=0)
+
+
+class _Price(_Strict):
+    on_demand: float = Field(gt=0)
+    spot: float | None = Field(default=None, gt=0)
+
+
+class _Prof(_Strict):
+    count: int = Field(default=1, ge=1)
+    prefill_rate: float = Field(gt=0)
+    max_batch: int = Field(ge=1)
+    step_points: list[tuple[int, float]]
+    startup_s: float = Field(default=180.0, ge=0)
+
+
+class _Discount(_Strict):
+    factor: float = Field(gt=0, le=1)
+
+
+class _CatalogueFile(_Strict):
+    accelerators: dict[str, _Acc]
+    prices: dict[str, _Price]
+    reserved_discount: _Discount = _Discount(factor=0.6)
+    spot_interruption_rate: dict[str, float] = {}
+    profiles: dict[str, dict[str, _Prof]]
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """What can be bought and how each model runs on it."""
+
+    accelerators: dict[str, Accelerator]
+    _file: _CatalogueFile
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(self._file.profiles)
+
+    def accelerators_for(self, model: str) -> list[str]:
+        return sorted(self._profiles_of(model))
+
+    def _profiles_of(self, model: str) -> dict[str, _Prof]:
+        try:
+            return self._file.profiles[model]
+        except KeyError:
+            raise ConfigError(f"no profile for model {model!r}; known: {self.models}") from None
+
+    def profile(self, model: str, accelerator: str) -> Profile:
+        profs = self._profiles_of(model)
+        if accelerator not in profs:
+            raise ConfigError(
+                f"no profile for {model!r} on {accelerator!r}; known: {sorted(profs)}"
+            )
+        p = profs[accelerator]
+        return Profile(
+            model=model,
+            accelerator=accelerator,
+            prefill_rate=p.prefill_rate,
+            step_points=tuple((int(b), float(t)) for b, t in p.step_points),
+            max_batch=p.max_batch,
+            count=p.count,
+        )
+
+    def offering(
+        self, model: str, accelerator: str, capacity_class: CapacityClass | str
+    ) -> Offering:
+        """The offering a replica of ``model`` on ``accelerator`` needs (GPU count included)."""
+        cls = CapacityClass(capacity_class)
+        prof = self._profiles_of(model).get(accelerator)
+        if prof is None:
+            raise ConfigError(f"no profile for {model!r} on {accelerator!r}")
+        price = self._file.prices.get(accelerator)
+        if price is None:
+            raise ConfigError(f"no price for accelerator {accelerator!r}")
+        if cls is CapacityClass.SPOT:
+            if price.spot is None:
+                raise ConfigError(f"{accelerator} has no spot price in the catalogue")
+            per_gpu = price.spot
+        elif cls is CapacityClass.RESERVED:
+            per_gpu = price.on_demand * self._file.reserved_discount.factor
+        else:
+            per_gpu = price.on_demand
+        rate = self._file.spot_interruption_rate.get(accelerator, 0.0)
+        suffix = f"x{prof.count}" if prof.count > 1 else ""
+        return Offering(
+            name=f"{accelerator}{suffix}-{cls.value}",
+            accelerator=accelerator,
+            capacity_class=cls,
+            price_per_hour=round(per_gpu * prof.count, 6),
+            count=prof.count,
+            startup_s=prof.startup_s,
+            interruption_rate=rate if cls is CapacityClass.SPOT else 0.0,
+        )
+
+
+def load_catalogue(path: str | Path | None = None) -> Catalogue:
+    """Read ``path``, or the packaged default when it is None."""
+    try:
+        if path is None:
+            text = resources.files("fleetpilot").joinpath("catalogue.yaml").read_text()
+        else:
+            text = Path(path).read_text()
+        raw = yaml.safe_load(text)
+        parsed = _CatalogueFile.model_validate(raw)
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"cannot load catalogue {path or '(packaged)'}: {exc}") from exc
+    accs = {
+        name: Accelerator(name, a.memory_gb, a.memory_bandwidth_gbps)
+        for name, a in parsed.accelerators.items()
+    }
+    cat = Catalogue(accs, parsed)
+    for model in cat.models:  # build every profile once so a bad table fails at load time
+        for acc in cat.accelerators_for(model):
+            try:
+                cat.profile(model, acc)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+    return cat

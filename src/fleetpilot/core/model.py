@@ -1,0 +1,187 @@
+"""fleetpilot's vocabulary (see DESIGN.md) as frozen values.
+
+Every engine — gateway, emulator, simulator, controller — speaks in these types, and every
+policy in ``core`` reads them and nothing else.  They are frozen so a :class:`Snapshot` handed
+to a policy can never change under it, and so the simulator can keep old snapshots around.
+Live engines replace a replica's value (``dataclasses.replace``) when its load changes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class CapacityClass(enum.StrEnum):
+    RESERVED = "reserved"
+    ON_DEMAND = "on_demand"
+    SPOT = "spot"
+
+
+class ServiceClass(enum.StrEnum):
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+class ReplicaState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    GONE = "gone"
+
+
+@dataclass(frozen=True, slots=True)
+class Accelerator:
+    """A GPU type; ``memory_bandwidth_gbps`` is what decode speed scales with."""
+
+    name: str
+    memory_gb: float
+    memory_bandwidth_gbps: float
+
+
+@dataclass(frozen=True, slots=True)
+class Offering:
+    """Something that can be bought: ``count`` accelerators of one type in one capacity class.
+
+    ``price_per_hour`` is for the whole replica (all ``count`` GPUs).  ``interruption_rate`` is
+    the expected number of spot pre-emptions per replica-hour (0 for other classes).
+    """
+
+    name: str
+    accelerator: str
+    capacity_class: CapacityClass
+    price_per_hour: float
+    count: int = 1
+    region: str = "us-east-1"
+    quota: int = 64
+    startup_s: float = 180.0
+    interruption_rate: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Measured performance of one model on one accelerator offering.
+
+    ``step_points`` are (batch size, seconds per decode iteration) pairs; between points the
+    step time is interpolated linearly, beyond the last point it is extrapolated from the last
+    two.  ``max_batch`` is how many sequences fit in the KV cache at once.
+    """
+
+    model: str
+    accelerator: str
+    prefill_rate: float  # prompt tokens per second, whole-prompt prefill
+    step_points: tuple[tuple[int, float], ...]
+    max_batch: int
+    count: int = 1  # accelerators per replica (tensor parallel degree)
+
+    def __post_init__(self) -> None:
+        if not self.step_points:
+            raise ValueError(f"profile {self.model}@{self.accelerator} has no step points")
+        batches = [b for b, _ in self.step_points]
+        if batches != sorted(batches) or len(set(batches)) != len(batches) or batches[0] < 1:
+            raise ValueError(f"profile {self.model}@{self.accelerator}: batches must increase")
+        if self.prefill_rate <= 0 or self.max_batch < 1:
+            raise ValueError(f"profile {self.model}@{self.accelerator}: bad rate or max_batch")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """What a replica is doing now, as far as its observer knows.
+
+    ``running`` sequences are in the batch; ``waiting`` are queued for a KV slot.
+    ``pending_prefill_tokens`` is the prompt work of requests not yet started and
+    ``remaining_decode_tokens`` the output tokens still owed to everything admitted or queued.
+    """
+
+    running: int = 0
+    waiting: int = 0
+    pending_prefill_tokens: int = 0
+    remaining_decode_tokens: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.running + self.waiting
+
+
+IDLE = ReplicaLoad()
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One endpoint of a pool."""
+
+    id: str
+    pool: str
+    model: str
+    url: str
+    offering: Offering
+    profile: Profile
+    state: ReplicaState = ReplicaState.READY
+    load: ReplicaLoad = IDLE
+    healthy: bool = True
+
+    @property
+    def routable(self) -> bool:
+        return self.state is ReplicaState.READY and self.healthy
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """The replicas of one model on one offering; the controller sets ``target``."""
+
+    name: str
+    model: str
+    offering: Offering
+    target: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One inference request as policies see it.
+
+    ``deadline`` is the absolute time (same clock as ``Snapshot.now``) by which the first
+    token must arrive: the TTFT target.  Batch requests may wait in a queue until it.
+    """
+
+    model: str
+    prompt_tokens: int
+    max_tokens: int
+    deadline: float
+    tenant: str = "default"
+    service_class: ServiceClass = ServiceClass.INTERACTIVE
+    arrival: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The fleet as a policy sees it at ``now``.
+
+    ``tick`` counts routing calls; stateless policies that need rotation or randomness derive
+    it from ``tick`` so that they stay pure and replayable.
+    """
+
+    now: float
+    replicas: tuple[Replica, ...]
+    tick: int = 0
+    pools: tuple[Pool, ...] = ()
+
+
+class Action(enum.StrEnum):
+    ROUTE = "route"
+    SHED = "shed"
+    QUEUE = "queue"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A routing policy's answer, as data: where to send a request, or why not."""
+
+    action: Action
+    replica_id: str | None = None
+    predicted_ttft: float = 0.0
+    predicted_e2e: float = 0.0
+    marginal_cost: float = 0.0
+    retry_after: float = 0.0
+    reason: str = ""
+    alternatives: tuple[str, ...] = field(default=())

@@ -1,0 +1,172 @@
+"""The performance model: continuous batching, as vLLM and TGI schedule it.
+
+One model, three users (DESIGN.md): the router *predicts* with :func:`predict`, the emulator
+and the simulator *execute* :class:`BatchEngine` (in real and in virtual time).  Because the
+prediction and the execution share the step-time curve and the admission rule, a live p99
+over emulated replicas and a simulated p99 can be compared.
+
+Execution rule (iteration-level scheduling): at the start of every step the engine admits
+waiting sequences, oldest first, while the batch has fewer than ``max_batch`` sequences.  The
+step lasts ``step_time(batch)`` plus the prefill of the sequences admitted on it
+(``prompt_tokens / prefill_rate``).  At its end every sequence in the batch has one more
+token; a newly admitted sequence's first token is the one its prefill step produced.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from fleetpilot.core.model import Profile, Replica, ReplicaLoad
+
+
+def step_time(profile: Profile, batch: int) -> float:
+    """Seconds per decode iteration at ``batch`` running sequences (piecewise linear)."""
+    points = profile.step_points
+    b = max(batch, 1)
+    if len(points) == 1 or b <= points[0][0]:
+        return points[0][1]
+    for (b0, t0), (b1, t1) in itertools.pairwise(points):
+        if b <= b1:
+            return t0 + (t1 - t0) * (b - b0) / (b1 - b0)
+    (b0, t0), (b1, t1) = points[-2], points[-1]
+    return t1 + (t1 - t0) * (b - b1) / (b1 - b0)
+
+
+def throughput(profile: Profile, batch: int) -> float:
+    """Output tokens per second of a replica running ``batch`` sequences."""
+    b = min(max(batch, 1), profile.max_batch)
+    return b / step_time(profile, b)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    ttft: float
+    e2e: float
+    batch: int  # batch size the request is predicted to decode in
+
+
+def predict(profile: Profile, load: ReplicaLoad, prompt_tokens: int, max_tokens: int) -> Prediction:
+    """Expected TTFT and end-to-end latency of a new request on a replica with ``load``.
+
+    With a free KV slot the request joins the next step: it waits, on average, half of the
+    step in progress, then one step with its own prefill and that of everything queued ahead.
+    With the batch full it first waits for enough sequences to finish; at full batch slots
+    free at ``max_batch`` per mean remaining length, which is the estimate used.
+    """
+    running, waiting = load.running, load.waiting
+    ahead = running + waiting
+    cap = profile.max_batch
+    prefill = (prompt_tokens + load.pending_prefill_tokens) / profile.prefill_rate
+    half_step = 0.5 * step_time(profile, running) if running else 0.0
+    if ahead < cap:
+        batch = ahead + 1
+        ttft = half_step + step_time(profile, batch) + prefill
+    else:
+        batch = cap
+        must_finish = ahead + 1 - cap
+        mean_remaining = load.remaining_decode_tokens / ahead if ahead else 0.0
+        wait_steps = must_finish * mean_remaining / cap
+        full = step_time(profile, cap)
+        ttft = half_step + wait_steps * full + full + prefill
+    e2e = ttft + max(max_tokens - 1, 0) * step_time(profile, batch)
+    return Prediction(ttft=ttft, e2e=e2e, batch=batch)
+
+
+def marginal_cost(replica: Replica, prompt_tokens: int, max_tokens: int, batch: int) -> float:
+    """Dollars of replica time this request uses at ``batch``: its share of each decode step
+    plus the whole replica for its prefill.  Fuller batches make each token cheaper, so this
+    favours packing work onto replicas that are already busy, as long as deadlines hold."""
+    profile = replica.profile
+    b = min(max(batch, 1), profile.max_batch)
+    seconds = max_tokens * step_time(profile, b) / b + prompt_tokens / profile.prefill_rate
+    return replica.offering.price_per_hour / 3600.0 * seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Execution
+
+
+@dataclass(slots=True)
+class Sequence:
+    """One request inside a :class:`BatchEngine`."""
+
+    id: str
+    prompt_tokens: int
+    max_tokens: int
+    generated: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.generated >= self.max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A step the engine has begun: how long it lasts and whom it admitted."""
+
+    duration: float
+    batch: int
+    admitted: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class BatchEngine:
+    """Continuous batching on one replica, without a clock.
+
+    The caller drives it: ``begin_step()`` says how long the next step takes, the caller lets
+    that much (real or virtual) time pass, then ``end_step()`` hands out one token to every
+    sequence in the batch and returns them.  ``slowdown`` multiplies step durations (fault
+    injection and stragglers).
+    """
+
+    profile: Profile
+    slowdown: float = 1.0
+    waiting: deque[Sequence] = field(default_factory=deque)
+    running: list[Sequence] = field(default_factory=list)
+
+    def add(self, seq: Sequence) -> None:
+        if seq.max_tokens < 1:
+            raise ValueError("a sequence must ask for at least one token")
+        self.waiting.append(seq)
+
+    def cancel(self, seq_id: str) -> bool:
+        for group in (self.running, self.waiting):
+            for seq in group:
+                if seq.id == seq_id:
+                    group.remove(seq)
+                    return True
+        return False
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def begin_step(self) -> Step:
+        admitted: list[Sequence] = []
+        while self.waiting and len(self.running) < self.profile.max_batch:
+            seq = self.waiting.popleft()
+            self.running.append(seq)
+            admitted.append(seq)
+        batch = len(self.running)
+        prefill = sum(s.prompt_tokens for s in admitted) / self.profile.prefill_rate
+        duration = (step_time(self.profile, batch) + prefill) * self.slowdown if batch else 0.0
+        return Step(duration=duration, batch=batch, admitted=tuple(s.id for s in admitted))
+
+    def end_step(self) -> list[Sequence]:
+        """Give every running sequence its next token; finished ones leave the batch."""
+        stepped = list(self.running)
+        for seq in stepped:
+            seq.generated += 1
+        self.running = [s for s in self.running if not s.done]
+        return stepped
+
+    def load(self) -> ReplicaLoad:
+        return ReplicaLoad(
+            running=len(self.running),
+            waiting=len(self.waiting),
+            pending_prefill_tokens=sum(s.prompt_tokens for s in self.waiting),
+            remaining_decode_tokens=sum(s.max_tokens - s.generated for s in self.running)
+            + sum(s.max_tokens for s in self.waiting),
+        )

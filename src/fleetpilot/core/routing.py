@@ -1,0 +1,139 @@
+"""Routing policies: pure functions ``(request, snapshot, params) -> Decision``.
+
+They are chosen by name from :data:`ROUTERS`.  The gateway calls them on every request with a
+snapshot of its live fleet view; the simulator calls them with a virtual one.  Randomness and
+rotation come from ``snapshot.tick`` so a replay gives the same answers.
+
+``alternatives`` in a decision lists where to go next, best first, if the chosen replica
+fails before its first byte; the gateway retries down that list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fleetpilot.core.model import Action, Decision, Replica, Request, ServiceClass, Snapshot
+from fleetpilot.core.perf import Prediction, marginal_cost, predict
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingParams:
+    """Knobs of the routing policies.
+
+    An interactive request that no replica can serve by its deadline is still sent to the
+    fastest one unless even that one's predicted TTFT is more than ``shed_factor`` times the
+    request's TTFT budget; then it is shed so the client can back off.
+    """
+
+    shed_factor: float = 3.0
+    min_retry_after: float = 1.0
+
+
+DEFAULT_PARAMS = RoutingParams()
+
+Router = Callable[[Request, Snapshot, RoutingParams], Decision]
+
+
+def candidates(request: Request, snapshot: Snapshot) -> list[Replica]:
+    return [r for r in snapshot.replicas if r.model == request.model and r.routable]
+
+
+def _unavailable(request: Request) -> Decision:
+    return Decision(Action.UNAVAILABLE, reason=f"no ready replica serves {request.model!r}")
+
+
+def cost_slo(
+    request: Request, snapshot: Snapshot, params: RoutingParams = DEFAULT_PARAMS
+) -> Decision:
+    """The cheapest replica predicted to meet the deadline; else the fastest, shed or queue."""
+    pool = candidates(request, snapshot)
+    if not pool:
+        return _unavailable(request)
+    budget = request.deadline - snapshot.now
+    scored: list[tuple[float, float, Replica, Prediction]] = []
+    for replica in pool:
+        p = predict(replica.profile, replica.load, request.prompt_tokens, request.max_tokens)
+        cost = marginal_cost(replica, request.prompt_tokens, request.max_tokens, p.batch)
+        scored.append((cost, p.ttft, replica, p))
+    meeting = sorted((s for s in scored if s[1] <= budget), key=lambda s: (s[0], s[1]))
+    by_speed = sorted(scored, key=lambda s: (s[1], s[0]))
+    if meeting:
+        cost, _, best, p = meeting[0]
+        fallback = [s[2].id for s in meeting[1:]] + [s[2].id for s in by_speed if s[1] > budget]
+        return Decision(Action.ROUTE, best.id, p.ttft, p.e2e, cost, alternatives=tuple(fallback))
+    cost, ttft, fastest, p = by_speed[0]
+    rest = tuple(s[2].id for s in by_speed[1:])
+    if request.service_class is ServiceClass.BATCH:
+        if budget > 0:
+            return Decision(
+                Action.QUEUE,
+                predicted_ttft=ttft,
+                retry_after=max(params.min_retry_after, min(budget, ttft - budget)),
+                reason="no replica meets the deadline yet; batch work waits",
+            )
+        return Decision(Action.ROUTE, fastest.id, ttft, p.e2e, cost, alternatives=rest)
+    if ttft > params.shed_factor * max(budget, 1e-3):
+        return Decision(
+            Action.SHED,
+            predicted_ttft=ttft,
+            retry_after=max(params.min_retry_after, ttft - budget),
+            reason=f"predicted TTFT {ttft:.2f}s exceeds {params.shed_factor:g}x the "
+            f"{max(budget, 0):.2f}s budget on every replica",
+        )
+    return Decision(Action.ROUTE, fastest.id, ttft, p.e2e, cost, alternatives=rest)
+
+
+def _baseline(request: Request, chosen: Replica, pool: list[Replica]) -> Decision:
+    p = predict(chosen.profile, chosen.load, request.prompt_tokens, request.max_tokens)
+    cost = marginal_cost(chosen, request.prompt_tokens, request.max_tokens, p.batch)
+    rest = tuple(r.id for r in sorted(pool, key=lambda r: r.load.in_flight) if r is not chosen)
+    return Decision(Action.ROUTE, chosen.id, p.ttft, p.e2e, cost, alternatives=rest)
+
+
+def round_robin(
+    request: Request, snapshot: Snapshot, params: RoutingParams = DEFAULT_PARAMS
+) -> Decision:
+    pool = candidates(request, snapshot)
+    if not pool:
+        return _unavailable(request)
+    return _baseline(request, pool[snapshot.tick % len(pool)], pool)
+
+
+def least_load(
+    request: Request, snapshot: Snapshot, params: RoutingParams = DEFAULT_PARAMS
+) -> Decision:
+    """Fewest requests in flight; ties go to the first listed."""
+    pool = candidates(request, snapshot)
+    if not pool:
+        return _unavailable(request)
+    return _baseline(request, min(pool, key=lambda r: r.load.in_flight), pool)
+
+
+def _mix(x: int) -> int:
+    """A 32-bit integer hash (Knuth's multiplicative plus xorshift) for replayable choices."""
+    x = (x * 2654435761 + 0x9E3779B9) & 0xFFFFFFFF
+    x ^= x >> 16
+    return (x * 0x45D9F3B) & 0xFFFFFFFF
+
+
+def power_of_two(
+    request: Request, snapshot: Snapshot, params: RoutingParams = DEFAULT_PARAMS
+) -> Decision:
+    """Two replicas drawn by hashing the tick; the less loaded one wins."""
+    pool = candidates(request, snapshot)
+    if not pool:
+        return _unavailable(request)
+    n = len(pool)
+    i = _mix(snapshot.tick) % n
+    j = (i + 1 + _mix(snapshot.tick + 0x5BD1E995) % (n - 1)) % n if n > 1 else i
+    a, b = pool[i], pool[j]
+    return _baseline(request, a if a.load.in_flight <= b.load.in_flight else b, pool)
+
+
+ROUTERS: dict[str, Router] = {
+    "cost_slo": cost_slo,
+    "round_robin": round_robin,
+    "least_load": least_load,
+    "power_of_two": power_of_two,
+}
