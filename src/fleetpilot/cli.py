@@ -1,0 +1,87 @@
+"""The ``fleetpilot`` command.  It parses flags and wires parts together; nothing else.
+
+Engines are imported inside each command so ``fleetpilot --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Cost- and latency-aware orchestration for production LLM inference.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def emulate(
+    model: Annotated[str, typer.Option(help="model name (a catalogue profile)")] = "llama-3.1-8b",
+    accelerator: Annotated[str, typer.Option(help="accelerator (a catalogue profile)")] = "A10G",
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 9001,
+    time_scale: Annotated[
+        float, typer.Option(help="real seconds per modelled second (0.1 = 10x faster)")
+    ] = 1.0,
+    catalogue: Annotated[Path | None, typer.Option(help="catalogue YAML")] = None,
+    fault: Annotated[
+        str, typer.Option(help="none | refuse | error500 | hang | die_after | slow")
+    ] = "none",
+    die_after_tokens: Annotated[int, typer.Option(help="with --fault die_after")] = 0,
+    slowdown: Annotated[float, typer.Option(help="with --fault slow: step-time factor")] = 1.0,
+) -> None:
+    """Run an OpenAI-compatible replica that executes the perf model in real time."""
+    from fleetpilot.emulator.server import EmulatorOptions, run_emulator
+
+    run_emulator(
+        EmulatorOptions(
+            model=model,
+            accelerator=accelerator,
+            host=host,
+            port=port,
+            time_scale=time_scale,
+            catalogue=catalogue,
+            fault=fault,
+            die_after_tokens=die_after_tokens,
+            slowdown=slowdown,
+        )
+    )
+
+
+@app.command()
+def gateway(
+    fleet: Annotated[Path, typer.Option(help="fleet YAML: pools and replica URLs")],
+    host: Annotated[str | None, typer.Option(help="override gateway.host")] = None,
+    port: Annotated[int | None, typer.Option(help="override gateway.port")] = None,
+    router: Annotated[str | None, typer.Option(help="override gateway.router")] = None,
+    catalogue: Annotated[Path | None, typer.Option(help="catalogue YAML")] = None,
+) -> None:
+    """Serve the OpenAI-compatible gateway in front of a fleet."""
+    from fleetpilot.gateway.server import run_gateway
+
+    run_gateway(fleet, host=host, port=port, router=router, catalogue=catalogue)
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="seconds of compressed trace per policy")] = 60.0,
+    policies: Annotated[
+        str, typer.Option(help="comma-separated routing policies to compare")
+    ] = "cost_slo,round_robin,least_load,power_of_two",
+    seed: Annotated[int, typer.Option()] = 7,
+) -> None:
+    """Emulated fleet + gateway + load generator: a table per routing policy."""
+    from fleetpilot.demo import run_demo
+
+    raise typer.Exit(run_demo(duration=duration, policies=policies.split(","), seed=seed))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
