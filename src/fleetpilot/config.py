@@ -69,6 +69,7 @@ class PoolConfig(_Frozen):
     capacity_class: CapacityClass = CapacityClass.ON_DEMAND
     replicas: list[str] = Field(default_factory=list)
     price_per_hour: float | None = Field(default=None, gt=0, description="override catalogue")
+    api_key: str | None = Field(default=None, description="sent to the replicas as Bearer")
     upstream_model: str | None = Field(
         default=None, description="model name the replicas expect, if it differs"
     )

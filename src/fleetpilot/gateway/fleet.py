@@ -1,0 +1,268 @@
+"""The gateway's live view of the fleet: load, health and cost of every replica.
+
+Routing policies need a frozen :class:`~fleetpilot.core.model.Snapshot`; keeping frozen
+values up to date on every token would be wasteful, so each replica keeps mutable counters
+here (:class:`LiveReplica`) and its frozen ``Replica`` is rebuilt only when a counter changed
+since the last snapshot.
+
+Health: a replica that fails (connection refused, 5xx, died mid-stream, failed an active
+health check) is *ejected* for a cool-down that doubles on each consecutive failure up to a
+ceiling and resets on success.  When the cool-down ends it is routable again (half-open): the
+next failure ejects it for longer.
+
+Cost: a replica costs its price for every second it is ready.  That time is split equally
+among the requests in flight on it (an integral of price / in_flight, read at a request's start
+and end); seconds with nothing in flight are *idle* cost.  So a request's attributed cost is
+lower on a busy, cheap replica — what the ``cost_slo`` policy aims for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from fleetpilot.clock import Clock
+from fleetpilot.core.model import Pool, Replica, ReplicaLoad, ReplicaState, Snapshot
+
+__all__ = ["Lease", "LiveFleet", "LiveReplica"]
+
+
+@dataclass(slots=True)
+class LiveReplica:
+    """Mutable counters behind one replica; ``frozen()`` gives the policy's view."""
+
+    base: Replica
+    in_flight: int = 0
+    prompt_tokens_pending: int = 0  # prompts sent but not yet answered with a first token
+    remaining_tokens: int = 0  # output tokens still owed to requests in flight
+    cooldown_until: float = 0.0
+    failures: int = 0  # consecutive
+    state: ReplicaState = ReplicaState.READY
+    scraped_in_flight: int = 0  # from the replica's own /metrics, when scraping is on
+    # cost integral
+    share_integral: float = 0.0
+    idle_cost: float = 0.0
+    last_t: float = 0.0
+    _view: Replica | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.base.id
+
+    def healthy(self, now: float) -> bool:
+        return now >= self.cooldown_until
+
+    def frozen(self, now: float) -> Replica:
+        healthy = self.healthy(now)
+        view = self._view
+        if view is None or view.healthy != healthy:
+            n = max(self.in_flight, self.scraped_in_flight)
+            cap = self.base.profile.max_batch
+            load = ReplicaLoad(
+                running=min(n, cap),
+                waiting=max(0, n - cap),
+                pending_prefill_tokens=self.prompt_tokens_pending,
+                remaining_decode_tokens=self.remaining_tokens,
+            )
+            view = replace(self.base, load=load, state=self.state, healthy=healthy)
+            self._view = view
+        return view
+
+    def touch(self) -> None:
+        self._view = None
+
+    def accrue(self, now: float) -> None:
+        dt = now - self.last_t
+        if dt > 0 and self.state is not ReplicaState.GONE:
+            price_s = self.base.offering.price_per_hour / 3600.0
+            if self.in_flight:
+                self.share_integral += dt * price_s / self.in_flight
+            else:
+                self.idle_cost += dt * price_s
+        self.last_t = now
+
+
+@dataclass(slots=True)
+class Lease:
+    """A request's hold on a replica; ``release()`` returns its attributed cost in dollars."""
+
+    fleet: LiveFleet
+    replica: LiveReplica
+    prompt_tokens: int
+    max_tokens: int
+    started_integral: float
+    first_token_seen: bool = False
+    produced: int = 0
+    released: bool = False
+
+    def first_token(self) -> None:
+        if not self.first_token_seen:
+            self.first_token_seen = True
+            self.replica.prompt_tokens_pending -= self.prompt_tokens
+            self.replica.touch()
+
+    def tokens(self, n: int) -> None:
+        """Note ``n`` output tokens received, so the remaining-work estimate shrinks."""
+        n = min(n, self.max_tokens - self.produced)
+        if n > 0:
+            self.produced += n
+            self.replica.remaining_tokens -= n
+            self.replica.touch()
+
+    def release(self) -> float:
+        if self.released:
+            return 0.0
+        self.released = True
+        r = self.replica
+        r.accrue(self.fleet.clock.now())
+        cost = r.share_integral - self.started_integral
+        r.in_flight -= 1
+        r.remaining_tokens -= self.max_tokens - self.produced
+        if not self.first_token_seen:
+            r.prompt_tokens_pending -= self.prompt_tokens
+        r.touch()
+        self.fleet._changed()
+        return cost
+
+
+class LiveFleet:
+    """Replicas by model, their live counters, and the events engines wait on."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        pools: Iterable[Pool],
+        replicas: Iterable[Replica],
+        *,
+        cooldown_s: float = 2.0,
+        max_cooldown_s: float = 60.0,
+    ) -> None:
+        self.clock = clock
+        self.pools = {p.name: p for p in pools}
+        self.cooldown_s = cooldown_s
+        self.max_cooldown_s = max_cooldown_s
+        self._by_id: dict[str, LiveReplica] = {}
+        self._by_model: dict[str, list[LiveReplica]] = {}
+        self._tick = 0
+        self._change = asyncio.Event()
+        for r in replicas:
+            self.add(r)
+
+    # -- membership -------------------------------------------------------------------------
+    def add(self, replica: Replica) -> None:
+        if replica.id in self._by_id:
+            raise ValueError(f"replica {replica.id} already in the fleet")
+        live = LiveReplica(replica, state=replica.state, last_t=self.clock.now())
+        self._by_id[replica.id] = live
+        self._by_model.setdefault(replica.model, []).append(live)
+        self._changed()
+
+    def remove(self, replica_id: str) -> None:
+        live = self._by_id.pop(replica_id)
+        live.accrue(self.clock.now())
+        live.state = ReplicaState.GONE
+        self._by_model[live.base.model].remove(live)
+        self._changed()
+
+    def find(self, key: str) -> LiveReplica | None:
+        """A replica by id or by URL."""
+        if key in self._by_id:
+            return self._by_id[key]
+        key = key.rstrip("/")
+        return next((r for r in self._by_id.values() if r.base.url == key), None)
+
+    def get(self, replica_id: str) -> LiveReplica:
+        return self._by_id[replica_id]
+
+    @property
+    def replicas(self) -> list[LiveReplica]:
+        return list(self._by_id.values())
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(m for m, rs in self._by_model.items() if rs)
+
+    def serves(self, model: str) -> bool:
+        return bool(self._by_model.get(model))
+
+    def set_state(self, replica_id: str, state: ReplicaState) -> None:
+        live = self._by_id[replica_id]
+        live.accrue(self.clock.now())
+        live.state = state
+        live.touch()
+        self._changed()
+
+    # -- policy view ------------------------------------------------------------------------
+    def snapshot(self, model: str) -> Snapshot:
+        now = self.clock.now()
+        self._tick += 1
+        reps = tuple(r.frozen(now) for r in self._by_model.get(model, ()))
+        return Snapshot(now=now, replicas=reps, tick=self._tick)
+
+    def next_recovery(self, model: str) -> float | None:
+        """When the earliest cooling-down, non-draining replica of ``model`` is back."""
+        times = [
+            r.cooldown_until
+            for r in self._by_model.get(model, ())
+            if r.state is ReplicaState.READY and r.cooldown_until > self.clock.now()
+        ]
+        return min(times) if times else None
+
+    # -- load -------------------------------------------------------------------------------
+    def acquire(self, replica_id: str, prompt_tokens: int, max_tokens: int) -> Lease:
+        r = self._by_id[replica_id]
+        r.accrue(self.clock.now())
+        r.in_flight += 1
+        r.prompt_tokens_pending += prompt_tokens
+        r.remaining_tokens += max_tokens
+        r.touch()
+        return Lease(self, r, prompt_tokens, max_tokens, r.share_integral)
+
+    # -- health -----------------------------------------------------------------------------
+    def failed(self, replica_id: str) -> float:
+        """Eject after a failure; returns the cool-down chosen."""
+        r = self._by_id.get(replica_id)
+        if r is None:
+            return 0.0
+        r.failures += 1
+        cool: float = min(self.cooldown_s * 2.0 ** (r.failures - 1), self.max_cooldown_s)
+        r.cooldown_until = max(r.cooldown_until, self.clock.now() + cool)
+        r.touch()
+        self._changed()
+        return cool
+
+    def recovered(self, replica_id: str) -> None:
+        """An active check reached a replica that was unreachable: back in at once."""
+        r = self._by_id.get(replica_id)
+        if r is not None:
+            r.cooldown_until, r.failures = 0.0, 0
+            r.touch()
+            self._changed()
+
+    def succeeded(self, replica_id: str) -> None:
+        r = self._by_id.get(replica_id)
+        if r is not None and r.failures:
+            r.failures = 0
+            r.touch()
+
+    # -- waiting ----------------------------------------------------------------------------
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = asyncio.Event()
+
+    async def wait_change(self, timeout: float) -> None:
+        """Return when membership, health or load changes, or after ``timeout`` seconds."""
+        event = self._change
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=max(timeout, 0.0))
+
+    def idle_costs(self) -> dict[str, float]:
+        """Per pool: dollars of ready replica time with nothing in flight, so far."""
+        now = self.clock.now()
+        out: dict[str, float] = {}
+        for r in self._by_id.values():
+            r.accrue(now)
+            out[r.base.pool] = out.get(r.base.pool, 0.0) + r.idle_cost
+        return out

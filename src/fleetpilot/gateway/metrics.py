@@ -1,0 +1,89 @@
+"""The gateway's Prometheus metrics, on a registry of its own (no process globals).
+
+Label values come only from configuration (model and pool names) and a fixed set of status
+codes, never from what a client sends, so the series count stays bounded whatever the
+traffic.  Cost is in dollars: ``fleetpilot_cost_dollars_total`` is replica time attributed to
+requests (see :mod:`fleetpilot.gateway.fleet`), ``fleetpilot_idle_cost_dollars`` the ready time
+nobody used; with ``fleetpilot_tokens_total`` they give $ per token per pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["GatewayMetrics"]
+
+_LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
+_ITL = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+_COST = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+class GatewayMetrics:
+    def __init__(self, idle_costs: Callable[[], dict[str, float]] | None = None) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "fleetpilot_requests", "Requests by outcome", ["model", "pool", "status"], registry=r
+        )
+        self.ttft = Histogram(
+            "fleetpilot_ttft_seconds",
+            "Time to first token",
+            ["model", "pool"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "fleetpilot_inter_token_seconds",
+            "Gap between streamed chunks",
+            ["model", "pool"],
+            buckets=_ITL,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "fleetpilot_e2e_seconds",
+            "End-to-end latency",
+            ["model", "pool"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.in_flight = Gauge("fleetpilot_in_flight", "Requests in flight", ["pool"], registry=r)
+        self.retries = Counter(
+            "fleetpilot_retries", "Attempts moved to another replica", ["model"], registry=r
+        )
+        self.continuations = Counter(
+            "fleetpilot_continuations",
+            "Streams resumed on another replica",
+            ["model"],
+            registry=r,
+        )
+        self.shed = Counter("fleetpilot_shed", "Requests shed (429)", ["model"], registry=r)
+        self.cost = Counter(
+            "fleetpilot_cost_dollars",
+            "Replica time attributed to requests, $",
+            ["pool"],
+            registry=r,
+        )
+        self.request_cost = Histogram(
+            "fleetpilot_request_cost_dollars",
+            "Attributed $ per request",
+            ["pool"],
+            buckets=_COST,
+            registry=r,
+        )
+        self.tokens = Counter("fleetpilot_tokens", "Tokens served", ["pool", "kind"], registry=r)
+        if idle_costs is not None:
+            idle = Gauge(
+                "fleetpilot_idle_cost_dollars",
+                "Ready replica time with nothing in flight, $",
+                ["pool"],
+                registry=r,
+            )
+            self._idle_costs = idle_costs
+            self._idle = idle
+
+    def render(self) -> bytes:
+        if hasattr(self, "_idle"):
+            for pool, dollars in self._idle_costs().items():
+                self._idle.labels(pool).set(dollars)
+        return generate_latest(self.registry)

@@ -1,0 +1,292 @@
+"""The gateway's HTTP app: it wires intake, proxy, fleet view and metrics together.
+
+No routing or retry logic lives here (see :mod:`fleetpilot.gateway.proxy`); this module
+owns the HTTP surface, the error middleware that turns every failure into OpenAI's error
+JSON, and the background health checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from fleetpilot.catalogue import Catalogue, load_catalogue
+from fleetpilot.clock import Clock, SystemClock
+from fleetpilot.config import FleetConfig, load_fleet
+from fleetpilot.core.model import ReplicaState
+from fleetpilot.core.routing import ROUTERS
+from fleetpilot.errors import (
+    ApiError,
+    BadRequest,
+    ConfigError,
+    ModelNotFound,
+    PayloadTooLarge,
+)
+from fleetpilot.gateway.fleet import LiveFleet
+from fleetpilot.gateway.intake import parse
+from fleetpilot.gateway.metrics import GatewayMetrics
+from fleetpilot.gateway.proxy import Proxy
+from fleetpilot.gateway.upstream import Upstream
+
+__all__ = ["create_app", "run_gateway"]
+
+log = logging.getLogger("fleetpilot.gateway")
+
+FLEET: web.AppKey[LiveFleet] = web.AppKey("fleet", LiveFleet)
+PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
+CONFIG: web.AppKey[FleetConfig] = web.AppKey("config", FleetConfig)
+
+_BODY_READ_TIMEOUT_S = 30.0
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(exc: ApiError) -> web.Response:
+    return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _error(PayloadTooLarge(f"request body over the limit: {exc.text}"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err = ApiError(exc.reason)
+        err.status, err.type = exc.status, "invalid_request_error"
+        return _error(err)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(ApiError("internal gateway error"))
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes is over {limit}")
+    try:
+        return await asyncio.wait_for(request.read(), _BODY_READ_TIMEOUT_S)
+    except TimeoutError:
+        raise BadRequest("request body not received in time") from None
+
+
+def _api(kind: str) -> _Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        app = request.app
+        raw = await _read_body(request, app[CONFIG].gateway.max_body_bytes)
+        inbound = parse(kind, raw, request.headers)
+        if not app[FLEET].serves(inbound.model):
+            raise ModelNotFound(f"the model {inbound.model!r} does not exist", param="model")
+        return await app[PROXY].handle(inbound, request)
+
+    return handler
+
+
+async def _models(request: web.Request) -> web.Response:
+    data = [
+        {"id": m, "object": "model", "created": 0, "owned_by": "fleetpilot"}
+        for m in request.app[FLEET].models
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _health(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    now = fleet.clock.now()
+    ready = sum(1 for r in fleet.replicas if r.frozen(now).routable)
+    return web.json_response({"status": "ok", "replicas_ready": ready})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    for r in request.app[FLEET].replicas:
+        metrics.in_flight.labels(r.base.pool).set(0)
+    for r in request.app[FLEET].replicas:
+        metrics.in_flight.labels(r.base.pool).inc(r.in_flight)
+    return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+async def _fleet_view(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    now = fleet.clock.now()
+    rows: list[dict[str, Any]] = []
+    for r in fleet.replicas:
+        v = r.frozen(now)
+        rows.append(
+            {
+                "id": r.id,
+                "pool": r.base.pool,
+                "url": r.base.url,
+                "state": r.state.value,
+                "healthy": v.healthy,
+                "in_flight": r.in_flight,
+                "remaining_tokens": r.remaining_tokens,
+                "offering": r.base.offering.name,
+                "price_per_hour": r.base.offering.price_per_hour,
+            }
+        )
+    return web.json_response({"replicas": rows})
+
+
+def _set_state(state: ReplicaState) -> _Handler:
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            key = (await request.json())["replica"]
+        except (ValueError, KeyError, TypeError):
+            raise BadRequest('body must be {"replica": "<id or url>"}') from None
+        fleet = request.app[FLEET]
+        live = fleet.find(str(key))
+        if live is None:
+            raise BadRequest(f"no replica {key!r}", param="replica")
+        fleet.set_state(live.id, state)
+        return web.json_response({"replica": live.id, "state": state.value})
+
+    return handler
+
+
+async def _health_loop(app: web.Application) -> None:
+    """Active checks: an unreachable replica is ejected; one that answers again is back."""
+    fleet, upstream = app[FLEET], app[PROXY].upstream
+    cfg = app[CONFIG].gateway
+    down: set[str] = set()
+
+    async def check(rid: str, url: str) -> None:
+        try:
+            status, _ = await upstream.get(url + "/health", timeout=min(1.0, cfg.health_interval_s))
+            ok = status == 200
+        except Exception:
+            ok = False
+        if ok and rid in down:
+            down.discard(rid)
+            fleet.recovered(rid)
+        elif not ok and fleet.find(rid) is not None:
+            down.add(rid)
+            fleet.failed(rid)
+        if ok and cfg.scrape_metrics:
+            await _scrape(rid, url)
+
+    async def _scrape(rid: str, url: str) -> None:
+        try:
+            status, text = await upstream.get(url + "/metrics", timeout=1.0)
+        except Exception:
+            return
+        live = fleet.find(rid)
+        if status != 200 or live is None:
+            return
+        total = 0.0
+        for line in text.decode("utf-8", "replace").splitlines():
+            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+                with contextlib.suppress(ValueError, IndexError):
+                    total += float(line.rsplit(" ", 1)[1])
+        live.scraped_in_flight = int(total)
+        live.touch()
+
+    while True:
+        await asyncio.gather(
+            *(check(r.id, r.base.url) for r in fleet.replicas if r.state is not ReplicaState.GONE)
+        )
+        await asyncio.sleep(cfg.health_interval_s)
+
+
+def create_app(
+    config: FleetConfig,
+    catalogue: Catalogue | None = None,
+    clock: Clock | None = None,
+    *,
+    health_checks: bool = True,
+) -> web.Application:
+    catalogue = catalogue or load_catalogue()
+    clock = clock or SystemClock()
+    cfg = config.gateway
+    pools, replicas = config.build(catalogue)
+    fleet = LiveFleet(
+        clock, pools, replicas, cooldown_s=cfg.cooldown_s, max_cooldown_s=cfg.max_cooldown_s
+    )
+    metrics = GatewayMetrics(fleet.idle_costs)
+    upstream = Upstream(
+        connect_timeout=cfg.connect_timeout_s,
+        read_timeout=cfg.first_byte_timeout_s,
+        limit_per_host=cfg.max_connections_per_replica,
+    )
+    proxy = Proxy(
+        cfg, fleet, upstream, metrics, ROUTERS[cfg.router], clock, {p.name: p for p in config.pools}
+    )
+    app = web.Application(middlewares=[_errors], client_max_size=cfg.max_body_bytes)
+    app[FLEET], app[PROXY], app[METRICS], app[CONFIG] = fleet, proxy, metrics, config
+    app.router.add_post("/v1/chat/completions", _api("chat"))
+    app.router.add_post("/v1/completions", _api("completions"))
+    app.router.add_post("/v1/embeddings", _api("embeddings"))
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/admin/fleet", _fleet_view)
+    app.router.add_post("/admin/drain", _set_state(ReplicaState.DRAINING))
+    app.router.add_post("/admin/undrain", _set_state(ReplicaState.READY))
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await upstream.start()
+        task = asyncio.create_task(_health_loop(app)) if health_checks else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await upstream.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def run_gateway(
+    fleet_path: Path,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    router: str | None = None,
+    catalogue: Path | None = None,
+) -> None:
+    try:
+        config = load_fleet(fleet_path)
+        overrides = {k: v for k, v in {"host": host, "port": port, "router": router}.items() if v}
+        if overrides:
+            merged = config.gateway.model_dump() | overrides
+            config = config.model_copy(update={"gateway": type(config.gateway)(**merged)})
+        cat = load_catalogue(catalogue)
+        app = create_app(config, cat)
+    except (ConfigError, ValueError) as exc:
+        print(f"fleetpilot gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(_serve(app, config.gateway.host, config.gateway.port))
+
+
+async def _serve(app: web.Application, host: str, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=2048)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    print(f"fleetpilot gateway listening on http://{host}:{bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()

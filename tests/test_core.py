@@ -1,0 +1,248 @@
+"""The pure core: perf model, batching engine and routing policies, on the real catalogue."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+from dataclasses import replace
+
+import pytest
+
+from fleetpilot.catalogue import load_catalogue
+from fleetpilot.core.model import (
+    Action,
+    CapacityClass,
+    Replica,
+    ReplicaLoad,
+    ReplicaState,
+    Request,
+    ServiceClass,
+    Snapshot,
+)
+from fleetpilot.core.perf import BatchEngine, Sequence, marginal_cost, predict, step_time
+from fleetpilot.core.routing import ROUTERS, RoutingParams, cost_slo
+from fleetpilot.errors import ConfigError
+
+CAT = load_catalogue()
+MODEL = "llama-3.1-8b"
+
+
+def replica(acc: str, cls: str = "on_demand", rid: str | None = None, **load: int) -> Replica:
+    return Replica(
+        id=rid or f"{acc}-{cls}",
+        pool=f"{acc}-{cls}",
+        model=MODEL,
+        url=f"http://127.0.0.1/{acc}",
+        offering=CAT.offering(MODEL, acc, cls),
+        profile=CAT.profile(MODEL, acc),
+        load=ReplicaLoad(**load),
+    )
+
+
+# -- perf model -------------------------------------------------------------------------------
+
+
+def test_step_time_interpolates_and_extrapolates() -> None:
+    p = CAT.profile(MODEL, "A10G")
+    (b0, t0), (b1, t1) = p.step_points[2], p.step_points[3]
+    assert step_time(p, b0) == pytest.approx(t0)
+    assert step_time(p, (b0 + b1) // 2) == pytest.approx(
+        t0 + (t1 - t0) * ((b0 + b1) // 2 - b0) / (b1 - b0)
+    )
+    assert step_time(p, 0) == step_time(p, 1)
+    last_b, last_t = p.step_points[-1]
+    assert step_time(p, last_b + 4) > last_t
+
+
+def test_catalogue_figures_are_consistent() -> None:
+    for model in CAT.models:
+        for acc in CAT.accelerators_for(model):
+            od = CAT.offering(model, acc, CapacityClass.ON_DEMAND)
+            spot = CAT.offering(model, acc, CapacityClass.SPOT)
+            res = CAT.offering(model, acc, CapacityClass.RESERVED)
+            assert spot.price_per_hour < od.price_per_hour
+            assert res.price_per_hour < od.price_per_hour
+            assert spot.interruption_rate > 0 and od.interruption_rate == 0
+            p = CAT.profile(model, acc)
+            steps = [t for _, t in p.step_points]
+            assert steps == sorted(steps), f"{model}@{acc}: step time must grow with batch"
+    # faster accelerators decode faster: bandwidth ordering survives the derivation
+    order = ["L4", "A10G", "L40S", "A100-80G", "H100"]
+    times = [step_time(CAT.profile(MODEL, a), 1) for a in order]
+    assert times == sorted(times, reverse=True)
+
+
+def test_catalogue_rejects_unknown_names() -> None:
+    with pytest.raises(ConfigError):
+        CAT.profile("no-such-model", "A10G")
+    with pytest.raises(ConfigError):
+        CAT.offering(MODEL, "TPU", "spot")
+
+
+def test_prediction_grows_with_load() -> None:
+    p = CAT.profile(MODEL, "L40S")
+    idle = predict(p, ReplicaLoad(), 500, 100)
+    assert idle.ttft == pytest.approx(step_time(p, 1) + 500 / p.prefill_rate)
+    assert idle.e2e == pytest.approx(idle.ttft + 99 * step_time(p, 1))
+    busy = predict(p, ReplicaLoad(running=30, remaining_decode_tokens=3000), 500, 100)
+    full = predict(
+        p,
+        ReplicaLoad(
+            running=p.max_batch, waiting=10, remaining_decode_tokens=200 * (p.max_batch + 10)
+        ),
+        500,
+        100,
+    )
+    assert idle.ttft < busy.ttft < full.ttft
+    assert full.batch == p.max_batch
+
+
+def test_marginal_cost_prefers_fuller_batches() -> None:
+    r = replica("A100-80G")
+    assert marginal_cost(r, 100, 100, 32) < marginal_cost(r, 100, 100, 1)
+
+
+def test_engine_executes_continuous_batching_exactly() -> None:
+    p = CAT.profile(MODEL, "A10G")
+    eng = BatchEngine(p)
+    eng.add(Sequence("a", prompt_tokens=100, max_tokens=2))
+    eng.add(Sequence("b", prompt_tokens=300, max_tokens=3))
+    step = eng.begin_step()
+    assert step.admitted == ("a", "b")
+    assert step.duration == pytest.approx(step_time(p, 2) + 400 / p.prefill_rate)
+    assert [s.id for s in eng.end_step()] == ["a", "b"]
+    eng.add(Sequence("c", prompt_tokens=50, max_tokens=1))  # joins at the next step
+    step = eng.begin_step()
+    assert step.admitted == ("c",)
+    assert step.duration == pytest.approx(step_time(p, 3) + 50 / p.prefill_rate)
+    done = eng.end_step()
+    assert {s.id for s in done if s.done} == {"a", "c"}
+    assert eng.load() == ReplicaLoad(running=1, remaining_decode_tokens=1)
+    assert eng.begin_step().duration == pytest.approx(step_time(p, 1))
+    eng.end_step()
+    assert not eng.busy
+
+
+def test_engine_respects_kv_capacity() -> None:
+    p = CAT.profile(MODEL, "A10G")
+    eng = BatchEngine(p)
+    for i in range(p.max_batch + 3):
+        eng.add(Sequence(str(i), 10, 5))
+    assert eng.begin_step().batch == p.max_batch
+    load = eng.load()
+    assert (load.running, load.waiting) == (p.max_batch, 3)
+    assert eng.cancel("0") and eng.cancel(str(p.max_batch + 2)) and not eng.cancel("nope")
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+
+def request(deadline: float = 2.0, **kw: object) -> Request:
+    base = Request(model=MODEL, prompt_tokens=200, max_tokens=100, deadline=deadline)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_cost_slo_picks_cheapest_replica_that_meets_deadline() -> None:
+    cheap_slow = replica("L4", "spot")
+    fast = replica("H100", "on_demand")
+    snap = Snapshot(now=0.0, replicas=(fast, cheap_slow))
+    d = cost_slo(request(deadline=2.0), snap)
+    assert d.action is Action.ROUTE and d.replica_id == cheap_slow.id
+    assert d.alternatives == (fast.id,)
+    # a tight deadline only the fast replica meets
+    tight = step_time(fast.profile, 1) + 200 / fast.profile.prefill_rate + 0.001
+    assert cost_slo(request(deadline=tight), snap).replica_id == fast.id
+
+
+def test_cost_slo_skips_draining_and_unhealthy_spot() -> None:
+    spot = replace(replica("L4", "spot"), state=ReplicaState.DRAINING)
+    sick = replace(replica("A10G", "spot"), healthy=False)
+    od = replica("L40S")
+    d = cost_slo(request(), Snapshot(0.0, (spot, sick, od)))
+    assert d.replica_id == od.id
+
+
+def test_cost_slo_sheds_interactive_and_queues_batch_when_hopeless() -> None:
+    p = CAT.profile(MODEL, "L4")
+    swamped = replica("L4", running=p.max_batch, waiting=200, remaining_decode_tokens=216 * 500)
+    snap = Snapshot(now=0.0, replicas=(swamped,))
+    shed = cost_slo(request(deadline=0.5), snap)
+    assert shed.action is Action.SHED and shed.retry_after >= 1.0
+    # within shed_factor of the budget it is still served by the fastest replica
+    lenient = cost_slo(request(deadline=0.5), snap, RoutingParams(shed_factor=1e6))
+    assert lenient.action is Action.ROUTE
+    queued = cost_slo(request(deadline=5.0, service_class=ServiceClass.BATCH), snap)
+    assert queued.action is Action.QUEUE and 0 < queued.retry_after <= 5.0
+    late = cost_slo(request(deadline=-1.0, service_class=ServiceClass.BATCH), snap)
+    assert late.action is Action.ROUTE
+
+
+@pytest.mark.parametrize("name", sorted(ROUTERS))
+def test_every_router_handles_an_empty_fleet_and_other_models(name: str) -> None:
+    other = replace(replica("L4"), model="other")
+    d = ROUTERS[name](request(), Snapshot(0.0, (other,)), RoutingParams())
+    assert d.action is Action.UNAVAILABLE
+
+
+def test_baselines_spread_and_balance() -> None:
+    reps = tuple(replica("L4", rid=f"r{i}") for i in range(3))
+    rr = [
+        ROUTERS["round_robin"](request(), Snapshot(0.0, reps, tick=t), RoutingParams()).replica_id
+        for t in range(6)
+    ]
+    assert rr == ["r0", "r1", "r2", "r0", "r1", "r2"]
+    loaded = (
+        replace(reps[0], load=ReplicaLoad(running=5)),
+        reps[1],
+        replace(reps[2], load=ReplicaLoad(running=1)),
+    )
+    assert (
+        ROUTERS["least_load"](request(), Snapshot(0.0, loaded), RoutingParams()).replica_id == "r1"
+    )
+    picks = {
+        ROUTERS["power_of_two"](
+            request(), Snapshot(0.0, loaded, tick=t), RoutingParams()
+        ).replica_id
+        for t in range(50)
+    }
+    assert "r0" not in picks  # the busiest never wins a pair
+    assert picks == {"r1", "r2"}
+
+
+def test_routing_is_replayable() -> None:
+    reps = tuple(replica(a, rid=a) for a in ("L4", "A10G", "L40S"))
+    for name, router in ROUTERS.items():
+        a = [router(request(), Snapshot(0.0, reps, tick=t), RoutingParams()) for t in range(20)]
+        b = [router(request(), Snapshot(0.0, reps, tick=t), RoutingParams()) for t in range(20)]
+        assert a == b, name
+
+
+# -- purity gate ------------------------------------------------------------------------------
+
+FORBIDDEN = {
+    "asyncio", "socket", "ssl", "select", "selectors", "subprocess", "threading",
+    "multiprocessing", "os", "io", "time", "datetime", "sqlite3", "http", "urllib", "aiohttp",
+    "httpx", "requests", "redis", "yaml", "json", "pathlib", "shutil", "tempfile", "logging",
+    "signal", "uvloop", "prometheus_client", "openai", "numpy", "scipy", "pydantic",
+}  # fmt: skip
+
+
+def test_core_imports_no_io_network_or_async_package() -> None:
+    core = pathlib.Path(__file__).parents[1] / "src" / "fleetpilot" / "core"
+    files = sorted(core.glob("*.py"))
+    assert files
+    offenders = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for n in names:
+                top = n.split(".")[0]
+                if top in FORBIDDEN or (
+                    top == "fleetpilot" and not n.startswith("fleetpilot.core")
+                ):
+                    offenders.append(f"{path.name}: {n}")
+    assert not offenders, offenders
