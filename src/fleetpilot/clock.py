@@ -19,13 +19,32 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def real_seconds(self, seconds: float) -> float:
+        """Wall-clock seconds that ``seconds`` of this clock take (for socket timeouts)."""
+        ...
+
 
 class SystemClock:
+    """Wall-clock time; with ``scale`` < 1 it runs in *modelled* time for compressed fleets.
+
+    An emulated fleet started with ``--time-scale 0.1`` does ten modelled seconds of work per
+    real second; a gateway in front of it uses ``SystemClock(0.1)`` so that its latency
+    predictions, deadlines and metrics are all in the same modelled seconds.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        if scale <= 0:
+            raise ValueError("clock scale must be positive")
+        self.scale = scale
+
     def now(self) -> float:
-        return time.monotonic()
+        return time.monotonic() / self.scale
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(seconds, 0.0))
+        await asyncio.sleep(max(seconds, 0.0) * self.scale)
+
+    def real_seconds(self, seconds: float) -> float:
+        return seconds * self.scale
 
 
 class ManualClock:
@@ -45,6 +64,9 @@ class ManualClock:
         self._sleepers.append((self._now + max(seconds, 0.0), self._seq, fut))
         self._sleepers.sort(key=lambda s: (s[0], s[1]))
         await fut
+
+    def real_seconds(self, seconds: float) -> float:
+        return seconds
 
     def advance(self, seconds: float) -> None:
         self._now += seconds

@@ -52,6 +52,11 @@ class GatewayConfig(_Frozen):
     max_cooldown_s: float = Field(default=60.0, gt=0)
     health_interval_s: float = Field(default=2.0, gt=0)
     scrape_metrics: bool = False
+    time_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="real seconds per modelled second; match emulators run with --time-scale",
+    )
     max_connections_per_replica: int = Field(default=512, ge=1)
 
     @field_validator("router")
@@ -69,6 +74,9 @@ class PoolConfig(_Frozen):
     capacity_class: CapacityClass = CapacityClass.ON_DEMAND
     replicas: list[str] = Field(default_factory=list)
     price_per_hour: float | None = Field(default=None, gt=0, description="override catalogue")
+    profile: str | None = Field(
+        default=None, description="catalogue model whose profile and prices apply (default: model)"
+    )
     api_key: str | None = Field(default=None, description="sent to the replicas as Bearer")
     upstream_model: str | None = Field(
         default=None, description="model name the replicas expect, if it differs"
@@ -100,10 +108,11 @@ class FleetConfig(_Frozen):
         pools: list[Pool] = []
         replicas: list[Replica] = []
         for pc in self.pools:
-            offering = catalogue.offering(pc.model, pc.accelerator, pc.capacity_class)
+            known_as = pc.profile or pc.model
+            offering = catalogue.offering(known_as, pc.accelerator, pc.capacity_class)
             if pc.price_per_hour is not None:
                 offering = replace(offering, price_per_hour=pc.price_per_hour)
-            profile = catalogue.profile(pc.model, pc.accelerator)
+            profile = replace(catalogue.profile(known_as, pc.accelerator), model=pc.model)
             pools.append(Pool(pc.name, pc.model, offering, target=len(pc.replicas)))
             for i, url in enumerate(pc.replicas):
                 replicas.append(

@@ -256,7 +256,7 @@ class LiveFleet:
         """Return when membership, health or load changes, or after ``timeout`` seconds."""
         event = self._change
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=max(timeout, 0.0))
+            await asyncio.wait_for(event.wait(), timeout=self.clock.real_seconds(max(timeout, 0.0)))
 
     def idle_costs(self) -> dict[str, float]:
         """Per pool: dollars of ready replica time with nothing in flight, so far."""

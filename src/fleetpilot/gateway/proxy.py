@@ -172,7 +172,8 @@ class Proxy:
             pool = replica.base.pool
             lease = self.fleet.acquire(replica.id, request.prompt_tokens, request.max_tokens)
             attempts += 1
-            timeout = max(self.config.first_byte_timeout_s, 3 * decision.predicted_e2e + 5)
+            predicted = self.clock.real_seconds(3 * decision.predicted_e2e)
+            timeout = max(self.config.first_byte_timeout_s, predicted + 5)
             try:
                 resp = await self.upstream.send(
                     replica.base.url + inbound.path,

@@ -209,8 +209,8 @@ def create_app(
     health_checks: bool = True,
 ) -> web.Application:
     catalogue = catalogue or load_catalogue()
-    clock = clock or SystemClock()
     cfg = config.gateway
+    clock = clock or SystemClock(cfg.time_scale)
     pools, replicas = config.build(catalogue)
     fleet = LiveFleet(
         clock, pools, replicas, cooldown_s=cfg.cooldown_s, max_cooldown_s=cfg.max_cooldown_s

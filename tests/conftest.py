@@ -1,0 +1,198 @@
+"""Shared fixtures: real emulator processes and a real gateway, on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from fleetpilot.config import FleetConfig
+from fleetpilot.gateway.server import create_app
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"process exited with {proc.returncode}: {err[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up in {timeout}s")
+
+
+@dataclass
+class Emulator:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+
+@dataclass
+class Emulators:
+    started: list[Emulator] = field(default_factory=list)
+
+    def start(
+        self,
+        accelerator: str = "A10G",
+        *,
+        model: str = "llama-3.1-8b",
+        time_scale: float = 0.05,
+        args: tuple[str, ...] = (),
+    ) -> Emulator:
+        port = free_port()
+        cmd = [
+            sys.executable, "-m", "fleetpilot", "emulate", "--model", model,
+            "--accelerator", accelerator, "--host", HOST, "--port", str(port),
+            "--time-scale", str(time_scale), *args,
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        emu = Emulator(f"http://{HOST}:{port}", proc)
+        self.started.append(emu)
+        wait_http(emu.url + "/health", proc)
+        return emu
+
+    def stop(self) -> None:
+        for emu in self.started:
+            if emu.proc.poll() is None:
+                emu.proc.terminate()
+        for emu in self.started:
+            try:
+                emu.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                emu.kill()
+            if emu.proc.stderr:
+                emu.proc.stderr.close()
+
+
+@pytest.fixture
+def emulators() -> Iterator[Emulators]:
+    emus = Emulators()
+    try:
+        yield emus
+    finally:
+        emus.stop()
+
+
+def fleet(pools: list[dict[str, Any]], **gateway: Any) -> FleetConfig:
+    gw = {"health_interval_s": 0.2, "cooldown_s": 0.5, **gateway}
+    return FleetConfig.model_validate({"gateway": gw, "pools": pools})
+
+
+@dataclass
+class Gateway:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(config: FleetConfig, **kw: Any) -> AsyncIterator[Gateway]:
+    """The gateway app in this test's event loop, on an ephemeral loopback port."""
+    app = create_app(config, **kw)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield Gateway(f"http://{HOST}:{port}", app, runner)
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def gateway_process(config: FleetConfig, tmp_path: Any) -> Iterator[GatewayProcess]:
+    """The gateway as users run it: ``python -m fleetpilot gateway --fleet FILE``."""
+    port = free_port()
+    path = tmp_path / "fleet.yaml"
+    import yaml
+
+    data = config.model_dump(mode="json")
+    data["gateway"]["port"] = port
+    path.write_text(yaml.safe_dump(data))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetpilot", "gateway", "--fleet", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_http(f"http://{HOST}:{port}/health", proc)
+        yield GatewayProcess(f"http://{HOST}:{port}", proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback traffic must never go through a proxy a developer has configured."""
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)
