@@ -22,16 +22,6 @@ import aiohttp
 import openai
 import pytest
 
-from emulator_helpers import (
-    MODEL,
-    Arrival,
-    EmulatorProcess,
-    Timed,
-    emulator_process,
-    free_port,
-    replay,
-    timed_chat,
-)
 from fleetpilot.catalogue import load_catalogue
 from fleetpilot.clock import ManualClock
 from fleetpilot.core.model import ReplicaLoad
@@ -45,6 +35,17 @@ from fleetpilot.emulator import (
 )
 from fleetpilot.errors import ConfigError
 from fleetpilot.tokens import estimate_tokens
+
+from emulator_helpers import (
+    MODEL,
+    Arrival,
+    EmulatorProcess,
+    Timed,
+    emulator_process,
+    free_port,
+    replay,
+    timed_chat,
+)
 
 FAST = 0.05  # time scale for tests that check behaviour, not timing
 TOLERANCE = 0.10

@@ -9,9 +9,10 @@ import aiohttp
 import openai
 import pytest
 
-from conftest import Emulators, fleet, free_port, metric, serve_gateway
 from fleetpilot.gateway.server import FLEET, PROXY
 from fleetpilot.tokens import estimate_tokens
+
+from conftest import Emulators, fleet, free_port, metric, serve_gateway
 
 MODEL = "llama-3.1-8b"
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import aiohttp
 
-from conftest import Emulators, fleet, metric, serve_gateway
 from fleetpilot.core.workload import LengthDist, synthetic_trace
 from fleetpilot.loadgen import replay
+
+from conftest import Emulators, fleet, metric, serve_gateway
 
 MODEL = "llama-3.1-8b"
 SCALE = 0.5  # two modelled seconds per real second

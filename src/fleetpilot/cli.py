@@ -5,6 +5,7 @@ Engines are imported inside each command so ``fleetpilot --help`` stays fast.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -36,7 +37,8 @@ def emulate(
     """Run an OpenAI-compatible replica that executes the perf model in real time."""
     from fleetpilot.emulator.server import EmulatorOptions, run_emulator
 
-    run_emulator(
+    _guard(
+        run_emulator,
         EmulatorOptions(
             model=model,
             accelerator=accelerator,
@@ -47,7 +49,7 @@ def emulate(
             fault=fault,
             die_after_tokens=die_after_tokens,
             slowdown=slowdown,
-        )
+        ),
     )
 
 
@@ -62,7 +64,7 @@ def gateway(
     """Serve the OpenAI-compatible gateway in front of a fleet."""
     from fleetpilot.gateway.server import run_gateway
 
-    run_gateway(fleet, host=host, port=port, router=router, catalogue=catalogue)
+    _guard(run_gateway, fleet, host=host, port=port, router=router, catalogue=catalogue)
 
 
 @app.command()
@@ -77,6 +79,17 @@ def demo(
     from fleetpilot.demo import run_demo
 
     raise typer.Exit(run_demo(duration=duration, policies=policies.split(","), seed=seed))
+
+
+def _guard(fn: Callable[..., object], *args: object, **kwargs: object) -> None:
+    """Run an engine; a configuration error becomes one line on stderr and exit status 2."""
+    from fleetpilot.errors import FleetpilotError
+
+    try:
+        fn(*args, **kwargs)
+    except FleetpilotError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:
