@@ -223,7 +223,7 @@ FORBIDDEN = {
     "asyncio", "socket", "ssl", "select", "selectors", "subprocess", "threading",
     "multiprocessing", "os", "io", "time", "datetime", "sqlite3", "http", "urllib", "aiohttp",
     "httpx", "requests", "redis", "yaml", "json", "pathlib", "shutil", "tempfile", "logging",
-    "signal", "uvloop", "prometheus_client", "openai", "numpy", "scipy", "pydantic",
+    "signal", "uvloop", "prometheus_client", "openai", "pydantic", "matplotlib",
 }  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetpilot.core.model import Accelerator, CapacityClass, Offering, Profile
+from fleetpilot.core.model import Accelerator, CapacityClass, Offering, Pool, Profile
 from fleetpilot.errors import ConfigError
 
 __all__ = ["Catalogue", "load_catalogue"]
@@ -119,6 +119,26 @@ class Catalogue:
             startup_s=prof.startup_s,
             interruption_rate=rate if cls is CapacityClass.SPOT else 0.0,
         )
+
+
+    def pools(
+        self,
+        model: str,
+        accelerators: list[str] | None = None,
+        classes: tuple[CapacityClass, ...] = (CapacityClass.ON_DEMAND, CapacityClass.SPOT),
+    ) -> tuple[Pool, ...]:
+        """One pool per (accelerator, capacity class) the catalogue can price for ``model``,
+        named ``<offering name>`` (e.g. ``A10G-spot``), each with target 0."""
+        out: list[Pool] = []
+        for acc in accelerators or self.accelerators_for(model):
+            profile = self.profile(model, acc)
+            for cls in classes:
+                try:
+                    offering = self.offering(model, acc, cls)
+                except ConfigError:
+                    continue  # e.g. no spot price for this accelerator
+                out.append(Pool(offering.name, model, offering, 0, profile))
+        return tuple(out)
 
 
 def load_catalogue(path: str | Path | None = None) -> Catalogue:

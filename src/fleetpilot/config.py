@@ -113,7 +113,7 @@ class FleetConfig(_Frozen):
             if pc.price_per_hour is not None:
                 offering = replace(offering, price_per_hour=pc.price_per_hour)
             profile = replace(catalogue.profile(known_as, pc.accelerator), model=pc.model)
-            pools.append(Pool(pc.name, pc.model, offering, target=len(pc.replicas)))
+            pools.append(Pool(pc.name, pc.model, offering, len(pc.replicas), profile))
             for i, url in enumerate(pc.replicas):
                 replicas.append(
                     Replica(

@@ -133,6 +133,22 @@ class Pool:
     model: str
     offering: Offering
     target: int = 0
+    profile: Profile | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """Traffic for one model over a window: arrival rate and mean request shape."""
+
+    rps: float = 0.0
+    mean_prompt_tokens: float = 256.0
+    mean_output_tokens: float = 128.0
+    in_flight: int = 0
+    batch_share: float = 0.0  # share of requests that are batch work
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.rps * self.mean_output_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +180,7 @@ class Snapshot:
     replicas: tuple[Replica, ...]
     tick: int = 0
     pools: tuple[Pool, ...] = ()
+    demand: dict[str, Demand] = field(default_factory=dict)  # observed, per model
 
 
 class Action(enum.StrEnum):

@@ -1,0 +1,85 @@
+"""Capacity planning vocabulary and capacity at the SLO.
+
+Capacity policies (the controller's and the simulator's) are pure functions::
+
+    policy(snapshot, state, params) -> (Plan, state)
+
+``snapshot`` is a :class:`~fleetpilot.core.model.Snapshot` whose ``pools`` carry their
+offering, profile and current target and whose ``demand`` is what was observed over the last
+control interval; ``state`` is whatever the policy keeps between calls (``None`` at first).
+They are chosen by name from ``CAPACITY_POLICIES`` (see :mod:`fleetpilot.core.policies`).
+
+:func:`slo_capacity` answers the question every policy asks: how much traffic can one replica
+of a pool carry while TTFT and inter-token latency stay within target?  It uses the same
+continuous-batching model the router predicts with and the emulator executes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fleetpilot.core.model import Demand, Profile, ServiceClass
+from fleetpilot.core.perf import step_time
+
+__all__ = ["Demand", "Plan", "PlanParams", "SloCapacity", "slo_capacity"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A capacity decision, as data: replicas wanted per pool, and who to shed if capped."""
+
+    targets: dict[str, int]
+    shed: tuple[ServiceClass, ...] = ()
+    note: str = ""
+    cost_per_hour: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PlanParams:
+    """Targets and knobs shared by capacity policies."""
+
+    ttft_slo_s: float = 2.0
+    itl_slo_s: float = 0.2
+    utilisation: float = 0.8  # plan each replica to this share of its SLO capacity
+    safety: float = 1.2  # headroom on top of the forecast
+    spend_cap_per_hour: float = float("inf")
+    min_replicas: int = 1
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SloCapacity:
+    batch: int  # sequences per replica at the chosen operating point
+    requests_per_s: float
+    output_tokens_per_s: float
+    step_s: float  # duration of one step (decode + the prefill admitted on it)
+
+
+def slo_capacity(
+    profile: Profile,
+    *,
+    ttft_slo_s: float,
+    itl_slo_s: float,
+    mean_prompt_tokens: float,
+    mean_output_tokens: float,
+) -> SloCapacity:
+    """The busiest steady state of one replica that still meets both latency targets.
+
+    At batch ``b`` in steady state, ``b / O`` sequences finish and as many are admitted per
+    step, so a step lasts ``d = step_time(b) + (b / O) * P / prefill_rate`` and the replica
+    serves ``(b / O) / d`` requests per second.  A newcomer waits on average half a step, then
+    its own step: TTFT ≈ 1.5 d, and every later token arrives d apart.  The largest ``b`` with
+    ``d <= itl`` and ``1.5 d + P / prefill_rate <= ttft`` is the operating point; if even a batch
+    of one misses, the replica is still given its batch-of-one rate (its best effort).
+    """
+    out = max(mean_output_tokens, 1.0)
+    prefill_s = mean_prompt_tokens / profile.prefill_rate
+    best: SloCapacity | None = None
+    for b in range(1, profile.max_batch + 1):
+        d = step_time(profile, b) + (b / out) * prefill_s
+        if best is not None and (d > itl_slo_s or 1.5 * d + prefill_s > ttft_slo_s):
+            break
+        rps = (b / out) / d
+        best = SloCapacity(batch=b, requests_per_s=rps, output_tokens_per_s=rps * out, step_s=d)
+    assert best is not None
+    return best
