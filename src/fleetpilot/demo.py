@@ -42,7 +42,7 @@ __all__ = ["DEMO_FLEET", "PolicyResult", "run_demo"]
 MODEL = "llama-3.1-8b"
 HOST = "127.0.0.1"
 TIME_SCALE = 0.25  # real seconds per modelled second: 60 s replay four trace minutes
-MEAN_RPS = 2.4  # trace requests per second, averaged over the day
+MEAN_RPS = 3.6  # trace requests per second, averaged over the day
 TTFT_SLO_S = 2.0
 NOTICE_S = 2.0  # trace seconds between the spot notice (drain) and the kill
 # Chat-sized answers: the Azure 2023 spread (sigma ~1) around a shorter median, and a cap that
