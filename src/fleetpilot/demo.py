@@ -51,6 +51,10 @@ PROMPTS = LengthDist(median=256, sigma=1.0, low=16, high=2048)
 OUTPUTS = LengthDist(median=64, sigma=1.0, low=8, high=384)
 
 
+class DemoFailed(FleetpilotError):
+    """The demo could not carry out a step (a child failed, an admin call was refused)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PoolSpec:
     name: str
@@ -146,9 +150,12 @@ def demo_trace(duration: float, seed: int, time_scale: float = TIME_SCALE) -> li
 
 async def _scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
     """Sum every sample of the gateway's counters by sample name."""
-    async with session.get(f"{url}/metrics") as resp:
-        resp.raise_for_status()
-        text = await resp.text()
+    try:
+        async with session.get(f"{url}/metrics") as resp:
+            resp.raise_for_status()
+            text = await resp.text()
+    except aiohttp.ClientError as exc:
+        raise DemoFailed(f"cannot read the gateway's metrics at {url}/metrics: {exc}") from exc
     sums: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -204,26 +211,28 @@ async def _run_policy(
                     status = " ".join(f"{k} {v}" for k, v in counts.items())
                     progress.update(bar, advance=1, status=status)
 
-                async with asyncio.TaskGroup() as tasks:
-                    load = tasks.create_task(
-                        replay(
-                            url,
-                            MODEL,
-                            trace,
-                            time_scale=time_scale,
-                            ttft_slo_s=TTFT_SLO_S,
-                            on_done=done,
-                        )
+                notice = _preempt(fleet, session, url, duration / 2, NOTICE_S * time_scale)
+                preemption = asyncio.create_task(notice, name="pre-emption")
+                try:
+                    result = await replay(
+                        url,
+                        MODEL,
+                        trace,
+                        time_scale=time_scale,
+                        ttft_slo_s=TTFT_SLO_S,
+                        on_done=done,
                     )
-                    tasks.create_task(
-                        _preempt(fleet, session, url, duration / 2, NOTICE_S * time_scale)
-                    )
+                finally:
+                    preemption.cancel()  # done by now unless the replay failed
+                    await asyncio.wait([preemption])
+                if not preemption.cancelled() and preemption.exception() is not None:
+                    raise DemoFailed(f"pre-empting a spot replica failed: {preemption.exception()}")
             sums = await _scrape(session, url)
     finally:
         await fleet.sup.stop(gateway)
     return PolicyResult(
         policy=policy,
-        load=load.result().summary(),
+        load=result.summary(),
         dollars=sums.get("fleetpilot_cost_dollars_total", 0.0),
         retries=sums.get("fleetpilot_retries_total", 0.0),
         continuations=sums.get("fleetpilot_continuations_total", 0.0),
@@ -329,6 +338,12 @@ def run_demo(
         out.print(f"[red]fleetpilot demo failed:[/] {exc}")
         return 1
     out.print(results_table(results, trace_s))
+    late = max(r.load.max_lag for r in results)
+    if late > 0.5:
+        out.print(
+            f"[yellow]note: the load generator sent some requests up to {late:.1f} trace s late "
+            "(this machine was short of CPU); latencies count that wait.[/]"
+        )
     lost = sum(r.load.lost for r in results)
     if lost:
         out.print(f"[bold red]{lost} request(s) lost[/]")
