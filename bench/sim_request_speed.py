@@ -7,7 +7,8 @@ inference conversation trace (19,366 requests, ~1 h) on a fleet sized for it.
 Each runs with core's ``BatchEngine`` and with ``TunedEngine`` below: the same execution rule
 with a step-time table and less per-token work, proposed for ``core/perf.py``.  The script
 checks that both give byte-identical summaries and per-request arrays, then prints times and
-the ratio.  Best of ``--repeat`` runs.
+the ratio.  Times are the process's CPU time (``time.process_time``: build machines are
+shared), best of ``--repeat`` runs.
 
     .venv/bin/python bench/sim_request_speed.py [--repeat 3]
 """
