@@ -9,6 +9,7 @@ Live engines replace a replica's value (``dataclasses.replace``) when its load c
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass, field
 
 
@@ -58,6 +59,19 @@ class Offering:
     interruption_rate: float = 0.0
 
 
+def interpolate_step(points: tuple[tuple[int, float], ...], batch: int) -> float:
+    """Seconds per decode iteration at ``batch``: piecewise linear through ``points``,
+    extrapolated from the last two beyond the last."""
+    b = max(batch, 1)
+    if len(points) == 1 or b <= points[0][0]:
+        return points[0][1]
+    for (b0, t0), (b1, t1) in itertools.pairwise(points):
+        if b <= b1:
+            return t0 + (t1 - t0) * (b - b0) / (b1 - b0)
+    (b0, t0), (b1, t1) = points[-2], points[-1]
+    return t1 + (t1 - t0) * (b - b1) / (b1 - b0)
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """Measured performance of one model on one accelerator offering.
@@ -73,6 +87,9 @@ class Profile:
     step_points: tuple[tuple[int, float], ...]
     max_batch: int
     count: int = 1  # accelerators per replica (tensor parallel degree)
+    # step time per batch size 0..max_batch, filled in once: the hot paths (routing, the
+    # simulator) look it up instead of interpolating on every call
+    step_table: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.step_points:
@@ -82,6 +99,8 @@ class Profile:
             raise ValueError(f"profile {self.model}@{self.accelerator}: batches must increase")
         if self.prefill_rate <= 0 or self.max_batch < 1:
             raise ValueError(f"profile {self.model}@{self.accelerator}: bad rate or max_batch")
+        table = tuple(interpolate_step(self.step_points, b) for b in range(self.max_batch + 1))
+        object.__setattr__(self, "step_table", table)
 
 
 @dataclass(frozen=True, slots=True)

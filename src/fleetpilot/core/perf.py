@@ -14,24 +14,18 @@ token; a newly admitted sequence's first token is the one its prefill step produ
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-from fleetpilot.core.model import Profile, Replica, ReplicaLoad
+from fleetpilot.core.model import Profile, Replica, ReplicaLoad, interpolate_step
 
 
 def step_time(profile: Profile, batch: int) -> float:
-    """Seconds per decode iteration at ``batch`` running sequences (piecewise linear)."""
-    points = profile.step_points
-    b = max(batch, 1)
-    if len(points) == 1 or b <= points[0][0]:
-        return points[0][1]
-    for (b0, t0), (b1, t1) in itertools.pairwise(points):
-        if b <= b1:
-            return t0 + (t1 - t0) * (b - b0) / (b1 - b0)
-    (b0, t0), (b1, t1) = points[-2], points[-1]
-    return t1 + (t1 - t0) * (b - b1) / (b1 - b0)
+    """Seconds per decode iteration at ``batch`` running sequences."""
+    table = profile.step_table
+    if 0 < batch < len(table):
+        return table[batch]
+    return interpolate_step(profile.step_points, batch)
 
 
 def throughput(profile: Profile, batch: int) -> float:
@@ -125,17 +119,24 @@ class BatchEngine:
     slowdown: float = 1.0
     waiting: deque[Sequence] = field(default_factory=deque)
     running: list[Sequence] = field(default_factory=list)
+    _pending: int = 0  # prompt tokens of waiting sequences
+    _owed: int = 0  # output tokens still owed to running and waiting sequences
 
     def add(self, seq: Sequence) -> None:
         if seq.max_tokens < 1:
             raise ValueError("a sequence must ask for at least one token")
         self.waiting.append(seq)
+        self._pending += seq.prompt_tokens
+        self._owed += seq.max_tokens - seq.generated
 
     def cancel(self, seq_id: str) -> bool:
         for group in (self.running, self.waiting):
             for seq in group:
                 if seq.id == seq_id:
                     group.remove(seq)
+                    if group is self.waiting:
+                        self._pending -= seq.prompt_tokens
+                    self._owed -= seq.max_tokens - seq.generated
                     return True
         return False
 
@@ -144,29 +145,37 @@ class BatchEngine:
         return bool(self.running or self.waiting)
 
     def begin_step(self) -> Step:
-        admitted: list[Sequence] = []
-        while self.waiting and len(self.running) < self.profile.max_batch:
-            seq = self.waiting.popleft()
-            self.running.append(seq)
-            admitted.append(seq)
-        batch = len(self.running)
-        prefill = sum(s.prompt_tokens for s in admitted) / self.profile.prefill_rate
+        running, waiting, cap = self.running, self.waiting, self.profile.max_batch
+        ids: tuple[str, ...] = ()
+        prefill = 0.0
+        if waiting and len(running) < cap:
+            admitted: list[Sequence] = []
+            while waiting and len(running) < cap:
+                seq = waiting.popleft()
+                running.append(seq)
+                admitted.append(seq)
+            tokens = sum(s.prompt_tokens for s in admitted)
+            self._pending -= tokens
+            prefill = tokens / self.profile.prefill_rate
+            ids = tuple(s.id for s in admitted)
+        batch = len(running)
         duration = (step_time(self.profile, batch) + prefill) * self.slowdown if batch else 0.0
-        return Step(duration=duration, batch=batch, admitted=tuple(s.id for s in admitted))
+        return Step(duration=duration, batch=batch, admitted=ids)
 
     def end_step(self) -> list[Sequence]:
-        """Give every running sequence its next token; finished ones leave the batch."""
-        stepped = list(self.running)
+        """Give every running sequence its next token; finished ones leave the batch.
+
+        Returns the sequences that got a token, in batch order (the caller owns the list).
+        """
+        stepped = self.running
+        self._owed -= len(stepped)
+        finished = False
         for seq in stepped:
             seq.generated += 1
-        self.running = [s for s in self.running if not s.done]
+            if seq.generated >= seq.max_tokens:
+                finished = True
+        self.running = [s for s in stepped if not s.done] if finished else stepped.copy()
         return stepped
 
     def load(self) -> ReplicaLoad:
-        return ReplicaLoad(
-            running=len(self.running),
-            waiting=len(self.waiting),
-            pending_prefill_tokens=sum(s.prompt_tokens for s in self.waiting),
-            remaining_decode_tokens=sum(s.max_tokens - s.generated for s in self.running)
-            + sum(s.max_tokens for s in self.waiting),
-        )
+        return ReplicaLoad(len(self.running), len(self.waiting), self._pending, self._owed)
