@@ -1,0 +1,94 @@
+"""The gateway half of :class:`~fleetpilot.controller.observe.HttpMembership`.
+
+A gateway in its own process learns replica membership from a controller over two admin
+endpoints, added to the gateway's app by :func:`add_membership_routes` (one line in
+``fleetpilot.gateway.server.create_app``)::
+
+    POST /admin/replicas          {"id", "pool", "model", "url", "accelerator",
+                                   "capacity_class", "state"?, "price_per_hour"?, "profile"?}
+                                  -> 201 {"replica": id}; 409 if the id is already a member
+    POST /admin/replicas/remove   {"replica": id or url} -> 200 {"replica": id}
+
+State changes after that use the gateway's existing ``/admin/drain`` (draining) and
+``/admin/undrain`` (ready).  Offering and profile come from the gateway's catalogue, exactly
+as for a pool in its fleet file, so price and performance agree with the controller's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from fleetpilot.catalogue import Catalogue
+from fleetpilot.core.model import CapacityClass, Replica, ReplicaState
+from fleetpilot.errors import ApiError, BadRequest, ConfigError
+from fleetpilot.gateway.server import FLEET
+
+__all__ = ["add_membership_routes", "replica_from_json"]
+
+
+class _Conflict(ApiError):
+    status = 409
+    type = "invalid_request_error"
+
+
+def replica_from_json(body: Any, catalogue: Catalogue) -> Replica:
+    """A ``Replica`` from the ``POST /admin/replicas`` body; raises ``BadRequest``."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    try:
+        rid, pool, model, url = (str(body[k]) for k in ("id", "pool", "model", "url"))
+        accelerator = str(body["accelerator"])
+        cls = CapacityClass(body.get("capacity_class", "on_demand"))
+        state = ReplicaState(body.get("state", "ready"))
+        known_as = str(body.get("profile") or model)
+        offering = catalogue.offering(known_as, accelerator, cls)
+        profile = replace(catalogue.profile(known_as, accelerator), model=model)
+        price = body.get("price_per_hour")
+    except KeyError as exc:
+        raise BadRequest(f"missing field {exc.args[0]!r}", param=str(exc.args[0])) from None
+    except (ValueError, ConfigError) as exc:
+        raise BadRequest(str(exc)) from None
+    if price is not None:
+        if not isinstance(price, int | float) or price <= 0:
+            raise BadRequest("price_per_hour must be a positive number", param="price_per_hour")
+        offering = replace(offering, price_per_hour=float(price))
+    if not url.startswith(("http://", "https://")):
+        raise BadRequest(f"replica URL must start with http:// or https://: {url!r}", param="url")
+    if state is ReplicaState.GONE:
+        raise BadRequest("a new member cannot be gone", param="state")
+    return Replica(rid, pool, model, url.rstrip("/"), offering, profile, state=state)
+
+
+def add_membership_routes(app: web.Application, catalogue: Catalogue) -> None:
+    """Register ``POST /admin/replicas`` and ``POST /admin/replicas/remove`` on a gateway app
+    made by ``create_app`` (before it starts)."""
+
+    async def add(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise BadRequest("the body is not valid JSON") from None
+        replica = replica_from_json(body, catalogue)
+        fleet = request.app[FLEET]
+        if fleet.find(replica.id) is not None:
+            raise _Conflict(f"replica {replica.id!r} is already a member", param="id")
+        fleet.add(replica)
+        return web.json_response({"replica": replica.id}, status=201)
+
+    async def remove(request: web.Request) -> web.Response:
+        try:
+            key = str((await request.json())["replica"])
+        except (ValueError, KeyError, TypeError):
+            raise BadRequest('body must be {"replica": "<id or url>"}') from None
+        fleet = request.app[FLEET]
+        live = fleet.find(key)
+        if live is None:
+            raise BadRequest(f"no replica {key!r}", param="replica")
+        fleet.remove(live.id)
+        return web.json_response({"replica": live.id})
+
+    app.router.add_post("/admin/replicas", add)
+    app.router.add_post("/admin/replicas/remove", remove)
