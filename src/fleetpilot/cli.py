@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Cost- and latency-aware orchestration for production LLM inference.",
@@ -81,12 +83,77 @@ def demo(
     raise typer.Exit(run_demo(duration=duration, policies=policies.split(","), seed=seed))
 
 
-def _guard(fn: Callable[..., object], *args: object, **kwargs: object) -> None:
+@app.command()
+def simulate(
+    trace: Annotated[
+        str | None, typer.Option(help="trace file or name (azure-conv, servegen-m-large, …)")
+    ] = None,
+    hours: Annotated[float, typer.Option(help="length of the synthetic default trace")] = 4.0,
+    policy: Annotated[
+        str | None, typer.Option(help="comma-separated capacity policies (default: all)")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="auto | request | window")] = "auto",
+    model: Annotated[str, typer.Option()] = "llama-3.1-8b",
+    accelerators: Annotated[str, typer.Option(help="comma-separated; default: all")] = "",
+    classes: Annotated[str, typer.Option(help="capacity classes")] = "on_demand,spot",
+    spot: Annotated[Path | None, typer.Option(help="SkyPilot/SpotHedge spot trace JSON")] = None,
+    ttft_slo: Annotated[float, typer.Option(help="TTFT target, seconds")] = 2.0,
+    time_scale: Annotated[float, typer.Option(help="stretch trace time by this factor")] = 1.0,
+    rate_scale: Annotated[float, typer.Option(help="multiply the request rate")] = 1.0,
+    window: Annotated[float, typer.Option(help="window length, seconds")] = 600.0,
+    limit: Annotated[int | None, typer.Option(help="first N requests of a request trace")] = None,
+    catalogue: Annotated[Path | None, typer.Option(help="catalogue YAML (the fleet)")] = None,
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("fleetpilot-out"),
+    agreement: Annotated[
+        bool, typer.Option(help="also run the window mode on a request trace and compare")
+    ] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Replay a trace through capacity policies; cost and tail latency per policy."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from fleetpilot.core.model import CapacityClass
+    from fleetpilot.sim.report import comparison_table
+    from fleetpilot.sim.run import SimOptions, run_simulation
+
+    opts = SimOptions(
+        trace=trace,
+        catalogue=catalogue,
+        model=model,
+        accelerators=tuple(a for a in accelerators.split(",") if a),
+        classes=tuple(CapacityClass(c) for c in classes.split(",") if c),
+        policies=tuple(p for p in (policy or "").split(",") if p),
+        synthetic_hours=hours,
+        mode=mode,
+        spot=spot,
+        ttft_slo_s=ttft_slo,
+        time_scale=time_scale,
+        rate_scale=rate_scale,
+        window_s=window,
+        limit=limit,
+        seed=seed,
+        out=out,
+        check_agreement=agreement,
+    )
+    console = Console(width=max(Console().width, 170))
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("simulating", total=None)
+
+        def progress(name: str) -> None:
+            bar.update(task, description=f"simulating {name}")
+
+        outcome = _guard(run_simulation, opts, progress)
+    console.print(comparison_table(outcome.runs, outcome.optimum_cost, outcome.title))
+    console.print(f"report: {outcome.report}")
+
+
+def _guard(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     """Run an engine; a configuration error becomes one line on stderr and exit status 2."""
     from fleetpilot.errors import FleetpilotError
 
     try:
-        fn(*args, **kwargs)
+        return fn(*args, **kwargs)
     except FleetpilotError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
