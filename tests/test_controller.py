@@ -573,3 +573,23 @@ async def test_controller_service_wires_settings_to_a_running_loop(tmp_path: Any
         load_controller_settings(bad)
     with pytest.raises(ConfigError, match="cannot load capacity policy"):
         capacity_policy("test_controller:nothing_here")
+
+
+async def test_every_shared_capacity_policy_runs_under_the_controller() -> None:
+    """The controller's contract with ``core.policies``: snapshot in, a Plan over its pools out."""
+    policies = pytest.importorskip("fleetpilot.core.policies").CAPACITY_POLICIES
+    pools = load_catalogue().pools(MODEL, ["A10G", "L4"])
+    for name in sorted(policies):
+        clock = ManualClock()
+        act = DryRunActuator(clock, quiet=True)
+        ctl = Controller(
+            capacity_policy(name), PlanParams(), act, FixedDemand(3.0), clock, None, 10.0,
+            pools=pools,
+        )  # fmt: skip
+        for _ in range(3):
+            assert await ctl.step() is not None
+            clock.advance(10.0)
+        after = act.applied[-1].after
+        assert set(after) <= {p.name for p in pools}, name
+        assert sum(after.values()) >= 1, name
+        assert ctl.steps[-1].snapshot.demand[MODEL].rps == 3.0
