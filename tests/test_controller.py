@@ -576,10 +576,13 @@ async def test_controller_service_wires_settings_to_a_running_loop(tmp_path: Any
 
 
 async def test_every_shared_capacity_policy_runs_under_the_controller() -> None:
-    """The controller's contract with ``core.policies``: snapshot in, a Plan over its pools out."""
-    policies = pytest.importorskip("fleetpilot.core.policies").CAPACITY_POLICIES
+    """The controller's contract with ``core.policies`` and ``core.planner.adaptive``: a
+    snapshot in, a Plan over its pools out."""
+    names = sorted(pytest.importorskip("fleetpilot.core.policies").CAPACITY_POLICIES)
+    with contextlib.suppress(ConfigError):
+        names.append("adaptive" if capacity_policy("adaptive") else "")
     pools = load_catalogue().pools(MODEL, ["A10G", "L4"])
-    for name in sorted(policies):
+    for name in names:
         clock = ManualClock()
         act = DryRunActuator(clock, quiet=True)
         ctl = Controller(
