@@ -40,7 +40,6 @@ from fleetpilot.controller import (
     SpotPlay,
     capacity_policy,
 )
-from fleetpilot.controller.admin import add_membership_routes
 from fleetpilot.controller.observe import DemandEstimator, GatewayCounters
 from fleetpilot.core.capacity import Plan, PlanParams
 from fleetpilot.core.model import CapacityClass, Demand, Pool, Replica, ReplicaState, Snapshot
@@ -383,7 +382,6 @@ async def test_http_membership_and_metrics_observer_against_a_gateway_app() -> N
     clock = ManualClock()
     catalogue = load_catalogue()
     app = create_app(fleet([]), catalogue, clock, health_checks=False)
-    add_membership_routes(app, catalogue)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, HOST, 0).start()
@@ -546,7 +544,6 @@ async def test_controller_service_wires_settings_to_a_running_loop(tmp_path: Any
     catalogue = load_catalogue()
     app = create_app(fleet([]), catalogue, SystemClock(), health_checks=False)
     app.middlewares.append(record)
-    add_membership_routes(app, catalogue)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, HOST, 0).start()

@@ -120,7 +120,6 @@ class Catalogue:
             interruption_rate=rate if cls is CapacityClass.SPOT else 0.0,
         )
 
-
     def pools(
         self,
         model: str,

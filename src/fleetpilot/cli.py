@@ -148,6 +148,39 @@ def simulate(
     console.print(f"report: {outcome.report}")
 
 
+@app.command()
+def controller(
+    config: Annotated[Path, typer.Option(help="controller YAML (policy, actuator, gateway)")],
+) -> None:
+    """Run the capacity controller: observe, forecast, plan, actuate, every few seconds."""
+    from fleetpilot.controller.service import run_controller
+
+    _guard(run_controller, config)
+
+
+@app.command()
+def advise(
+    trace: Annotated[
+        str, typer.Option(help="weeks of history: a rate series or request trace (file or name)")
+    ] = "servegen-m-large",
+    model: Annotated[str, typer.Option()] = "llama-3.1-8b",
+    accelerators: Annotated[str, typer.Option(help="comma-separated; default: all")] = "",
+    window: Annotated[float, typer.Option(help="window of a request trace, seconds")] = 600.0,
+    ttft_slo: Annotated[float, typer.Option()] = 2.0,
+    catalogue: Annotated[Path | None, typer.Option(help="catalogue YAML")] = None,
+) -> None:
+    """How many reserved replicas to commit to, and what that saves."""
+    from rich.console import Console
+
+    from fleetpilot.advise import print_advice, run_advice
+
+    advice = _guard(
+        run_advice, trace, model=model, accelerators=[a for a in accelerators.split(",") if a],
+        window_s=window, ttft_slo_s=ttft_slo, catalogue=catalogue,
+    )  # fmt: skip
+    print_advice(advice, Console(width=max(Console().width, 140)))
+
+
 def _guard(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     """Run an engine; a configuration error becomes one line on stderr and exit status 2."""
     from fleetpilot.errors import FleetpilotError

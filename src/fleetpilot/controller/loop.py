@@ -55,15 +55,10 @@ def capacity_policy(name: str) -> CapacityPolicy:
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"cannot load capacity policy {name!r}: {exc}") from None
         return custom
-    known: dict[str, CapacityPolicy] = {}
-    with contextlib.suppress(ImportError):
-        known.update(importlib.import_module("fleetpilot.core.policies").CAPACITY_POLICIES)
+    from fleetpilot.core.policies import CAPACITY_POLICIES as known
+
     if name in known:
         return known[name]
-    if name == "adaptive":
-        with contextlib.suppress(ImportError, AttributeError):
-            policy: CapacityPolicy = importlib.import_module("fleetpilot.core.planner").adaptive
-            return policy
     raise ConfigError(f"unknown capacity policy {name!r}; choose one of {sorted(known)}")
 
 

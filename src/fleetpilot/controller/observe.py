@@ -13,7 +13,7 @@ clock rates are per *modelled* second.
 **Membership.**  The gateway learns which replicas exist from the actuator:
 :class:`FleetMembership` syncs an in-process ``LiveFleet`` (add, ``set_state``, remove);
 :class:`HttpMembership` does the same against a gateway in another process through the admin
-endpoints in :mod:`fleetpilot.controller.admin` (``POST /admin/replicas``,
+endpoints in :mod:`fleetpilot.gateway.membership` (``POST /admin/replicas``,
 ``POST /admin/replicas/remove``) and the gateway's own ``/admin/drain`` and ``/admin/undrain``.
 Only replicas a membership added are ever removed by it; statically configured ones stay.
 """

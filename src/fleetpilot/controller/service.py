@@ -2,7 +2,7 @@
 
 This is what ``fleetpilot controller --config controller.yaml`` runs (and what the Helm chart
 in ``deploy/`` starts): it reads demand from a gateway over HTTP, keeps that gateway's
-membership in step (the gateway must expose :mod:`fleetpilot.controller.admin`'s endpoints),
+membership in step (the gateway must expose :mod:`fleetpilot.gateway.membership`'s endpoints),
 and drives the chosen actuator until SIGTERM or SIGINT.  Example::
 
     policy: adaptive

@@ -64,6 +64,7 @@ from fleetpilot.core.model import (
     Snapshot,
 )
 from fleetpilot.core.perf import step_time
+from fleetpilot.core.planner import adaptive
 
 __all__ = [
     "CAPACITY_POLICIES",
@@ -691,4 +692,5 @@ CAPACITY_POLICIES: dict[str, CapacityPolicy] = {
     "static_mean": static_mean,
     "reactive": reactive,
     "spot_hedge": spot_hedge,
+    "adaptive": adaptive,  # the forecast + MILP planner (core.planner)
 }

@@ -30,20 +30,18 @@ from fleetpilot.errors import (
     ModelNotFound,
     PayloadTooLarge,
 )
+from fleetpilot.gateway.appkeys import CONFIG, FLEET, METRICS, PROXY
 from fleetpilot.gateway.fleet import LiveFleet
 from fleetpilot.gateway.intake import parse
+from fleetpilot.gateway.membership import add_membership_routes
 from fleetpilot.gateway.metrics import GatewayMetrics
 from fleetpilot.gateway.proxy import Proxy
 from fleetpilot.gateway.upstream import Upstream
 
-__all__ = ["create_app", "run_gateway"]
+__all__ = ["CONFIG", "FLEET", "METRICS", "PROXY", "create_app", "run_gateway"]
 
 log = logging.getLogger("fleetpilot.gateway")
 
-FLEET: web.AppKey[LiveFleet] = web.AppKey("fleet", LiveFleet)
-PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
-METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
-CONFIG: web.AppKey[FleetConfig] = web.AppKey("config", FleetConfig)
 
 _BODY_READ_TIMEOUT_S = 30.0
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -247,6 +245,7 @@ def create_app(
         await upstream.close()
 
     app.cleanup_ctx.append(lifecycle)
+    add_membership_routes(app, catalogue)  # a controller in another process adds/removes replicas
     return app
 
 

@@ -39,14 +39,8 @@ OPTIMUM = "optimum"
 
 
 def all_policies() -> dict[str, CapacityPolicy]:
-    """Policies by name: the baselines, and the adaptive planner where it is installed."""
-    out = dict(CAPACITY_POLICIES)
-    try:
-        from fleetpilot.core.planner import adaptive
-    except ImportError:  # pragma: no cover - the planner ships with the package
-        return out
-    out["adaptive"] = adaptive
-    return out
+    """Policies by name: the baselines and the adaptive planner."""
+    return dict(CAPACITY_POLICIES)
 
 
 @dataclass(frozen=True)

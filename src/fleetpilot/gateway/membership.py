@@ -1,8 +1,8 @@
-"""The gateway half of :class:`~fleetpilot.controller.observe.HttpMembership`.
+"""Replica membership over HTTP: the gateway half of
+:class:`~fleetpilot.controller.observe.HttpMembership`.
 
 A gateway in its own process learns replica membership from a controller over two admin
-endpoints, added to the gateway's app by :func:`add_membership_routes` (one line in
-``fleetpilot.gateway.server.create_app``)::
+endpoints, added to the gateway's app by :func:`add_membership_routes`::
 
     POST /admin/replicas          {"id", "pool", "model", "url", "accelerator",
                                    "capacity_class", "state"?, "price_per_hour"?, "profile"?}
@@ -24,7 +24,7 @@ from aiohttp import web
 from fleetpilot.catalogue import Catalogue
 from fleetpilot.core.model import CapacityClass, Replica, ReplicaState
 from fleetpilot.errors import ApiError, BadRequest, ConfigError
-from fleetpilot.gateway.server import FLEET
+from fleetpilot.gateway.appkeys import FLEET
 
 __all__ = ["add_membership_routes", "replica_from_json"]
 

@@ -1,0 +1,15 @@
+"""Typed keys under which the gateway app holds its parts (shared by its HTTP modules)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from fleetpilot.config import FleetConfig
+from fleetpilot.gateway.fleet import LiveFleet
+from fleetpilot.gateway.metrics import GatewayMetrics
+from fleetpilot.gateway.proxy import Proxy
+
+FLEET: web.AppKey[LiveFleet] = web.AppKey("fleet", LiveFleet)
+PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
+CONFIG: web.AppKey[FleetConfig] = web.AppKey("config", FleetConfig)
