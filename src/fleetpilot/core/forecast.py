@@ -131,6 +131,7 @@ class ForecastState:
     prompt: float = 256.0
     output: float = 128.0
     batch_share: float = 0.0
+    lengths_seen: bool = False  # prompt/output/batch_share come from a window with requests
     # (target time, seasonal, recent, combined) forecasts made for it, awaiting its observation
     pending: tuple[tuple[float, float, float, float], ...] = ()
     errors: tuple[float, ...] = ()  # upward relative errors of the point forecast, newest last
@@ -311,7 +312,7 @@ def observe(
     _learn(weekly, weekly_seen, w, value, dt, p)
 
     recent = state.recent + _decay(dt, p.recent_half_life_s) * (rps - state.recent)
-    k = _decay(dt, p.lengths_half_life_s)
+    k = _decay(dt, p.lengths_half_life_s) if state.lengths_seen else 1.0
     prompt, output, share = state.prompt, state.output, state.batch_share
     if rps > 0:
         if mean_prompt_tokens is not None:
@@ -335,6 +336,7 @@ def observe(
         prompt=prompt,
         output=output,
         batch_share=share,
+        lengths_seen=state.lengths_seen or (rps > 0 and mean_prompt_tokens is not None),
     )
     target = t + p.horizon_s
     f_seasonal, f_recent = _candidates(new, target)

@@ -536,6 +536,16 @@ def adaptive(
     models = sorted({p.model for p in pools})
     keys = _demand_keys(models, snapshot.demand)
 
+    if state.last_now is None and not any(
+        snapshot.demand[k].rps > 0 for ks in keys.values() for k in ks
+    ):
+        # Nothing measured yet (an engine's first call, before any traffic was counted): the
+        # fleet as it is, rather than a plan for "no demand" at made-up request lengths.
+        targets = {p.name: p.target for p in pools}
+        cost = _cost(pools, targets)
+        plan = Plan(targets, note="nothing observed yet: fleet kept", cost_per_hour=cost)
+        return plan, PlannerState(last_now=now)
+
     forecasts = dict(state.forecasts)
     held = dict(state.held)
     demand: dict[str, list[Demand]] = {}
@@ -545,9 +555,13 @@ def adaptive(
         for key in model_keys:
             obs = snapshot.demand[key]
             fs = forecasts.get(key) or new_state(ForecastParams(horizon_s=max(horizon, 1.0)))
-            fs = observe(
-                fs, now, obs.rps, obs.mean_prompt_tokens, obs.mean_output_tokens, obs.batch_share
-            )
+            if obs.rps > 0:
+                fs = observe(
+                    fs, now, obs.rps, obs.mean_prompt_tokens, obs.mean_output_tokens,
+                    obs.batch_share,
+                )  # fmt: skip
+            else:  # no request seen: the rate is 0, the lengths are unknown (not Demand's)
+                fs = observe(fs, now, 0.0)
             forecasts[key] = fs
             fc = forecast(fs, now, horizon)
             held[key], rps = hold_demand(held.get(key, ()), now, fc.upper_rps, hold_s)

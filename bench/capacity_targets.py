@@ -1,0 +1,184 @@
+"""Issue 4's simulator targets for the ``adaptive`` capacity policy, checked in one run.
+
+For each trace, ``static_peak``, ``reactive`` and ``adaptive`` run through the simulator on the
+same fleet (the default catalogue's llama-3.1-8b pools, on-demand and spot) and the same spot
+pre-emptions, with the offline optimum solved and replayed in the same run (as ``fleetpilot
+simulate`` does).  The table puts each target beside the measured figure:
+
+* adaptive holds ≥ 99% of interactive requests within the TTFT target (2 s) and loses none;
+* it costs ≥ 40% less than ``static_peak`` and ≥ 20% less than ``reactive``, at equal or
+  better SLO attainment (both parts are checked: a cheaper policy that misses more is a MISS);
+* it costs within 15% of the offline optimum (a lower bound: perfect knowledge, no start-up,
+  no pre-emption hedge).
+
+Traces: ``azure-conv`` (request level, one hour, spot pre-emptions at the catalogue's rates
+or from ``--spot``), ``servegen-m-large`` and ``servegen-m-small`` (14 days, window level;
+with ``--spot`` the market's availability caps every spot pool, without it no pre-emption is
+played at this level).  The forecast error on each trace's rate series (10-minute windows,
+30 minutes ahead: the start-up lead plus a window) and the planner's step time on the
+50-offering fleet of ``planner_speed.py`` are printed too.
+
+    FLEETPILOT_DATA=/work/shared/data .venv/bin/python bench/capacity_targets.py \
+        [--traces azure-conv,servegen-m-large,servegen-m-small] [--spot PATH] \
+        [--set hold_s=600 --set spot_loss_safety=0.8 ...] [--no-speed]
+
+``--set`` passes planner knobs (``PlanParams.extra``) to every policy, to try other defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fleetpilot.catalogue import load_catalogue
+from fleetpilot.core.capacity import PlanParams
+from fleetpilot.core.forecast import evaluate
+from fleetpilot.core.model import CapacityClass
+from fleetpilot.core.series import RateSeries, windows_of
+from fleetpilot.sim.compare import PolicyRun, compare_requests, compare_windows
+from fleetpilot.sim.fluid import spot_capacity_per_window
+from fleetpilot.sim.run import NOTICE_S
+from fleetpilot.traces import load_spot_market, load_trace
+
+MODEL = "llama-3.1-8b"
+POLICIES = ("static_peak", "reactive", "adaptive")
+DEFAULT_TRACES = ("azure-conv", "servegen-m-large", "servegen-m-small")
+
+
+def _run(name: str, spot: Path | None, params: PlanParams) -> tuple[list[PolicyRun], float, Any]:
+    pools = load_catalogue().pools(MODEL, None, (CapacityClass.ON_DEMAND, CapacityClass.SPOT))
+    spot_pools = [p.name for p in pools if p.offering.capacity_class is CapacityClass.SPOT]
+    market = load_spot_market(spot) if spot is not None else None
+    workload = load_trace(name)
+    if isinstance(workload, RateSeries):
+        series = workload
+        available = None
+        if market is not None:
+            per_window = list(spot_capacity_per_window(market, series.window_s, len(series.rps)))
+            available = {p: per_window for p in spot_pools}
+        runs, best = compare_windows(series, pools, POLICIES, params, spot_available=available)
+        return runs, best, series
+    series = windows_of(workload, 60.0)  # for the forecast error: one-minute rates
+    pre: Any = "rate"
+    if market is not None:
+        times = [max(t - NOTICE_S, 0.0) for t in market.preemptions()]
+        pre = {p: times for p in spot_pools}
+    runs, best = compare_requests(workload, pools, POLICIES, params, preemptions=pre)
+    return runs, best, series
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def _check(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _table(name: str, runs: list[PolicyRun], optimum: float, mode: str) -> list[str]:
+    by = {r.policy: r.summary for r in runs}
+    a, peak, rea, opt = by["adaptive"], by["static_peak"], by["reactive"], by["optimum"]
+    slo = a["slo_attainment"] or 0.0
+    lines = [f"### {name} ({mode} level)", ""]
+    lines.append("| policy | $ total | × optimum | SLO | shed | lost |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in runs:
+        s = r.summary
+        lines.append(
+            f"| {r.policy} | {s['cost']:,.2f} | {s['cost'] / optimum:.2f} | "
+            f"{_pct(s['slo_attainment'])} | {s['shed']:,.0f} | {s['lost']} |"
+        )
+    lines += ["", "| target | measured | |", "|---|---|---|"]
+    rows = [
+        ("SLO ≥ 99% (TTFT ≤ 2 s)", _pct(slo), slo >= 0.99),
+        ("lost = 0", f"{a['lost']}", a["lost"] == 0),
+    ]
+    for label, base in (("static_peak", peak), ("reactive", rea)):
+        need = 0.6 if label == "static_peak" else 0.8
+        saving = 1.0 - a["cost"] / base["cost"]
+        equal = slo >= (base["slo_attainment"] or 0.0) - 1e-9
+        rows.append(
+            (
+                f"cost ≥ {100 * (1 - need):.0f}% below {label}, SLO ≥ its "
+                f"{_pct(base['slo_attainment'])}",
+                f"{100 * saving:.1f}% below; SLO {_pct(slo)}",
+                saving >= 1 - need and equal,
+            )
+        )
+    ratio = a["cost"] / optimum
+    rows.append(
+        (
+            "cost ≤ 1.15 × optimum",
+            f"{ratio:.2f} × (optimum ${optimum:,.2f}; replayed SLO {_pct(opt['slo_attainment'])})",
+            ratio <= 1.15,
+        )
+    )
+    lines += [f"| {t} | {m} | {_check(ok)} |" for t, m, ok in rows]
+    return lines
+
+
+def _forecast_line(series: Any) -> str:
+    window = float(series.window_s)
+    long = len(series.rps) * window > 3 * 86_400
+    warm, ahead = (86_400.0, 1_800.0) if long else (600.0, 300.0)
+    e = evaluate(series.rps, window, horizon_s=ahead, warmup_s=warm)
+    return (
+        f"forecast {ahead / 60:g} min ahead ({window:g} s windows, {warm / 60:g} min warm-up): "
+        f"MAPE {e.mape:.3f}, p95 rel error {e.p95_rel_error:.2f}, upper-quantile coverage "
+        f"{e.coverage:.3f} at {e.upper_ratio:.2f}× the actual"
+    )
+
+
+def _speed_line(steps: int, params: PlanParams) -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import planner_speed  # bench/planner_speed.py: the 50-offering fleet and its demand
+    from fleetpilot.core.model import Snapshot
+    from fleetpilot.core.planner import PlannerState, adaptive
+
+    state: PlannerState | None = None
+
+    def step(snap: Snapshot) -> Any:
+        nonlocal state
+        plan, state = adaptive(snap, state, params)
+        return plan
+
+    pools = planner_speed.fleet()
+    times, _, _ = planner_speed.run(step, pools, steps, False)
+    times.sort()
+    p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
+    return (
+        f"plan step, {len(pools)} offerings, {len(times)} steps of 30 s: median "
+        f"{1e3 * statistics.median(times):.1f} ms, p99 {1e3 * p99:.1f} ms (target < 100 ms)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--traces", default=",".join(DEFAULT_TRACES))
+    ap.add_argument("--spot", type=Path, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--speed-steps", type=int, default=240)
+    args = ap.parse_args()
+    extra = {k: float(v) for k, v in (s.split("=", 1) for s in args.set)}
+    params = PlanParams(extra=extra)
+    if extra:
+        print(f"planner knobs: {extra}\n")
+    for name in (t.strip() for t in args.traces.split(",") if t.strip()):
+        t0 = time.process_time()
+        runs, optimum, series = _run(name, args.spot, params)
+        mode = runs[0].mode
+        print("\n".join(_table(name, runs, optimum, mode)))
+        print()
+        print(_forecast_line(series))
+        print(f"(simulated in {time.process_time() - t0:.0f} s CPU)\n")
+    if not args.no_speed:
+        print(_speed_line(args.speed_steps, params))
+
+
+if __name__ == "__main__":
+    main()
