@@ -7,6 +7,8 @@ Every policy is a pure function ``policy(snapshot, state, params) -> (Plan, stat
     On-demand only, sized once for the peak demand it is told about,
     ``params.extra["peak_rps"]`` (the engines pass the trace's peak: the fluid simulator does;
     a live controller has to be given it).  Without it, the first observed rate × ``safety``.
+    It is sized at the first call that saw traffic (the request lengths size a replica);
+    until then the fleet is kept as it is.
 ``static_mean``
     The same, sized for ``params.extra["mean_rps"]``: deliberate under-provisioning.
 ``reactive``
@@ -436,11 +438,16 @@ class StaticState:
 def _static(key: str) -> CapacityPolicy:
     def policy(
         snapshot: Snapshot, state: StaticState | None, params: PlanParams
-    ) -> tuple[Plan, StaticState]:
+    ) -> tuple[Plan, StaticState | None]:
         names = tuple(p.name for p in snapshot.pools)
         if state is not None and state.pools == names:
             return state.plan, state
         demand = _demand(snapshot)
+        if demand.rps <= 0 and state is None:
+            # Nothing measured yet, so no request lengths to size with: wait for traffic.
+            targets = {p.name: p.target for p in snapshot.pools}
+            kept = Plan(targets, (), "nothing observed yet", plan_cost(targets, snapshot.pools))
+            return kept, None
         on_demand = _of_class(snapshot, CapacityClass.ON_DEMAND)
         if key in params.extra:
             rps, note = float(params.extra[key]), f"{key}={params.extra[key]:.3g}"
