@@ -23,6 +23,7 @@ from fleetpilot.sim.optimum import solve_window
 
 MODEL = "llama-3.1-8b"
 SHAPE = Demand(mean_prompt_tokens=512, mean_output_tokens=128)
+ANALYTIC = PlanParams(utilisation=1.0, calibration={})  # slo_capacity itself, not calibrated
 
 
 @functools.cache
@@ -65,7 +66,7 @@ class TinySeries:
 
 def test_constant_demand_on_one_pool_costs_exactly_its_replica_hours_and_sheds_nothing() -> None:
     (pool,) = pools_of("A10G", classes=(CapacityClass.ON_DEMAND,))
-    slo = pool_capacity(pool, SHAPE, PlanParams(utilisation=1.0))
+    slo = pool_capacity(pool, SHAPE, ANALYTIC)
     rps = 2.5 * slo  # four replicas at 62.5% of their SLO capacity
     n = 144
     day = TinySeries(600.0, (rps,) * n, (512.0,) * n, (128.0,) * n, (1.0,) * n)
@@ -91,7 +92,7 @@ def test_constant_demand_on_one_pool_costs_exactly_its_replica_hours_and_sheds_n
 
 def test_demand_above_capacity_is_shed_and_served_at_capacity() -> None:
     (pool,) = pools_of("A10G", classes=(CapacityClass.ON_DEMAND,))
-    slo = pool_capacity(pool, SHAPE, PlanParams(utilisation=1.0))
+    slo = pool_capacity(pool, SHAPE, ANALYTIC)
     rps = 4.0 * slo
     s = series([rps] * 12)
     for factor in (1.0, 3.0):
@@ -132,7 +133,7 @@ def test_same_inputs_give_identical_outputs() -> None:
 
 def test_new_replicas_cost_from_launch_and_serve_after_their_start_up() -> None:
     (pool,) = pools_of("A10G", classes=(CapacityClass.ON_DEMAND,))
-    slo = pool_capacity(pool, SHAPE, PlanParams(utilisation=1.0))
+    slo = pool_capacity(pool, SHAPE, ANALYTIC)
     policy = schedule([{pool.name: 1}, {pool.name: 2}, {pool.name: 2}], 600.0)
     result = simulate_fluid(series([0.5 * slo] * 3), (pool,), policy)
     startup = pool.offering.startup_s
@@ -144,7 +145,7 @@ def test_new_replicas_cost_from_launch_and_serve_after_their_start_up() -> None:
 
 def test_a_preempted_spot_replica_is_replaced_and_capacity_dips_for_its_start_up() -> None:
     (spot,) = pools_of("A10G", classes=(CapacityClass.SPOT,))
-    slo = pool_capacity(spot, SHAPE, PlanParams(utilisation=1.0))
+    slo = pool_capacity(spot, SHAPE, ANALYTIC)
     result = simulate_fluid(
         series([0.5 * slo] * 3), (spot,), fixed({spot.name: 2}), preemptions={spot.name: (700.0,)}
     )

@@ -461,3 +461,19 @@ def test_advisor_savings_are_never_negative(seed: int) -> None:
     for item in advice.per_accelerator:
         assert item.saving >= -1e-9
     assert advice.short_windows == 0
+
+
+def test_first_call_without_traffic_keeps_the_fleet_and_lengths_come_from_requests() -> None:
+    pools = tuple(replace(p, target=3 if i == 0 else 0) for i, p in enumerate(pools_of("L40S")))
+    params = PlanParams()
+    empty = Snapshot(now=0.0, replicas=(), pools=pools, demand={MODEL: Demand(in_flight=4)})
+    plan, state = adaptive(empty, None, params)
+    assert plan.targets == {p.name: p.target for p in pools}
+    long = Demand(rps=5.0, mean_prompt_tokens=3000, mean_output_tokens=300)
+    snap = Snapshot(now=60.0, replicas=(), pools=pools, demand={MODEL: long})
+    _, state = adaptive(snap, state, params)
+    fs = state.forecasts[MODEL]
+    assert (fs.prompt, fs.output) == (3000, 300)  # not blended with Demand()'s 256/128
+    quiet = Snapshot(now=120.0, replicas=(), pools=pools, demand={MODEL: Demand()})
+    _, state = adaptive(quiet, state, params)
+    assert (state.forecasts[MODEL].prompt, state.forecasts[MODEL].output) == (3000, 300)

@@ -96,7 +96,8 @@ def test_slo_table_and_pool_capacity_agree_exactly_with_slo_capacity() -> None:
             profile = catalogue().profile(model, acc)
             pool = Pool("p", model, catalogue().offering(model, acc, "on_demand"), 0, profile)
             for ttft, itl in [(2.0, 0.2), (0.3, 0.03), (20.0, 2.0)]:
-                params = PlanParams(ttft_slo_s=ttft, itl_slo_s=itl, utilisation=1.0)
+                params = PlanParams(ttft_slo_s=ttft, itl_slo_s=itl, utilisation=1.0,
+                                    calibration={})  # analytic  # fmt: skip
                 table = slo_table(
                     profile,
                     ttft_slo_s=ttft,
@@ -400,3 +401,20 @@ def test_policies_are_pure_same_inputs_same_plans() -> None:
 
     for name, policy in CAPACITY_POLICIES.items():
         assert run(policy) == run(policy), name
+
+
+def test_static_policies_wait_for_traffic_before_sizing() -> None:
+    # An engine's first call may come before any request was counted: Demand() then carries
+    # made-up lengths (256/128), and a fleet sized at them is too small for long prompts.
+    pools = tuple(replace(p, target=2 if i == 0 else 0) for i, p in enumerate(pools_of()))
+    params = PlanParams(extra={"peak_rps": 40.0})
+    empty = Demand(in_flight=3)
+    kept, state = static_peak(snap(pools, empty), None, params)
+    assert state is None
+    assert kept.targets == {p.name: p.target for p in pools}
+    long = Demand(rps=5.0, mean_prompt_tokens=2000, mean_output_tokens=300)
+    sized, state = static_peak(snap(pools, long, now=60.0), state, params)
+    assert state is not None
+    assert capacity(pools, sized.targets, long, params) >= 40.0
+    short, _ = static_peak(snap(pools, SHAPE), None, params)
+    assert sized.cost_per_hour > short.cost_per_hour  # long prompts need more replicas

@@ -16,12 +16,23 @@ continuous-batching model the router predicts with and the emulator executes.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from fleetpilot.core.calibration import calibrated_ratio, planned_rate
+from fleetpilot.core.calibration_data import TABLE
 from fleetpilot.core.model import Demand, Profile, ServiceClass
 from fleetpilot.core.perf import step_time
 
-__all__ = ["Demand", "Plan", "PlanParams", "SloCapacity", "slo_capacity"]
+__all__ = [
+    "Demand",
+    "Plan",
+    "PlanParams",
+    "SloCapacity",
+    "planned_capacity",
+    "slo_capacity",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +56,8 @@ class PlanParams:
     spend_cap_per_hour: float = float("inf")
     min_replicas: int = 1
     extra: dict[str, float] = field(default_factory=dict)
+    # measured capacity at the SLO per profile (fleetpilot.core.calibration); {} plans analytically
+    calibration: Mapping[str, Mapping[str, object]] = field(default_factory=lambda: TABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +96,44 @@ def slo_capacity(
         best = SloCapacity(batch=b, requests_per_s=rps, output_tokens_per_s=rps * out, step_s=d)
     assert best is not None
     return best
+
+
+@functools.lru_cache(maxsize=8192)
+def _packaged_ratio(
+    profile: Profile, ttft: float, itl: float, prompt: float, output: float
+) -> float | None:
+    return calibrated_ratio(
+        TABLE,
+        profile,
+        ttft_slo_s=ttft,
+        itl_slo_s=itl,
+        mean_prompt_tokens=prompt,
+        mean_output_tokens=output,
+    )
+
+
+def planned_capacity(
+    profile: Profile,
+    params: PlanParams,
+    *,
+    mean_prompt_tokens: float,
+    mean_output_tokens: float,
+    analytic_rps: float,
+) -> float:
+    """Requests/s one replica is planned to carry: its analytic SLO capacity (``analytic_rps``,
+    from :func:`slo_capacity` at these lengths and ``params``' targets) × ``utilisation``, but
+    never above the rate at which it was measured to keep p99 TTFT within target
+    (``params.calibration``; see :mod:`fleetpilot.core.calibration`)."""
+    args = (profile, params.ttft_slo_s, params.itl_slo_s, mean_prompt_tokens, mean_output_tokens)
+    if params.calibration is TABLE:
+        ratio = _packaged_ratio(*args)
+    else:
+        ratio = calibrated_ratio(
+            params.calibration,
+            profile,
+            ttft_slo_s=params.ttft_slo_s,
+            itl_slo_s=params.itl_slo_s,
+            mean_prompt_tokens=mean_prompt_tokens,
+            mean_output_tokens=mean_output_tokens,
+        )
+    return planned_rate(analytic_rps, params.utilisation, ratio)

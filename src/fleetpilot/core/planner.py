@@ -4,8 +4,16 @@
 :mod:`fleetpilot.core.capacity`).  Each control step it
 
 1. feeds the observed demand of every model (``snapshot.demand``) to that model's forecaster
-   (:mod:`fleetpilot.core.forecast`) and asks for the upper quantile over the provisioning
-   lead time (the slowest pool's ``startup_s``) plus one control interval;
+   (:mod:`fleetpilot.core.forecast`) and asks for the point forecast and the upper quantile
+   over the provisioning lead time (the slowest pool's ``startup_s``) plus one control
+   interval.  The demand planned for is ``max(point, upper × (1 - upper_credit × (1 -
+   utilisation)))``: the planned capacity carries the point forecast, and with
+   ``upper_credit`` 1 (the default) the upper quantile has to fit only within the capacity at
+   the SLO itself (planned / ``utilisation``): the utilisation headroom and the forecast's
+   quantile cover the same risk, a demand above the forecast, and stacking them paid twice.
+   With 0 the planned capacity carries the upper quantile, as before.  A first call with
+   nothing measured yet (no requests counted) keeps the fleet as it is, and request lengths
+   are learnt only from windows with requests;
 2. holds that demand up for ``hold_s``: the demand planned for is the largest upper quantile
    of the last ``hold_s`` seconds, so the fleet grows at once but shrinks only after demand
    stayed low that long (:func:`hold_demand`);
@@ -18,8 +26,11 @@
 The mix (:func:`plan_mix`).  ``cap[p, c]`` is what one replica of pool ``p`` carries of demand
 class ``c`` (a model, or one size class of it): ``slo_capacity(...)`` at the class's mean
 lengths × ``utilisation``; for spot pools also × ``(1 - interruption_rate × startup_s / 3600)``,
-the expected share of the pool pre-empted while a replacement starts.  Integer ``x[p]``
-replicas per pool, continuous ``y[p, c]`` (replicas of ``p`` given to class ``c``)::
+the expected share of the pool pre-empted while a replacement starts.  (SLO capacity ×
+utilisation is :func:`~fleetpilot.core.capacity.planned_capacity`: never above the rate at
+which one replica was measured to hold p99 TTFT within target; see
+:mod:`fleetpilot.core.calibration`.)  Integer ``x[p]`` replicas per pool, continuous
+``y[p, c]`` (replicas of ``p`` given to class ``c``)::
 
     minimise   Σ price[p] x[p]                     (reserved: 0, their cost is sunk)
     subject to Σ_c y[p, c] ≤ x[p]
@@ -48,11 +59,11 @@ An engine that knows a spot pool is gone (pre-empted market) can hand the planne
 with ``quota=0``; the plan then replaces it with the next cheapest hedged mix.
 
 Knobs beyond :class:`~fleetpilot.core.capacity.PlanParams`' fields, in ``params.extra``:
-``spot_loss_safety`` (1.0), ``spot_max_share`` (0.5; at least an equal split when there are
-fewer spot pools), ``hold_s`` (600), ``max_remove_per_step`` (2), ``size_threshold_tokens``
-(1024), ``mip_rel_gap`` (0.02) and ``time_limit_s`` (1.0) for HiGHS.  ``safety`` multiplies
-the forecast's upper quantile, which already covers ~96% of windows on the traces
-(:mod:`fleetpilot.core.forecast`), so a policy sweep may well prefer ``safety`` near 1.
+``upper_credit`` (1.0), ``spot_loss_safety`` (1.0), ``spot_max_share`` (0.5; at least an
+equal split when there are fewer spot pools), ``hold_s`` (600), ``max_remove_per_step`` (2),
+``size_threshold_tokens`` (1024), ``mip_rel_gap`` (0.02) and ``time_limit_s`` (1.0) for
+HiGHS.  ``safety`` multiplies the planned demand (step 1), whose upper quantile already covers
+~96% of windows on the traces (:mod:`fleetpilot.core.forecast`).
 
 Speed (``bench/planner_speed.py``): a step on a 50-pool fleet of hundreds of replicas takes
 ~3 ms median, 7-13 ms p99 — the LP relaxation rounded up is within the gap there, so there is
@@ -71,7 +82,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from fleetpilot.core.capacity import Plan, PlanParams, slo_capacity
+from fleetpilot.core.capacity import Plan, PlanParams, planned_capacity, slo_capacity
 from fleetpilot.core.forecast import ForecastParams, ForecastState, forecast, new_state, observe
 from fleetpilot.core.model import CapacityClass, Demand, Pool, Profile, ServiceClass, Snapshot
 
@@ -142,21 +153,21 @@ def _capacity_rps(profile: Profile, ttft: float, itl: float, prompt: float, outp
 
 def replica_capacity(pool: Pool, demand: Demand, params: PlanParams) -> float:
     """Requests/s one replica of ``pool`` is planned to carry of ``demand``'s shape: SLO
-    capacity (lengths rounded up ≤ 2.2%) × utilisation, spot discounted by pre-emption risk."""
+    capacity (lengths rounded up ≤ 2.2%) × utilisation, capped at the calibrated p99 rate
+    (:func:`~fleetpilot.core.capacity.planned_capacity`), spot discounted by pre-emption risk."""
     if pool.profile is None:
         return 0.0
-    rps = _capacity_rps(
-        pool.profile,
-        params.ttft_slo_s,
-        params.itl_slo_s,
-        _round_up(demand.mean_prompt_tokens),
-        _round_up(demand.mean_output_tokens),
-    )
+    prompt, output = _round_up(demand.mean_prompt_tokens), _round_up(demand.mean_output_tokens)
+    rps = _capacity_rps(pool.profile, params.ttft_slo_s, params.itl_slo_s, prompt, output)
+    planned = planned_capacity(
+        pool.profile, params, mean_prompt_tokens=prompt, mean_output_tokens=output,
+        analytic_rps=rps,
+    )  # fmt: skip
     off = pool.offering
     risk = 1.0
     if off.capacity_class is CapacityClass.SPOT:
         risk = max(0.0, 1.0 - off.interruption_rate * off.startup_s / 3600.0)
-    return rps * params.utilisation * risk
+    return planned * risk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,7 +575,9 @@ def adaptive(
                 fs = observe(fs, now, 0.0)
             forecasts[key] = fs
             fc = forecast(fs, now, horizon)
-            held[key], rps = hold_demand(held.get(key, ()), now, fc.upper_rps, hold_s)
+            credit = _extra(params, "upper_credit", 1.0)
+            want = max(fc.rps, fc.upper_rps * (1.0 - credit * (1.0 - params.utilisation)))
+            held[key], rps = hold_demand(held.get(key, ()), now, want, hold_s)
             demand.setdefault(model, []).append(
                 Demand(
                     rps=rps,

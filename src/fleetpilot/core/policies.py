@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fleetpilot.core.capacity import Plan, PlanParams
+from fleetpilot.core.capacity import Plan, PlanParams, planned_capacity
 from fleetpilot.core.model import (
     CapacityClass,
     Demand,
@@ -170,7 +170,8 @@ def _slo_point(
 
 def pool_capacity(pool: Pool, demand: Demand, params: PlanParams) -> float:
     """Requests/s one replica of ``pool`` is planned to carry: its SLO capacity at
-    ``demand``'s mean lengths × ``params.utilisation`` (0 for a pool without a profile)."""
+    ``demand``'s mean lengths × ``params.utilisation``, capped at its calibrated p99 rate
+    (:func:`~fleetpilot.core.capacity.planned_capacity`; 0 for a pool without a profile)."""
     if pool.profile is None:
         return 0.0
     _, rps = _slo_point(
@@ -180,7 +181,13 @@ def pool_capacity(pool: Pool, demand: Demand, params: PlanParams) -> float:
         demand.mean_prompt_tokens,
         demand.mean_output_tokens,
     )
-    return rps * params.utilisation
+    return planned_capacity(
+        pool.profile,
+        params,
+        mean_prompt_tokens=demand.mean_prompt_tokens,
+        mean_output_tokens=demand.mean_output_tokens,
+        analytic_rps=rps,
+    )
 
 
 def _ceil(x: float) -> int:

@@ -61,7 +61,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from fleetpilot.core.capacity import Plan, PlanParams
+from fleetpilot.core.capacity import Plan, PlanParams, planned_capacity
 from fleetpilot.core.model import (
     CapacityClass,
     Demand,
@@ -133,8 +133,9 @@ def capacity_table(
     series: WindowSeries, pools: Sequence[Pool], params: PlanParams, *, planned: bool = True
 ) -> FloatArray:
     """Requests/s one replica of each pool carries in each window, shape (windows, pools):
-    SLO capacity at the window's mean lengths, × ``utilisation`` when ``planned`` (what the
-    policies and the optimum size with)."""
+    SLO capacity at the window's mean lengths; when ``planned`` (what the policies and the
+    optimum size with), × ``utilisation`` and capped at the calibrated p99 rate, as
+    :func:`~fleetpilot.core.capacity.planned_capacity` plans."""
     out = np.zeros((len(series.rps), len(pools)))
     for j, pool in enumerate(pools):
         if pool.profile is None:
@@ -146,7 +147,22 @@ def capacity_table(
             mean_prompt_tokens=series.mean_prompt_tokens,
             mean_output_tokens=series.mean_output_tokens,
         )
-        out[:, j] = table.requests_per_s * (params.utilisation if planned else 1.0)
+        if not planned:
+            out[:, j] = table.requests_per_s
+            continue
+        profile = pool.profile
+        shapes: dict[tuple[float, float, float], float] = {}
+        for w, key in enumerate(
+            zip(series.mean_prompt_tokens, series.mean_output_tokens, table.requests_per_s,
+                strict=True)
+        ):  # fmt: skip
+            if key not in shapes:
+                prompt, output, rps = key
+                shapes[key] = planned_capacity(
+                    profile, params, mean_prompt_tokens=float(prompt),
+                    mean_output_tokens=float(output), analytic_rps=float(rps),
+                )  # fmt: skip
+            out[w, j] = shapes[key]
     return out
 
 

@@ -9,7 +9,8 @@ cheapest schedule is the integer program::
                 0 ≤ x[w, p] ≤ min(quota[p], spot_available[w, p])   integer
 
 ``cap[w, p]`` is what the policies plan with (:func:`~fleetpilot.core.policies.pool_capacity`):
-``slo_capacity`` at window ``w``'s mean lengths × ``utilisation``, so any policy schedule that
+``slo_capacity`` at window ``w``'s mean lengths × ``utilisation``, capped at the calibrated p99
+rate (:func:`~fleetpilot.core.capacity.planned_capacity`), so any policy schedule that
 carries a window's demand at that utilisation costs at least the optimum's window: the bound is
 fair.  Spot capacity per window comes from an optional per-pool series (unlimited, i.e. the
 quota, when not given).
