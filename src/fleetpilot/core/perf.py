@@ -49,23 +49,34 @@ def predict(profile: Profile, load: ReplicaLoad, prompt_tokens: int, max_tokens:
     With the batch full it first waits for enough sequences to finish; at full batch slots
     free at ``max_batch`` per mean remaining length, which is the estimate used.
     """
+    ttft, batch = _ttft(profile, load, prompt_tokens)
+    e2e = ttft + max(max_tokens - 1, 0) * step_time(profile, batch)
+    return Prediction(ttft=ttft, e2e=e2e, batch=batch)
+
+
+def _ttft(profile: Profile, load: ReplicaLoad, prompt_tokens: int) -> tuple[float, int]:
+    """:func:`predict`'s TTFT and the batch the request will decode in."""
     running, waiting = load.running, load.waiting
     ahead = running + waiting
     cap = profile.max_batch
+    steps = profile.step_table
     prefill = (prompt_tokens + load.pending_prefill_tokens) / profile.prefill_rate
-    half_step = 0.5 * step_time(profile, running) if running else 0.0
+    half_step = 0.5 * steps[running] if running else 0.0
     if ahead < cap:
-        batch = ahead + 1
-        ttft = half_step + step_time(profile, batch) + prefill
-    else:
-        batch = cap
-        must_finish = ahead + 1 - cap
-        mean_remaining = load.remaining_decode_tokens / ahead if ahead else 0.0
-        wait_steps = must_finish * mean_remaining / cap
-        full = step_time(profile, cap)
-        ttft = half_step + wait_steps * full + full + prefill
-    e2e = ttft + max(max_tokens - 1, 0) * step_time(profile, batch)
-    return Prediction(ttft=ttft, e2e=e2e, batch=batch)
+        return half_step + steps[ahead + 1] + prefill, ahead + 1
+    must_finish = ahead + 1 - cap
+    mean_remaining = load.remaining_decode_tokens / ahead if ahead else 0.0
+    full = steps[cap]
+    return half_step + (must_finish * mean_remaining / cap) * full + full + prefill, cap
+
+
+def ttft_and_cost(replica: Replica, prompt_tokens: int, max_tokens: int) -> tuple[float, float]:
+    """Predicted TTFT and :func:`marginal_cost` together, with nothing allocated but the
+    answer: what the router needs for every candidate on every request."""
+    profile = replica.profile
+    ttft, b = _ttft(profile, replica.load, prompt_tokens)
+    seconds = max_tokens * profile.step_table[b] / b + prompt_tokens / profile.prefill_rate
+    return ttft, replica.offering.price_per_hour / 3600.0 * seconds
 
 
 def marginal_cost(replica: Replica, prompt_tokens: int, max_tokens: int, batch: int) -> float:

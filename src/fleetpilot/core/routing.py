@@ -10,11 +10,12 @@ fails before its first byte; the gateway retries down that list.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleetpilot.core.model import Action, Decision, Replica, Request, ServiceClass, Snapshot
-from fleetpilot.core.perf import Prediction, marginal_cost, predict
+from fleetpilot.core.perf import marginal_cost, predict, ttft_and_cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,19 +64,34 @@ def cost_slo(
         return _unavailable(request)
     budget = request.deadline - snapshot.now
     usable = budget * params.headroom
-    scored: list[tuple[float, float, Replica, Prediction]] = []
-    for replica in pool:
-        p = predict(replica.profile, replica.load, request.prompt_tokens, request.max_tokens)
-        cost = marginal_cost(replica, request.prompt_tokens, request.max_tokens, p.batch)
-        scored.append((cost, p.ttft, replica, p))
-    meeting = sorted((s for s in scored if s[1] <= usable), key=lambda s: (s[0], s[1]))
-    by_speed = sorted(scored, key=lambda s: (s[1], s[0]))
-    if meeting:
-        cost, _, best, p = meeting[0]
-        fallback = [s[2].id for s in meeting[1:]] + [s[2].id for s in by_speed if s[1] > usable]
-        return Decision(Action.ROUTE, best.id, p.ttft, p.e2e, cost, alternatives=tuple(fallback))
-    cost, ttft, fastest, p = by_speed[0]
-    rest = tuple(s[2].id for s in by_speed[1:])
+    prompt, tokens = request.prompt_tokens, request.max_tokens
+    # (ttft, cost, index): only TTFT and cost are needed to choose; the chosen replica's
+    # prediction is recomputed in full below.  This loop is the hot path of the gateway and
+    # of the simulator, hence the flat tuples.
+    scored = [(*ttft_and_cost(r, prompt, tokens), i) for i, r in enumerate(pool)]
+    best_i = -1
+    best_key = (math.inf, math.inf)
+    for ttft, cost, i in scored:
+        if ttft <= usable and (cost, ttft) < best_key:
+            best_key, best_i = (cost, ttft), i
+    if best_i >= 0:
+        best = pool[best_i]
+        p = predict(best.profile, best.load, prompt, tokens)
+        # fall back to the other replicas that meet the deadline, cheapest first, then the rest,
+        # fastest first
+        others = sorted(
+            (s for s in scored if s[2] != best_i),
+            key=lambda s: (s[0] > usable, s[1] if s[0] <= usable else s[0]),
+        )
+        return Decision(
+            Action.ROUTE, best.id, p.ttft, p.e2e, best_key[0],
+            alternatives=tuple(pool[s[2]].id for s in others),
+        )  # fmt: skip
+    scored.sort()
+    ttft, cost, i = scored[0]
+    fastest = pool[i]
+    p = predict(fastest.profile, fastest.load, prompt, tokens)
+    rest = tuple(pool[s[2]].id for s in scored[1:])
     if request.service_class is ServiceClass.BATCH:
         if budget > 0:
             return Decision(
