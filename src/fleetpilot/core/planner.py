@@ -13,14 +13,18 @@
    quantile cover the same risk, a demand above the forecast, and stacking them paid twice.
    With 0 the planned capacity carries the upper quantile, as before.  A first call with
    nothing measured yet (no requests counted) keeps the fleet as it is, and request lengths
-   are learnt only from windows with requests;
+   are learnt only from windows with requests;  nothing is removed in the first ``hold_s``
+   after the first call either: demand has not been seen low that long yet;
 2. holds that demand up for ``hold_s``: the demand planned for is the largest upper quantile
    of the last ``hold_s`` seconds, so the fleet grows at once but shrinks only after demand
    stayed low that long (:func:`hold_demand`);
 3. chooses replicas per pool with :func:`plan_mix`, a mixed-integer program (HiGHS through
    ``scipy.optimize.milp``);
 4. shapes the answer (:func:`bound_churn`): additions at once, at most ``max_remove_per_step``
-   replicas removed per step (the engine drains a removed replica), then
+   replicas removed per step (the engine drains a removed replica), and none unless the
+   ready replicas that stay carry the planned demand (make before break: when the mix
+   changes, say from two L40S to one A100, the old replicas serve until the new ones are
+   ready, instead of leaving a start-up's worth of missing capacity), then
    :func:`enforce_spend_cap` so the shaped plan is never over the cap either.
 
 The mix (:func:`plan_mix`).  ``cap[p, c]`` is what one replica of pool ``p`` carries of demand
@@ -59,11 +63,15 @@ An engine that knows a spot pool is gone (pre-empted market) can hand the planne
 with ``quota=0``; the plan then replaces it with the next cheapest hedged mix.
 
 Knobs beyond :class:`~fleetpilot.core.capacity.PlanParams`' fields, in ``params.extra``:
-``upper_credit`` (1.0), ``spot_loss_safety`` (1.0), ``spot_max_share`` (0.5; at least an
-equal split when there are fewer spot pools), ``hold_s`` (600), ``max_remove_per_step`` (2),
-``size_threshold_tokens`` (1024), ``mip_rel_gap`` (0.02) and ``time_limit_s`` (1.0) for
-HiGHS.  ``safety`` multiplies the planned demand (step 1), whose upper quantile already covers
-~96% of windows on the traces (:mod:`fleetpilot.core.forecast`).
+``upper_credit`` (1.0), ``spot_loss_safety`` (default ``utilisation``: after losing the
+largest spot pool the planned capacity still carries ``utilisation`` × the planned demand, so
+the capacity at the SLO itself, planned / ``utilisation``, still carries all of it while
+replacements start; 1.0 kept the whole planning headroom too and cost ~1.4× more on the
+traces), ``spot_max_share`` (0.5; at least an equal split when there are fewer spot pools),
+``hold_s`` (600), ``max_remove_per_step`` (2), ``size_threshold_tokens`` (1024),
+``mip_rel_gap`` (0.02) and ``time_limit_s`` (1.0) for HiGHS.  ``safety`` multiplies the
+planned demand (step 1), whose upper quantile already covers ~96% of windows on the traces
+(:mod:`fleetpilot.core.forecast`).
 
 Speed (``bench/planner_speed.py``): a step on a 50-pool fleet of hundreds of replicas takes
 ~3 ms median, 7-13 ms p99 — the LP relaxation rounded up is within the gap there, so there is
@@ -84,7 +92,15 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from fleetpilot.core.capacity import Plan, PlanParams, planned_capacity, slo_capacity
 from fleetpilot.core.forecast import ForecastParams, ForecastState, forecast, new_state, observe
-from fleetpilot.core.model import CapacityClass, Demand, Pool, Profile, ServiceClass, Snapshot
+from fleetpilot.core.model import (
+    CapacityClass,
+    Demand,
+    Pool,
+    Profile,
+    ReplicaState,
+    ServiceClass,
+    Snapshot,
+)
 
 __all__ = [
     "SIZE_CLASSES",
@@ -360,7 +376,7 @@ def _class_rows(
             for col, cap in spot:
                 prog.row({z: 1.0, col: -cap}, lb=0.0)
             largest = {z: -1.0}
-        at_least({**supply, **largest}, _extra(params, "spot_loss_safety", 1.0))
+        at_least({**supply, **largest}, _extra(params, "spot_loss_safety", params.utilisation))
     return ys
 
 
@@ -525,6 +541,7 @@ class PlannerState:
     forecasts: Mapping[str, ForecastState] = field(default_factory=dict)
     held: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     last_now: float | None = None
+    started: float | None = None  # the first call: no scale-down before hold_s has passed
 
 
 def _demand_keys(models: Sequence[str], observed: Mapping[str, Demand]) -> dict[str, list[str]]:
@@ -533,6 +550,42 @@ def _demand_keys(models: Sequence[str], observed: Mapping[str, Demand]) -> dict[
         sized = [size_key(m, s) for s in SIZE_CLASSES if size_key(m, s) in observed]
         keys[m] = sized or ([m] if m in observed else [])
     return keys
+
+
+def _ready_carry(
+    snapshot: Snapshot,
+    shaped: Mapping[str, int],
+    current: Mapping[str, int],
+    demand: Mapping[str, Sequence[Demand]],
+    params: PlanParams,
+) -> bool:
+    """Whether the replicas that are ready and stay in ``shaped`` carry each model's planned
+    demand (× ``safety``): if not, removals wait until what replaces them is ready.  Without
+    replica views (a dry run) the current targets count as ready."""
+    ready: dict[str, int] = {}
+    if snapshot.replicas:
+        for r in snapshot.replicas:
+            if r.state is ReplicaState.READY:
+                ready[r.pool] = ready.get(r.pool, 0) + 1
+    else:
+        ready = dict(current)
+    for model, classes in demand.items():
+        rps = sum(d.rps for d in classes)
+        if rps <= 0:
+            continue
+        shape = Demand(
+            rps=rps,
+            mean_prompt_tokens=sum(d.rps * d.mean_prompt_tokens for d in classes) / rps,
+            mean_output_tokens=sum(d.rps * d.mean_output_tokens for d in classes) / rps,
+        )
+        carried = sum(
+            min(shaped.get(p.name, 0), ready.get(p.name, 0)) * replica_capacity(p, shape, params)
+            for p in snapshot.pools
+            if p.model == model
+        )
+        if carried < rps * params.safety - _TOL:
+            return False
+    return True
 
 
 def adaptive(
@@ -555,7 +608,7 @@ def adaptive(
         targets = {p.name: p.target for p in pools}
         cost = _cost(pools, targets)
         plan = Plan(targets, note="nothing observed yet: fleet kept", cost_per_hour=cost)
-        return plan, PlannerState(last_now=now)
+        return plan, PlannerState(last_now=now, started=now)
 
     forecasts = dict(state.forecasts)
     held = dict(state.held)
@@ -592,10 +645,15 @@ def adaptive(
     # replicas beyond a pool's quota (a spot market gone: quota 0) go at once, uncounted
     current = {p.name: min(p.target, max(p.offering.quota, 0)) for p in pools}
     max_remove = int(_extra(params, "max_remove_per_step", 2))
+    started = now if state.started is None else state.started
+    if now - started < hold_s:
+        max_remove = 0  # demand has not been seen low for hold_s yet: the fleet may be needed
     shaped = bound_churn(raw.targets, current, max_remove, price)
+    if max_remove > 0 and not _ready_carry(snapshot, shaped, current, demand, params):
+        shaped = bound_churn(raw.targets, current, 0, price)  # make before break
     shaped = enforce_spend_cap(shaped, raw.targets, price, params.spend_cap_per_hour)
     kept = sum(shaped.values()) - sum(raw.targets.values())
     note = raw.note + (f"; {kept} kept while draining slowly" if kept else "")
     cost = float(sum(price[n] * k for n, k in shaped.items()))
     plan = replace(raw, targets=shaped, note=note, cost_per_hour=cost)
-    return plan, PlannerState(forecasts=forecasts, held=held, last_now=now)
+    return plan, PlannerState(forecasts=forecasts, held=held, last_now=now, started=started)
