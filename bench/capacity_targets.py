@@ -15,8 +15,10 @@ Traces: ``azure-conv`` (request level, one hour, spot pre-emptions at the catalo
 or from ``--spot``), ``servegen-m-large`` and ``servegen-m-small`` (14 days, window level;
 with ``--spot`` the market's availability caps every spot pool, without it no pre-emption is
 played at this level).  The forecast error on each trace's rate series (10-minute windows,
-30 minutes ahead: the start-up lead plus a window) and the planner's step time on the
-50-offering fleet of ``planner_speed.py`` are printed too.
+30 minutes ahead: the start-up lead plus a window), two yardsticks at window level (the
+optimum's schedule launched a window early, i.e. perfect knowledge that pays for start-up; and
+the SLO with every pool at its quota, the most any policy can reach) and the planner's step
+time on the 50-offering fleet of ``planner_speed.py`` are printed too.
 
     FLEETPILOT_DATA=/work/shared/data .venv/bin/python bench/capacity_targets.py \
         [--traces azure-conv,servegen-m-large,servegen-m-small] [--spot PATH] \
@@ -34,13 +36,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fleetpilot.catalogue import load_catalogue
-from fleetpilot.core.capacity import PlanParams
+from fleetpilot.core.capacity import Plan, PlanParams
 from fleetpilot.core.forecast import evaluate
 from fleetpilot.core.model import CapacityClass
+from fleetpilot.core.policies import schedule
 from fleetpilot.core.series import RateSeries, windows_of
 from fleetpilot.sim.compare import PolicyRun, compare_requests, compare_windows
+from fleetpilot.sim.fluid import simulate as simulate_fluid
 from fleetpilot.sim.fluid import spot_capacity_per_window
+from fleetpilot.sim.optimum import offline_optimum
 from fleetpilot.sim.run import NOTICE_S
 from fleetpilot.traces import load_spot_market, load_trace
 
@@ -69,6 +76,29 @@ def _run(name: str, spot: Path | None, params: PlanParams) -> tuple[list[PolicyR
         pre = {p: times for p in spot_pools}
     runs, best = compare_requests(workload, pools, POLICIES, params, preemptions=pre)
     return runs, best, series
+
+
+def _yardsticks(name: str, spot: Path | None, params: PlanParams) -> list[str]:
+    """Window level only: what any causal policy can reach.  The optimum launches each window's
+    fleet at the window's start, so at this level it misses the start-up of every rise; the
+    same perfect-knowledge schedule launched a window early (the max of this window's and the
+    next's) is the cheapest that pays for start-up.  And the SLO of every pool at its quota:
+    no policy can do better on this catalogue."""
+    workload = load_trace(name)
+    if not isinstance(workload, RateSeries) or spot is not None:
+        return []
+    pools = load_catalogue().pools(MODEL, None, (CapacityClass.ON_DEMAND, CapacityClass.SPOT))
+    best = offline_optimum(workload, pools, params)
+    early = np.maximum(best.targets, np.vstack([best.targets[1:], best.targets[-1:]]))
+    plans = [dict(zip(best.pool_names, map(int, row), strict=True)) for row in early]
+    lead = simulate_fluid(workload, pools, schedule(plans, workload.window_s), params)
+    full = {p.name: p.offering.quota for p in pools}
+    most = simulate_fluid(workload, pools, lambda s, st, pr: (Plan(full), None), params)
+    return [
+        f"perfect knowledge launched a window early: {lead.total_cost / best.total_cost:.2f} × "
+        f"optimum, SLO {_pct(lead.slo_attainment)}; every pool at its quota "
+        f"({pools[0].offering.quota}): SLO {_pct(most.slo_attainment)} (the most any policy gets)"
+    ]
 
 
 def _pct(x: float | None) -> str:
@@ -175,6 +205,8 @@ def main() -> None:
         print("\n".join(_table(name, runs, optimum, mode)))
         print()
         print(_forecast_line(series))
+        for line in _yardsticks(name, args.spot, params):
+            print(line)
         print(f"(simulated in {time.process_time() - t0:.0f} s CPU)\n")
     if not args.no_speed:
         print(_speed_line(args.speed_steps, params))

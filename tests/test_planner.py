@@ -19,6 +19,7 @@ from fleetpilot.core.model import (
     Offering,
     Pool,
     Profile,
+    Replica,
     ServiceClass,
     Snapshot,
 )
@@ -479,3 +480,33 @@ def test_first_call_without_traffic_keeps_the_fleet_and_lengths_come_from_reques
     quiet = Snapshot(now=120.0, replicas=(), pools=pools, demand={MODEL: Demand()})
     _, state = adaptive(quiet, state, params)
     assert (state.forecasts[MODEL].prompt, state.forecasts[MODEL].output) == (3000, 300)
+
+
+def test_a_spot_pool_short_of_its_target_is_planned_at_what_it_has_for_a_cooldown() -> None:
+    # The market refused launches (or took replicas back): live replicas < target.
+    pools = pools_of("L40S", "A100-80G", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT))
+    params = PlanParams(extra={**HOLD, "spot_cooldown_s": 600.0})
+    d = {MODEL: Demand(rps=60.0)}
+    plan, state = adaptive(Snapshot(0.0, (), pools=pools, demand=d), None, params)
+    spot = max(pools, key=lambda p: plan.targets[p.name] if "spot" in p.name else -1)
+    asked = plan.targets[spot.name]
+    assert asked >= 2
+
+    def fleet(targets: dict[str, int], short: int) -> tuple[tuple[Pool, ...], tuple[Replica, ...]]:
+        now_pools = tuple(replace(p, target=targets[p.name]) for p in pools)
+        reps = []
+        for p in now_pools:
+            have = short if p.name == spot.name else p.target
+            assert p.profile is not None
+            reps += [Replica(f"{p.name}/{i}", p.name, MODEL, "x", p.offering, p.profile)
+                     for i in range(have)]  # fmt: skip
+        return now_pools, tuple(reps)
+
+    now_pools, reps = fleet(plan.targets, short=1)
+    after, state = adaptive(Snapshot(60.0, reps, pools=now_pools, demand=d), state, params)
+    assert after.targets[spot.name] <= 1
+    assert capacity(pools, after, d[MODEL], params) >= 60.0 * params.safety * (1 - 1e-9)
+    # after the cooldown the pool is tried again
+    now_pools, reps = fleet(after.targets, short=after.targets[spot.name])
+    later, _ = adaptive(Snapshot(60.0 + 601.0, reps, pools=now_pools, demand=d), state, params)
+    assert later.targets[spot.name] > 1

@@ -60,7 +60,11 @@ each class with its own mean lengths, and the MILP splits pools between them.  T
 targets per pool; its note gives the size mix.
 
 An engine that knows a spot pool is gone (pre-empted market) can hand the planner that pool
-with ``quota=0``; the plan then replaces it with the next cheapest hedged mix.
+with ``quota=0``; the plan then replaces it with the next cheapest hedged mix.  The planner
+also notices it itself: a spot pool with fewer live (starting or ready) replicas than its
+target, i.e. launches the market refused or pre-emptions it did not let the engine replace, is
+planned at no more than what it has for ``spot_cooldown_s`` (1800) since it was last seen
+short (SpotHedge's rule), so the rest moves to other pools or on-demand.
 
 Knobs beyond :class:`~fleetpilot.core.capacity.PlanParams`' fields, in ``params.extra``:
 ``upper_credit`` (1.0), ``spot_loss_safety`` (default ``utilisation``: after losing the
@@ -542,6 +546,7 @@ class PlannerState:
     held: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     last_now: float | None = None
     started: float | None = None  # the first call: no scale-down before hold_s has passed
+    short_at: Mapping[str, float] = field(default_factory=dict)  # spot pool → last seen short
 
 
 def _demand_keys(models: Sequence[str], observed: Mapping[str, Demand]) -> dict[str, list[str]]:
@@ -586,6 +591,34 @@ def _ready_carry(
         if carried < rps * params.safety - _TOL:
             return False
     return True
+
+
+_LIVE = (ReplicaState.STARTING, ReplicaState.READY)
+
+
+def _live(snapshot: Snapshot, pool: str) -> int:
+    return sum(1 for r in snapshot.replicas if r.pool == pool and r.state in _LIVE)
+
+
+def _spot_short(snapshot: Snapshot, short_at: Mapping[str, float]) -> dict[str, float]:
+    """Spot pools with fewer live replicas than their target are short: the market would not
+    give (or took back) what was asked and the engine could not replace it.  Returns when each
+    spot pool was last seen short (only engines that report replicas can tell)."""
+    out = dict(short_at)
+    if not snapshot.replicas:
+        return out
+    for p in snapshot.pools:
+        if _is_spot(p) and _live(snapshot, p.name) < min(p.target, p.offering.quota):
+            out[p.name] = snapshot.now
+    return out
+
+
+def _capped_at_live(pool: Pool, snapshot: Snapshot) -> Pool:
+    """A spot pool seen short recently, as the planner may use it: no more than it has."""
+    if not _is_spot(pool):
+        return pool
+    quota = min(pool.offering.quota, _live(snapshot, pool.name))
+    return replace(pool, offering=replace(pool.offering, quota=quota))
 
 
 def adaptive(
@@ -640,6 +673,12 @@ def adaptive(
                 )
             )
 
+    short_at = _spot_short(snapshot, state.short_at)
+    cooldown = _extra(params, "spot_cooldown_s", 1800.0)
+    pools = tuple(
+        _capped_at_live(p, snapshot) if now - short_at.get(p.name, -math.inf) < cooldown else p
+        for p in pools
+    )
     raw = plan_mix(pools, demand, params)
     price = {p.name: p.offering.price_per_hour for p in pools}
     # replicas beyond a pool's quota (a spot market gone: quota 0) go at once, uncounted
@@ -656,4 +695,6 @@ def adaptive(
     note = raw.note + (f"; {kept} kept while draining slowly" if kept else "")
     cost = float(sum(price[n] * k for n, k in shaped.items()))
     plan = replace(raw, targets=shaped, note=note, cost_per_hour=cost)
-    return plan, PlannerState(forecasts=forecasts, held=held, last_now=now, started=started)
+    return plan, PlannerState(
+        forecasts=forecasts, held=held, last_now=now, started=started, short_at=short_at
+    )
