@@ -2,6 +2,8 @@
 
 Everything runs real processes on 127.0.0.1: emulators and gateways started by
 :mod:`fleetpilot.procs`, requests sent by :mod:`fleetpilot.loadgen` through the openai client.
+Part 2 (the controller over a day) runs a short day in this test's event loop: the gateway
+in-process, the replicas as processes started by the local actuator.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import io
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -18,6 +21,7 @@ from rich.console import Console
 from fleetpilot.core.model import ServiceClass
 from fleetpilot.core.workload import TraceRequest
 from fleetpilot.demo import run_demo
+from fleetpilot.demo_controller import DaySettings, print_day, run_day
 from fleetpilot.loadgen import prompt_words, replay
 from fleetpilot.procs import ChildFailed, Supervisor, fleetpilot_command, free_port
 from fleetpilot.tokens import estimate_tokens
@@ -25,6 +29,15 @@ from fleetpilot.tokens import estimate_tokens
 
 def _children() -> list[psutil.Process]:
     return psutil.Process().children(recursive=True)
+
+
+def _table_row(out: str, column: str, first_cell: str) -> dict[str, str]:
+    """The cells of the row starting with ``first_cell`` in the table that has ``column``."""
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("┃") and column in line)
+    names = [c.strip() for c in lines[at].strip("┃ ").split("┃")]
+    row = next(line for line in lines[at:] if line.strip("│ ").startswith(first_cell + " "))
+    return dict(zip(names, (c.strip() for c in row.strip("│ ").split("│")), strict=True))
 
 
 def _demo_dirs() -> set[str]:
@@ -37,7 +50,10 @@ def test_demo_short_run_loses_nothing_and_cleans_up() -> None:
     buf = io.StringIO()
     console = Console(file=buf, width=200, force_terminal=False, color_system=None)
 
-    code = run_demo(duration=12, policies=["cost_slo", "round_robin"], seed=7, console=console)
+    code = run_demo(
+        duration=12, policies=["cost_slo", "round_robin"], seed=7, console=console,
+        parts=["routing"],
+    )  # fmt: skip
 
     out = buf.getvalue()
     assert code == 0, out
@@ -58,6 +74,57 @@ def test_unknown_policy_is_refused_before_anything_starts() -> None:
     code = run_demo(5, ["nope"], seed=1, console=Console(file=buf, width=200))
     assert code == 2
     assert "nope" in buf.getvalue()
+    code = run_demo(5, ["cost_slo"], seed=1, console=Console(file=buf), parts=["routing", "x"])
+    assert code == 2
+
+
+# A day of 48 modelled seconds in 24 real ones: control steps every 2 real seconds, replicas
+# ready 1 real second after their process answers, a spot pre-emption in each spot pool.
+SHORT_DAY = DaySettings(
+    day_s=24.0,
+    interval_s=4.0,
+    startup_s=2.0,
+    warmup_s=4.0,
+    notice_s=2.0,
+    preemptions=(("A10G-spot", 0.4), ("L40S-spot", 0.55)),
+)
+
+
+@pytest.mark.timeout(90)
+async def test_controller_day_grows_shrinks_and_survives_preemption() -> None:
+    before = {p.pid for p in _children()}
+    buf = io.StringIO()
+    console = Console(file=buf, width=200, force_terminal=False, color_system=None)
+
+    day = await run_day(SHORT_DAY, console=console)
+
+    assert {p.pid for p in _children()} <= before, "child processes left behind"
+    assert day.load.lost == 0, day.load.errors
+    assert day.load.requests > 80 and not day.errors
+    assert day.policy == "adaptive"
+    # Grows with the day: more ready replicas at the busiest moment than at the start ...
+    length = SHORT_DAY.day_modelled_s
+    times = [day.day_start + length * k / 40 for k in range(41)]
+    ready = [sum(day.ready(t).values()) for t in times]
+    peak = max(range(len(ready)), key=ready.__getitem__)
+    assert ready[peak] > ready[0], ready
+    # ... and shrinks after it, the removed replicas drained before they stopped.
+    assert min(ready[peak:]) < ready[peak], ready
+    drained = [s for s in day.spans if s.how == "stopped"]
+    assert any(s.draining is not None and s.draining > times[peak] for s in drained), day.spans
+    for s in drained:
+        assert s.draining is not None and s.draining <= s.end, s
+    # A spot replica pre-empted with a notice, the gateway continuing what ran on it.
+    assert day.preemptions_played >= 1
+    killed = [s for s in day.spans if s.how == "killed"]
+    assert all(s.notice is not None and s.notice < s.end for s in killed), killed
+    assert {s.pool for s in killed} <= {"A10G-spot", "L40S-spot"}
+
+    print_day(day, console)
+    out = buf.getvalue()
+    assert "pre-empted" in out and "attributed $" in out
+    summary = _table_row(out, "attributed $", f"{day.load.requests}")
+    assert summary["lost"] == "0" and summary["pre-empted"].startswith(str(len(killed)))
 
 
 def test_prompt_words_count_exactly_and_differ() -> None:
@@ -165,3 +232,53 @@ async def test_replay_through_the_gateway_reads_headers_and_counts_sheds(tmp_pat
     assert shed.outcomes[0].status == "shed" and not shed.outcomes[0].lost
     s = shed.summary()
     assert (s.shed, s.lost, s.slo_attainment) == (1, 0, 0.0)
+
+
+def test_removals_wait_for_starting_replicas_and_the_planner_sees_day_time() -> None:
+    from fleetpilot.catalogue import load_catalogue
+    from fleetpilot.core.capacity import Plan, PlanParams
+    from fleetpilot.core.model import Replica, ReplicaState, Snapshot
+    from fleetpilot.demo_controller import in_day_time, make_before_break
+
+    a, b = load_catalogue().pools("llama-3.1-8b", ["A10G"])
+    a, b = replace(a, target=2), replace(b, target=0)
+    seen: list[Snapshot] = []
+
+    def move(snapshot: Snapshot, state: object, params: PlanParams) -> tuple[Plan, object]:
+        seen.append(snapshot)
+        return Plan({a.name: 0, b.name: 2}), state
+
+    policy = make_before_break(move)
+    plan, _ = policy(Snapshot(now=0.0, replicas=(), pools=(a, b)), None, PlanParams())
+    assert plan.targets == {a.name: 2, b.name: 2}  # adding: nothing removed yet
+    settled = (replace(a, target=2), replace(b, target=2))
+    assert b.profile is not None
+    starting = Replica("x/0", b.name, "llama-3.1-8b", "http://127.0.0.1:1", b.offering,
+                       b.profile, ReplicaState.STARTING)  # fmt: skip
+    plan, _ = policy(Snapshot(now=1.0, replicas=(starting,), pools=settled), None, PlanParams())
+    assert plan.targets == {a.name: 2, b.name: 2}  # still starting: still kept
+    plan, _ = policy(Snapshot(now=2.0, replicas=(), pools=settled), None, PlanParams())
+    assert plan.targets == {a.name: 0, b.name: 2}  # settled: the removal goes ahead
+
+    in_day_time(move, 100.0)(Snapshot(now=3.0, replicas=(), pools=(a,)), None, PlanParams())
+    assert seen[-1].now == 300.0
+    assert seen[-1].pools[0].offering.startup_s == 100 * a.offering.startup_s
+
+
+async def test_pooled_lengths_average_over_windows_weighted_by_rate() -> None:
+    from fleetpilot.core.model import Demand
+    from fleetpilot.demo_controller import PooledLengths
+
+    class Windows:
+        def __init__(self) -> None:
+            self.seen = [Demand(1.0, 100, 10), Demand(3.0, 200, 50), Demand(0.0, 999, 999)]
+
+        async def demand(self) -> dict[str, Demand]:
+            return {"m": self.seen.pop(0)}
+
+    pooled = PooledLengths(Windows(), windows=2)
+    assert (await pooled.demand())["m"] == Demand(1.0, 100, 10)
+    second = (await pooled.demand())["m"]
+    assert (second.rps, second.mean_prompt_tokens, second.mean_output_tokens) == (3.0, 175, 40)
+    third = (await pooled.demand())["m"]  # no requests: the rate is 0, the lengths are kept
+    assert (third.rps, third.mean_prompt_tokens, third.mean_output_tokens) == (0.0, 175, 40)

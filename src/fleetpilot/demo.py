@@ -1,8 +1,13 @@
-"""``fleetpilot demo``: an emulated fleet, the gateway, and one synthetic day per routing policy.
+"""``fleetpilot demo``: routing policies over a static fleet, then the controller over a day.
 
-The fleet mixes cheap-slow and fast-expensive capacity (two A10G spot, an L4 and an L40S on
-demand, an A100 reserved) for one model.  For every policy the demo starts a gateway in front
-of it, replays the same trace open-loop, and half-way pre-empts a spot replica the way a cloud
+Part 1 (this module) compares routing policies.  Part 2 (:mod:`fleetpilot.demo_controller`)
+runs the capacity controller with the local actuator over one synthetic day: the fleet grows
+with the day's peak, shrinks after it, and survives spot pre-emptions.  The exit code is 0
+only when neither part lost a request.
+
+Part 1.  The fleet mixes cheap-slow and fast-expensive capacity (two A10G spot, an L4 and an
+L40S on demand, an A100 reserved) for one model.  For every policy the demo starts a gateway in
+front of it, replays the same trace open-loop, and half-way pre-empts a spot replica the way a cloud
 does: a notice (``POST /admin/drain``, so no new work goes there), then SIGKILL, with streams
 still running on it for the gateway to continue elsewhere.  The replica comes back before the
 next policy, so every policy meets the same fleet.
@@ -19,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +38,12 @@ from rich.table import Table
 from fleetpilot.core.model import CapacityClass
 from fleetpilot.core.routing import ROUTERS
 from fleetpilot.core.workload import LengthDist, TraceRequest, synthetic_trace
+from fleetpilot.demo_controller import DayResult, DaySettings, describe, print_day, run_day
 from fleetpilot.errors import FleetpilotError
 from fleetpilot.loadgen import LoadSummary, Outcome, replay
 from fleetpilot.procs import Child, Supervisor, fleetpilot_command, free_port
 
-__all__ = ["DEMO_FLEET", "PolicyResult", "run_demo"]
+__all__ = ["DEMO_FLEET", "PARTS", "PolicyResult", "run_demo"]
 
 MODEL = "llama-3.1-8b"
 HOST = "127.0.0.1"
@@ -45,6 +51,7 @@ TIME_SCALE = 0.25  # real seconds per modelled second: 60 s replay four trace mi
 MEAN_RPS = 3.6  # trace requests per second, averaged over the day
 TTFT_SLO_S = 2.0
 NOTICE_S = 2.0  # trace seconds between the spot notice (drain) and the kill
+PARTS = ("routing", "controller")
 # Chat-sized answers: the Azure 2023 spread (sigma ~1) around a shorter median, and a cap that
 # keeps the slowest replica's longest answer within a demo's patience.
 PROMPTS = LengthDist(median=256, sigma=1.0, low=16, high=2048)
@@ -310,33 +317,62 @@ def run_demo(
     *,
     time_scale: float = TIME_SCALE,
     console: Console | None = None,
+    parts: Sequence[str] = PARTS,
+    day: DaySettings | None = None,
 ) -> int:
-    """Run the demo and print the comparison: exit code 0 when no request was lost."""
+    """Run the demo's ``parts`` and print what they show: exit code 0 when no request was lost.
+
+    ``duration``, ``policies`` and ``time_scale`` are part 1's; ``day`` is part 2's."""
     out = console or Console()
     if console is None and not out.is_terminal:
         out.width = max(out.width, 120)  # a log or a pipe: do not squeeze the table
     policies = [p.strip() for p in policies if p.strip()]
     unknown = [p for p in policies if p not in ROUTERS]
-    if unknown or not policies or duration <= 0 or time_scale <= 0:
+    routing = "routing" in parts
+    bad_part = [p for p in parts if p not in PARTS]
+    bad_numbers = duration <= 0 or time_scale <= 0
+    if bad_part or not parts or bad_numbers or (routing and (unknown or not policies)):
         out.print(
-            f"[red]fleetpilot demo: need a positive duration and time scale and policies "
-            f"among {sorted(ROUTERS)}; unknown: {unknown}[/]"
+            f"[red]fleetpilot demo: need parts among {list(PARTS)} (unknown: {bad_part}), a "
+            f"positive duration and time scale and policies among {sorted(ROUTERS)}; "
+            f"unknown: {unknown}[/]"
         )
         return 2
-    trace_s = duration / time_scale
-    pools = ", ".join(f"{p.replicas}x {p.accelerator} {p.capacity_class}" for p in DEMO_FLEET)
-    out.print(
-        f"Fleet: {pools} serving {MODEL}; {trace_s:.0f} trace seconds replayed in "
-        f"{duration:g} real seconds per policy."
-    )
+    results: list[PolicyResult] = []
+    outcome: DayResult | None = None
     try:
-        results = asyncio.run(compare(duration, policies, seed, time_scale=time_scale, console=out))
+        if routing:
+            results = _routing_part(duration, policies, seed, time_scale, out)
+        if "controller" in parts:
+            settings = day or DaySettings(seed=seed)
+            out.rule("Part 2 · the capacity controller over a synthetic day")
+            out.print(describe(settings))
+            outcome = asyncio.run(run_day(settings, console=out))
+            print_day(outcome, out)
     except KeyboardInterrupt:
         out.print("[yellow]interrupted; every process stopped[/]")
         return 130
     except FleetpilotError as exc:
         out.print(f"[red]fleetpilot demo failed:[/] {exc}")
         return 1
+    lost = sum(r.load.lost for r in results) + (outcome.load.lost if outcome else 0)
+    if lost:
+        out.print(f"[bold red]{lost} request(s) lost[/]")
+        return 1
+    return 0
+
+
+def _routing_part(
+    duration: float, policies: list[str], seed: int, time_scale: float, out: Console
+) -> list[PolicyResult]:
+    trace_s = duration / time_scale
+    pools = ", ".join(f"{p.replicas}x {p.accelerator} {p.capacity_class}" for p in DEMO_FLEET)
+    out.rule("Part 1 · routing policies over a static fleet")
+    out.print(
+        f"Fleet: {pools} serving {MODEL}; {trace_s:.0f} trace seconds replayed in "
+        f"{duration:g} real seconds per policy."
+    )
+    results = asyncio.run(compare(duration, policies, seed, time_scale=time_scale, console=out))
     out.print(results_table(results, trace_s))
     late = max(r.load.max_lag for r in results)
     if late > 0.5:
@@ -344,8 +380,4 @@ def run_demo(
             f"[yellow]note: the load generator sent some requests up to {late:.1f} trace s late "
             "(this machine was short of CPU); latencies count that wait.[/]"
         )
-    lost = sum(r.load.lost for r in results)
-    if lost:
-        out.print(f"[bold red]{lost} request(s) lost[/]")
-        return 1
-    return 0
+    return results
