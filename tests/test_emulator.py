@@ -11,6 +11,7 @@ import asyncio
 import json
 import math
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -351,13 +352,17 @@ def _check(label: str, measured: float, predicted: float) -> None:
 async def test_fidelity_single_request_on_idle_replica(timed_replica: EmulatorProcess) -> None:
     c = client_for(timed_replica.url)
     await timed_chat(c, "warm up", 1)
-    got = await timed_chat(c, PROMPT, N_TOKENS)
+    # A longer prompt than elsewhere: the client's and loopback's fixed ~5-15 ms (more on a
+    # busy machine) is then a small share of the TTFT being checked.  Median of three runs.
+    prompt = "word " * 800
+    runs = [await timed_chat(c, prompt, N_TOKENS) for _ in range(3)]
     await c.close()
-    assert got.text == words(0, N_TOKENS)
-    expected = predict(L4, ReplicaLoad(), P, N_TOKENS)
-    _check("idle n=1 TTFT", got.ttft, expected.ttft)
-    _check("idle n=1 ITL", got.itl, step_time(L4, 1))
-    _check("idle n=1 e2e", got.token_at[-1] - got.sent, expected.e2e)
+    assert all(got.text == words(0, N_TOKENS) for got in runs)
+    expected = predict(L4, ReplicaLoad(), estimate_tokens(prompt), N_TOKENS)
+    _check("idle n=1 TTFT", statistics.median(g.ttft for g in runs), expected.ttft)
+    _check("idle n=1 ITL", statistics.median(g.itl for g in runs), step_time(L4, 1))
+    e2e = statistics.median(g.token_at[-1] - g.sent for g in runs)
+    _check("idle n=1 e2e", e2e, expected.e2e)
 
 
 @pytest.mark.parametrize("n", [1, 4, 8, 16])
