@@ -37,6 +37,7 @@ from fleetpilot.gateway.membership import add_membership_routes
 from fleetpilot.gateway.metrics import GatewayMetrics
 from fleetpilot.gateway.proxy import Proxy
 from fleetpilot.gateway.upstream import Upstream
+from fleetpilot.replica_metrics import in_flight
 
 __all__ = ["CONFIG", "FLEET", "METRICS", "PROXY", "create_app", "run_gateway"]
 
@@ -184,12 +185,7 @@ async def _health_loop(app: web.Application) -> None:
         live = fleet.find(rid)
         if status != 200 or live is None:
             return
-        total = 0.0
-        for line in text.decode("utf-8", "replace").splitlines():
-            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
-                with contextlib.suppress(ValueError, IndexError):
-                    total += float(line.rsplit(" ", 1)[1])
-        live.scraped_in_flight = int(total)
+        live.scraped_in_flight = in_flight(text.decode("utf-8", "replace"))
         live.touch()
 
     while True:

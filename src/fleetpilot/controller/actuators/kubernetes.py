@@ -57,6 +57,7 @@ from fleetpilot.controller.actuators.base import NoticeBus, PreemptionNotice
 from fleetpilot.core.capacity import Plan
 from fleetpilot.core.model import CapacityClass, Pool, Replica, ReplicaState
 from fleetpilot.errors import ConfigError, FleetpilotError
+from fleetpilot.replica_metrics import in_flight
 
 __all__ = [
     "GPU_PRODUCTS",
@@ -766,12 +767,7 @@ class KubernetesActuator:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError):
             return 0
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
-                with contextlib.suppress(ValueError, IndexError):
-                    total += float(line.rsplit(" ", 1)[1])
-        return int(total)
+        return in_flight(text)
 
     # -- polling --------------------------------------------------------------------------------
     def _start_polling(self) -> None:

@@ -24,7 +24,6 @@ dies.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -41,6 +40,7 @@ from fleetpilot.core.capacity import Plan
 from fleetpilot.core.model import CapacityClass, Pool, Replica, ReplicaState
 from fleetpilot.errors import ConfigError
 from fleetpilot.procs import Child, ChildFailed, Supervisor, fleetpilot_command, free_port
+from fleetpilot.replica_metrics import in_flight
 
 __all__ = ["LocalActuator", "SpotPlay"]
 
@@ -378,12 +378,7 @@ class LocalActuator:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError):
             return 0
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
-                with contextlib.suppress(ValueError, IndexError):
-                    total += float(line.rsplit(" ", 1)[1])
-        return int(total)
+        return in_flight(text)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
