@@ -626,6 +626,10 @@ class _Bench:
 # --------------------------------------------------------------------------- reporting
 
 
+def _num(x: float) -> str:
+    return "—" if x != x else f"{x:,.2f}"
+
+
 def _ms(x: float | None) -> str:
     return "—" if x is None or x != x else f"{x:.2f}"
 
@@ -698,7 +702,7 @@ def _c1(res: dict[str, Any], stream: bool = False) -> dict[str, Any]:
 
 
 def _floor_table(floor: dict[str, Any], proxies: list[str], results: dict[str, Any]) -> Table:
-    t = Table(title="hop floor: added ms through a byte relay on the proxy core vs each proxy")
+    t = Table(title="hop floor: ms added by a byte relay vs by each proxy, same core")
     t.add_column("point")
     for col in ("relay", *proxies, *(f"{p} − relay" for p in proxies)):
         t.add_column(col, justify="right")
@@ -752,7 +756,8 @@ def _ratio_table(fp: dict[str, Any], ll: dict[str, Any]) -> Table:
     for col in ("metric", "fleetpilot", "LiteLLM", "fleetpilot / LiteLLM"):
         t.add_column(col, justify="right")
     for label, a, b in _comparable(fp, ll):
-        t.add_row(label, f"{a:,.2f}", f"{b:,.2f}", f"{a / b:.3g}" if b else "—")
+        ratio = f"{a / b:.3g}" if b and a == a and b == b else "—"  # x == x: not NaN
+        t.add_row(label, _num(a), _num(b), ratio)
     return t
 
 
