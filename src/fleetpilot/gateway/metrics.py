@@ -10,6 +10,8 @@ nobody used; with ``fleetpilot_tokens_total`` they give $ per token per pool.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -20,8 +22,21 @@ _ITL = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 _COST = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
+@dataclass(frozen=True, slots=True)
+class ServedSeries:
+    ok: Any
+    cost: Any
+    request_cost: Any
+    e2e: Any
+    ttft: Any
+    itl: Any
+    prompt_tokens: Any
+    completion_tokens: Any
+
+
 class GatewayMetrics:
     def __init__(self, idle_costs: Callable[[], dict[str, float]] | None = None) -> None:
+        self._served: dict[tuple[str, str], ServedSeries] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "fleetpilot_requests", "Requests by outcome", ["model", "pool", "status"], registry=r
@@ -81,6 +96,24 @@ class GatewayMetrics:
             )
             self._idle_costs = idle_costs
             self._idle = idle
+
+    def served(self, model: str, pool: str) -> ServedSeries:
+        """The series a served request touches, looked up once per (model, pool): label
+        lookups are a measurable share of the gateway's per-request CPU."""
+        key = (model, pool)
+        series = self._served.get(key)
+        if series is None:
+            series = self._served[key] = ServedSeries(
+                ok=self.requests.labels(model, pool, "200"),
+                cost=self.cost.labels(pool),
+                request_cost=self.request_cost.labels(pool),
+                e2e=self.e2e.labels(model, pool),
+                ttft=self.ttft.labels(model, pool),
+                itl=self.itl.labels(model, pool),
+                prompt_tokens=self.tokens.labels(pool, "prompt"),
+                completion_tokens=self.tokens.labels(pool, "completion"),
+            )
+        return series
 
     def render(self) -> bytes:
         if hasattr(self, "_idle"):

@@ -200,7 +200,10 @@ class Proxy:
             self._settle(lease, pool, model, usage, now - request.arrival, None)
         else:
             lease.release()
-        self.metrics.requests.labels(model, pool, str(resp.status)).inc()
+        if resp.status == 200:
+            self.metrics.served(model, pool).ok.inc()
+        else:
+            self.metrics.requests.labels(model, pool, str(resp.status)).inc()
         return web.Response(
             body=data,
             status=resp.status,
@@ -218,14 +221,14 @@ class Proxy:
         ttft: float | None,
     ) -> None:
         cost = lease.release()
-        m = self.metrics
-        m.cost.labels(pool).inc(cost)
-        m.request_cost.labels(pool).observe(cost)
-        m.e2e.labels(model, pool).observe(e2e)
+        m = self.metrics.served(model, pool)
+        m.cost.inc(cost)
+        m.request_cost.observe(cost)
+        m.e2e.observe(e2e)
         if ttft is not None:
-            m.ttft.labels(model, pool).observe(ttft)
-        m.tokens.labels(pool, "prompt").inc(usage.get("prompt_tokens", 0) or 0)
-        m.tokens.labels(pool, "completion").inc(usage.get("completion_tokens", 0) or 0)
+            m.ttft.observe(ttft)
+        m.prompt_tokens.inc(usage.get("prompt_tokens", 0) or 0)
+        m.completion_tokens.inc(usage.get("completion_tokens", 0) or 0)
 
     # -- streaming --------------------------------------------------------------------------
     async def _stream(self, inbound: Inbound, http: web.Request) -> web.StreamResponse:
@@ -345,7 +348,7 @@ class Proxy:
             await out.write_eof()
         except ConnectionError:
             pass
-        self.metrics.requests.labels(model, pool, "200").inc()
+        self.metrics.served(model, pool).ok.inc()
         return out
 
     async def _relay(
@@ -362,7 +365,7 @@ class Proxy:
         state.segments += 1
         continuing = state.segments > 1
         chat = inbound.kind == "chat"
-        itl = self.metrics.itl.labels(model, pool)
+        itl = self.metrics.served(model, pool).itl
         clock = self.clock
         try:
             async for payload in resp.events():
