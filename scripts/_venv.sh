@@ -8,4 +8,6 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${EXTRAS:-}]"
+SPEC="."
+[ -n "${EXTRAS:-}" ] && SPEC=".[${EXTRAS}]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e "$SPEC"
