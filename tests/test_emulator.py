@@ -342,11 +342,21 @@ def _err(measured: float, predicted: float) -> float:
     return abs(measured - predicted) / predicted
 
 
+# The perf model has no term for the HTTP hop: a time to first token measured by the openai
+# client also holds the request's trip over loopback and the client's own work, 5-30 ms on
+# this 2-core machine depending on what else runs.  TTFT checks allow that much on top of
+# the 10%; a missing prefill or step (50+ ms here) still fails them.
+TRANSPORT_SLACK_S = 0.035
+
+
 def _check(label: str, measured: float, predicted: float) -> None:
     err = _err(measured, predicted)
     ms = f"measured {measured * 1e3:.1f} ms, model {predicted * 1e3:.1f} ms"
     print(f"fidelity {label}: {ms}, error {err:.1%}")
-    assert err < TOLERANCE, f"{label}: measured {measured:.4f}s vs model {predicted:.4f}s"
+    slack = TRANSPORT_SLACK_S if "TTFT" in label else 0.0
+    assert abs(measured - predicted) <= TOLERANCE * predicted + slack, (
+        f"{label}: measured {measured:.4f}s vs model {predicted:.4f}s"
+    )
 
 
 async def test_fidelity_single_request_on_idle_replica(timed_replica: EmulatorProcess) -> None:
