@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -128,11 +129,19 @@ class FleetConfig(_Frozen):
         return pools, replicas
 
 
-def load_fleet(path: str | Path) -> FleetConfig:
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(path: str | Path, model: type[M], what: str) -> M:
+    """Read a YAML file into ``model``; every failure is a ConfigError naming ``what``."""
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
-        return FleetConfig.model_validate(raw)
+        return model.model_validate(raw)
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read fleet file {path}: {exc}") from exc
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from exc
     except ValidationError as exc:
-        raise ConfigError(f"invalid fleet file {path}:\n{exc}") from exc
+        raise ConfigError(f"invalid {what} {path}:\n{exc}") from exc
+
+
+def load_fleet(path: str | Path) -> FleetConfig:
+    return load_yaml_model(path, FleetConfig, "fleet file")

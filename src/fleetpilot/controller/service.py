@@ -25,11 +25,11 @@ import signal
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from fleetpilot.catalogue import load_catalogue
 from fleetpilot.clock import SystemClock
+from fleetpilot.config import load_yaml_model
 from fleetpilot.controller.actuators.base import Actuator
 from fleetpilot.controller.actuators.dry_run import DryRunActuator
 from fleetpilot.controller.actuators.kubernetes import (
@@ -108,13 +108,7 @@ class ControllerSettings(_Frozen):
 
 
 def load_controller_settings(path: Path | str) -> ControllerSettings:
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        return ControllerSettings.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read controller settings {path}: {exc}") from exc
-    except ValidationError as exc:
-        raise ConfigError(f"invalid controller settings {path}:\n{exc}") from exc
+    return load_yaml_model(path, ControllerSettings, "controller settings")
 
 
 def _pools(settings: ControllerSettings) -> list[Pool]:
