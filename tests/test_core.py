@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import random
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ from fleetpilot.catalogue import load_catalogue
 from fleetpilot.core.model import (
     Action,
     CapacityClass,
+    Profile,
     Replica,
     ReplicaLoad,
     ReplicaState,
@@ -20,7 +22,7 @@ from fleetpilot.core.model import (
     Snapshot,
 )
 from fleetpilot.core.perf import BatchEngine, Sequence, marginal_cost, predict, step_time
-from fleetpilot.core.routing import ROUTERS, RoutingParams, cost_slo
+from fleetpilot.core.routing import DEFAULT_PARAMS, ROUTERS, RoutingParams, cost_slo
 from fleetpilot.errors import ConfigError
 
 CAT = load_catalogue()
@@ -134,6 +136,66 @@ def test_engine_respects_kv_capacity() -> None:
     assert eng.cancel("0") and eng.cancel(str(p.max_batch + 2)) and not eng.cancel("nope")
 
 
+def _replay(p: Profile, jobs: list[tuple[int, int, int]], jump: bool) -> dict[str, tuple[int, int]]:
+    """(first-token step, last-token step) per sequence; ``jobs`` are (arrival step, prompt,
+    output).  ``jump`` drives the engine as the simulator does (``finish_step`` and
+    ``fast_forward`` over steps that change nothing), else one ``end_step`` per step."""
+    eng = BatchEngine(p)
+    out: dict[str, tuple[int, int]] = {}
+    first: dict[str, int] = {}
+    step, i = 0, 0
+    while i < len(jobs) or eng.busy:
+        while i < len(jobs) and jobs[i][0] <= step:
+            eng.add(Sequence(str(i), jobs[i][1], jobs[i][2]))
+            i += 1
+        if not eng.busy:
+            step = jobs[i][0]
+            continue
+        admitted = eng.begin_step().admitted
+        step += 1
+        if jump and not admitted:
+            nxt = jobs[i][0] if i < len(jobs) else 1 << 30
+            k = max(0, min(eng.steps_to_finish() - 1, nxt - step))
+            eng.fast_forward(k)
+            step += k
+        first.update({sid: step for sid in admitted})
+        finished = eng.finish_step() if jump else [s for s in eng.end_step() if s.done]
+        for s in finished:
+            assert s.generated == s.max_tokens
+            out[s.id] = (first[s.id], step)
+    return out
+
+
+def test_engine_fast_forward_matches_stepping_one_by_one() -> None:
+    p = CAT.profile(MODEL, "A10G")
+    rng = random.Random(7)
+    jobs, t = [], 0
+    for _ in range(300):
+        t += rng.randrange(0, 6)
+        jobs.append((t, rng.randrange(1, 2000), rng.randrange(1, 80)))
+    stepped = _replay(p, jobs, jump=False)
+    assert len(stepped) == 300
+    assert _replay(p, jobs, jump=True) == stepped
+
+
+def test_engine_counts_tokens_of_cancelled_and_jumped_sequences() -> None:
+    p = CAT.profile(MODEL, "A10G")
+    eng = BatchEngine(p)
+    eng.add(Sequence("a", 10, 100))
+    eng.add(Sequence("b", 10, 50))
+    eng.begin_step()
+    eng.finish_step()
+    eng.begin_step()
+    assert eng.steps_to_finish() == 49
+    eng.fast_forward(40)
+    assert eng.load().remaining_decode_tokens == 150 - 2 * 41
+    with pytest.raises(ValueError):
+        eng.fast_forward(9)  # the 9th step end would finish "b"
+    assert eng.cancel("a")
+    assert [(s.id, s.generated) for s in eng.sequences()] == [("b", 41)]
+    assert eng.load() == ReplicaLoad(running=1, remaining_decode_tokens=9)
+
+
 # -- routing ----------------------------------------------------------------------------------
 
 
@@ -148,7 +210,7 @@ def test_cost_slo_picks_cheapest_replica_that_meets_deadline() -> None:
     snap = Snapshot(now=0.0, replicas=(fast, cheap_slow))
     d = cost_slo(request(deadline=2.0), snap)
     assert d.action is Action.ROUTE and d.replica_id == cheap_slow.id
-    assert d.alternatives == (fast.id,)
+    assert d.predicted_ttft <= 2.0 * DEFAULT_PARAMS.headroom
     # a tight deadline only the fast replica meets
     tight = step_time(fast.profile, 1) + 200 / fast.profile.prefill_rate + 0.001
     assert cost_slo(request(deadline=tight), snap).replica_id == fast.id

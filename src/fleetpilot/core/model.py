@@ -220,4 +220,3 @@ class Decision:
     marginal_cost: float = 0.0
     retry_after: float = 0.0
     reason: str = ""
-    alternatives: tuple[str, ...] = field(default=())

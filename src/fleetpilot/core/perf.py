@@ -14,6 +14,7 @@ token; a newly admitted sequence's first token is the one its prefill step produ
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -93,14 +94,20 @@ def marginal_cost(replica: Replica, prompt_tokens: int, max_tokens: int, batch: 
 # Execution
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Sequence:
-    """One request inside a :class:`BatchEngine`."""
+    """One request inside a :class:`BatchEngine`.
+
+    ``generated`` is exact whenever the engine hands the sequence out (``end_step``,
+    ``finish_step``, ``sequences``); while it runs unseen the engine counts its tokens as
+    step ends since ``base``, so a step costs O(1) however full the batch is.
+    """
 
     id: str
     prompt_tokens: int
     max_tokens: int
     generated: int = 0
+    base: int = field(default=0, repr=False)  # engine's step-end count when it had 0 tokens
 
     @property
     def done(self) -> bool:
@@ -122,14 +129,24 @@ class BatchEngine:
 
     The caller drives it: ``begin_step()`` says how long the next step takes, the caller lets
     that much (real or virtual) time pass, then ``end_step()`` hands out one token to every
-    sequence in the batch and returns them.  ``slowdown`` multiplies step durations (fault
-    injection and stragglers).
+    sequence in the batch and returns them (the emulator streams each one).  A caller that
+    only needs first tokens and completions (the simulator) calls ``finish_step()`` instead,
+    which returns only the sequences that finished, and jumps over runs of identical steps
+    with ``fast_forward``.  ``slowdown`` multiplies step durations (fault injection and
+    stragglers).
+
+    Bookkeeping: ``ends`` counts step ends; a running sequence has ``ends - base`` tokens and
+    sits in a heap by the step end that gives it its last token, so the next completion is
+    known without looking at the batch.
     """
 
     profile: Profile
     slowdown: float = 1.0
     waiting: deque[Sequence] = field(default_factory=deque)
-    running: list[Sequence] = field(default_factory=list)
+    running: dict[Sequence, None] = field(default_factory=dict)  # batch order (admission)
+    ends: int = 0
+    _finishing: list[tuple[int, int, Sequence]] = field(default_factory=list)  # heap
+    _admissions: int = 0  # tie-break in the heap: batch order
     _pending: int = 0  # prompt tokens of waiting sequences
     _owed: int = 0  # output tokens still owed to running and waiting sequences
 
@@ -141,14 +158,18 @@ class BatchEngine:
         self._owed += seq.max_tokens - seq.generated
 
     def cancel(self, seq_id: str) -> bool:
-        for group in (self.running, self.waiting):
-            for seq in group:
-                if seq.id == seq_id:
-                    group.remove(seq)
-                    if group is self.waiting:
-                        self._pending -= seq.prompt_tokens
-                    self._owed -= seq.max_tokens - seq.generated
-                    return True
+        for seq in self.running:
+            if seq.id == seq_id:
+                seq.generated = self.ends - seq.base
+                del self.running[seq]  # its heap entry is dropped when it surfaces
+                self._owed -= seq.max_tokens - seq.generated
+                return True
+        for seq in self.waiting:
+            if seq.id == seq_id:
+                self.waiting.remove(seq)
+                self._pending -= seq.prompt_tokens
+                self._owed -= seq.max_tokens - seq.generated
+                return True
         return False
 
     @property
@@ -161,9 +182,13 @@ class BatchEngine:
         prefill = 0.0
         if waiting and len(running) < cap:
             admitted: list[Sequence] = []
+            ends, heap = self.ends, self._finishing
             while waiting and len(running) < cap:
                 seq = waiting.popleft()
-                running.append(seq)
+                seq.base = ends - seq.generated
+                running[seq] = None
+                self._admissions += 1
+                heapq.heappush(heap, (seq.base + seq.max_tokens, self._admissions, seq))
                 admitted.append(seq)
             tokens = sum(s.prompt_tokens for s in admitted)
             self._pending -= tokens
@@ -178,15 +203,56 @@ class BatchEngine:
 
         Returns the sequences that got a token, in batch order (the caller owns the list).
         """
-        stepped = self.running
-        self._owed -= len(stepped)
-        finished = False
+        stepped = list(self.running)
+        ends = self.ends + 1
         for seq in stepped:
-            seq.generated += 1
-            if seq.generated >= seq.max_tokens:
-                finished = True
-        self.running = [s for s in stepped if not s.done] if finished else stepped.copy()
+            seq.generated = ends - seq.base
+        self.finish_step()
         return stepped
+
+    def finish_step(self) -> list[Sequence]:
+        """``end_step`` for callers that only need completions: the sequences that got their
+        last token, in batch order."""
+        self.ends += 1
+        self._owed -= len(self.running)
+        return self._pop_finished()
+
+    def _pop_finished(self) -> list[Sequence]:
+        heap, running, ends = self._finishing, self.running, self.ends
+        done: list[Sequence] = []
+        while heap and heap[0][0] <= ends:
+            _, _, seq = heapq.heappop(heap)
+            if seq in running and seq.base + seq.max_tokens <= ends:
+                del running[seq]
+                seq.generated = seq.max_tokens
+                done.append(seq)
+        return done
+
+    def steps_to_finish(self) -> int:
+        """Step ends, the one in progress first, until a running sequence gets its last token
+        (0 when nothing runs)."""
+        heap, running = self._finishing, self.running
+        while heap and heap[0][2] not in running:  # cancelled
+            heapq.heappop(heap)
+        return heap[0][0] - self.ends if heap else 0
+
+    def fast_forward(self, steps: int) -> None:
+        """``steps`` times ``finish_step()`` then ``begin_step()``, in O(1), where neither can
+        change the batch: no sequence finishes (``steps < steps_to_finish()``) and the step in
+        progress admitted nobody, so nobody can be admitted until one finishes.  Every such
+        step is identical, which is what lets a simulator jump over them."""
+        if steps <= 0:
+            return
+        if steps >= self.steps_to_finish():
+            raise ValueError("fast_forward would finish a sequence; step it instead")
+        self.ends += steps
+        self._owed -= steps * len(self.running)
+
+    def sequences(self) -> list[Sequence]:
+        """Running then waiting sequences, with exact token counts."""
+        for seq in self.running:
+            seq.generated = self.ends - seq.base
+        return [*self.running, *self.waiting]
 
     def load(self) -> ReplicaLoad:
         return ReplicaLoad(len(self.running), len(self.waiting), self._pending, self._owed)

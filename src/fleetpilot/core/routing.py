@@ -4,8 +4,8 @@ They are chosen by name from :data:`ROUTERS`.  The gateway calls them on every r
 snapshot of its live fleet view; the simulator calls them with a virtual one.  Randomness and
 rotation come from ``snapshot.tick`` so a replay gives the same answers.
 
-``alternatives`` in a decision lists where to go next, best first, if the chosen replica
-fails before its first byte; the gateway retries down that list.
+A retry after a failure before the first byte is a new decision on a new snapshot (the
+failed replica is ejected by then), so a decision names one replica and no fallbacks.
 """
 
 from __future__ import annotations
@@ -65,33 +65,23 @@ def cost_slo(
     budget = request.deadline - snapshot.now
     usable = budget * params.headroom
     prompt, tokens = request.prompt_tokens, request.max_tokens
-    # (ttft, cost, index): only TTFT and cost are needed to choose; the chosen replica's
-    # prediction is recomputed in full below.  This loop is the hot path of the gateway and
-    # of the simulator, hence the flat tuples.
-    scored = [(*ttft_and_cost(r, prompt, tokens), i) for i, r in enumerate(pool)]
-    best_i = -1
-    best_key = (math.inf, math.inf)
-    for ttft, cost, i in scored:
-        if ttft <= usable and (cost, ttft) < best_key:
-            best_key, best_i = (cost, ttft), i
-    if best_i >= 0:
-        best = pool[best_i]
+    # Only TTFT and cost are needed to choose; the chosen replica's prediction is recomputed
+    # in full below.  This loop is the hot path of the gateway and of the simulator.
+    best: Replica | None = None
+    best_cost = best_ttft = math.inf
+    fastest = pool[0]
+    fastest_ttft = fastest_cost = math.inf
+    for r in pool:
+        ttft, cost = ttft_and_cost(r, prompt, tokens)
+        if ttft <= usable and (cost < best_cost or (cost == best_cost and ttft < best_ttft)):
+            best, best_cost, best_ttft = r, cost, ttft
+        if ttft < fastest_ttft or (ttft == fastest_ttft and cost < fastest_cost):
+            fastest, fastest_ttft, fastest_cost = r, ttft, cost
+    if best is not None:
         p = predict(best.profile, best.load, prompt, tokens)
-        # fall back to the other replicas that meet the deadline, cheapest first, then the rest,
-        # fastest first
-        others = sorted(
-            (s for s in scored if s[2] != best_i),
-            key=lambda s: (s[0] > usable, s[1] if s[0] <= usable else s[0]),
-        )
-        return Decision(
-            Action.ROUTE, best.id, p.ttft, p.e2e, best_key[0],
-            alternatives=tuple(pool[s[2]].id for s in others),
-        )  # fmt: skip
-    scored.sort()
-    ttft, cost, i = scored[0]
-    fastest = pool[i]
+        return Decision(Action.ROUTE, best.id, p.ttft, p.e2e, best_cost)
+    ttft, cost = fastest_ttft, fastest_cost
     p = predict(fastest.profile, fastest.load, prompt, tokens)
-    rest = tuple(pool[s[2]].id for s in scored[1:])
     if request.service_class is ServiceClass.BATCH:
         if budget > 0:
             return Decision(
@@ -100,7 +90,7 @@ def cost_slo(
                 retry_after=max(params.min_retry_after, min(budget, ttft - budget)),
                 reason="no replica meets the deadline yet; batch work waits",
             )
-        return Decision(Action.ROUTE, fastest.id, ttft, p.e2e, cost, alternatives=rest)
+        return Decision(Action.ROUTE, fastest.id, ttft, p.e2e, cost)
     if ttft > params.shed_factor * max(budget, 1e-3):
         return Decision(
             Action.SHED,
@@ -109,14 +99,13 @@ def cost_slo(
             reason=f"predicted TTFT {ttft:.2f}s exceeds {params.shed_factor:g}x the "
             f"{max(budget, 0):.2f}s budget on every replica",
         )
-    return Decision(Action.ROUTE, fastest.id, ttft, p.e2e, cost, alternatives=rest)
+    return Decision(Action.ROUTE, fastest.id, ttft, p.e2e, cost)
 
 
-def _baseline(request: Request, chosen: Replica, pool: list[Replica]) -> Decision:
+def _baseline(request: Request, chosen: Replica) -> Decision:
     p = predict(chosen.profile, chosen.load, request.prompt_tokens, request.max_tokens)
     cost = marginal_cost(chosen, request.prompt_tokens, request.max_tokens, p.batch)
-    rest = tuple(r.id for r in sorted(pool, key=lambda r: r.load.in_flight) if r is not chosen)
-    return Decision(Action.ROUTE, chosen.id, p.ttft, p.e2e, cost, alternatives=rest)
+    return Decision(Action.ROUTE, chosen.id, p.ttft, p.e2e, cost)
 
 
 def round_robin(
@@ -125,7 +114,7 @@ def round_robin(
     pool = candidates(request, snapshot)
     if not pool:
         return _unavailable(request)
-    return _baseline(request, pool[snapshot.tick % len(pool)], pool)
+    return _baseline(request, pool[snapshot.tick % len(pool)])
 
 
 def least_load(
@@ -135,7 +124,7 @@ def least_load(
     pool = candidates(request, snapshot)
     if not pool:
         return _unavailable(request)
-    return _baseline(request, min(pool, key=lambda r: r.load.in_flight), pool)
+    return _baseline(request, min(pool, key=lambda r: r.load.in_flight))
 
 
 def _mix(x: int) -> int:
@@ -156,7 +145,7 @@ def power_of_two(
     i = _mix(snapshot.tick) % n
     j = (i + 1 + _mix(snapshot.tick + 0x5BD1E995) % (n - 1)) % n if n > 1 else i
     a, b = pool[i], pool[j]
-    return _baseline(request, a if a.load.in_flight <= b.load.in_flight else b, pool)
+    return _baseline(request, a if a.load.in_flight <= b.load.in_flight else b)
 
 
 ROUTERS: dict[str, Router] = {

@@ -8,9 +8,11 @@ request's TTFT and end-to-end latency, and the fleet's cost.
 
 How time moves.  A heap of events (:class:`~fleetpilot.sim.events.EventLoop`) holds arrivals,
 control ticks, replicas becoming ready, pre-emption notices and retries.  Engine steps are
-not heap events: replicas interact only through routing, so each replica is stepped lazily,
-one ``begin_step()``/``end_step()`` per step, up to the time of the next event that looks at
-it (an arrival that may be routed to it, a tick, a notice).  A step boundary at exactly the
+not heap events: replicas interact only through routing, so each replica is stepped lazily
+up to the time of the next event that looks at it (an arrival that may be routed to it, a
+tick, a notice).  A step that admits nobody is followed by identical steps until a sequence
+finishes, so those are jumped over (``BatchEngine.fast_forward``): the work per request is
+its admission and its completion, not its tokens.  A step boundary at exactly the
 time of an event comes after it: a request that arrives as a step ends joins the next step,
 and requests arriving together at an idle replica share its first step, as BatchEngine
 dictates.  A request's first token is the end of the step that admitted it; it completes at
@@ -556,23 +558,32 @@ class _Sim:
             return
         rep.dirty = True
         engine = rep.engine
-        begin_step, end_step = engine.begin_step, engine.end_step
+        begin_step, finish_step = engine.begin_step, engine.finish_step
         stepping, admitted = rep.stepping, rep.admitted
         ttft, arrival = self.ttft, self.arrival
         while b < t:
             if stepping:
-                stepped = end_step()
+                finished = finish_step()
                 for sid in admitted:
                     i = int(sid)
                     if ttft[i] != ttft[i]:  # NaN: no first token yet (continuations keep theirs)
                         ttft[i] = b - arrival[i]
-                if len(engine.running) != len(stepped):
-                    self._finished(stepped, b)
+                if finished:
+                    self._finished(finished, b)
             if engine.running or engine.waiting:
                 step = begin_step()
                 admitted = step.admitted
                 stepping = True
                 b += step.duration
+                if not admitted and b < t:
+                    # Until a sequence finishes, every step is this one again: jump over
+                    # the ones that end before ``t`` (repeated addition keeps the times
+                    # bit-identical to stepping one by one).
+                    d, k, most = step.duration, 0, engine.steps_to_finish() - 1
+                    while k < most and b < t:
+                        b += d
+                        k += 1
+                    engine.fast_forward(k)
             else:
                 stepping, admitted = False, ()
                 if rep.state is _DRAINING:
@@ -582,16 +593,15 @@ class _Sim:
                 b = _INF
         rep.stepping, rep.admitted, rep.boundary = stepping, admitted, b
 
-    def _finished(self, stepped: list[EngineSequence], t: float) -> None:
-        """Record the sequences among ``stepped`` that got their last token at ``t``."""
-        for seq in stepped:
-            if seq.generated >= seq.max_tokens:
-                i = int(seq.id)
-                self.e2e[i] = t - self.arrival[i]
-                self.produced[i] += seq.generated
-                self.status[i] = _OK
-                self.unresolved -= 1
-                self.last_done = max(self.last_done, t)
+    def _finished(self, finished: list[EngineSequence], t: float) -> None:
+        """Record sequences that got their last token at ``t``."""
+        for seq in finished:
+            i = int(seq.id)
+            self.e2e[i] = t - self.arrival[i]
+            self.produced[i] += seq.generated
+            self.status[i] = _OK
+            self.unresolved -= 1
+        self.last_done = max(self.last_done, t)
 
     # -- lifecycle --------------------------------------------------------------------------
     def _launch(self, p: int, at_once: bool = False) -> _Rep:
@@ -695,7 +705,7 @@ class _Sim:
         if rep.state is _GONE:
             return
         engine = rep.engine
-        stranded = [*engine.running, *engine.waiting]
+        stranded = engine.sequences()
         self._gone(rep, now)
         for seq in stranded:
             i = int(seq.id)
