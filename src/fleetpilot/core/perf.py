@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from fleetpilot.core.model import Profile, Replica, ReplicaLoad, interpolate_step
 
@@ -35,8 +36,7 @@ def throughput(profile: Profile, batch: int) -> float:
     return b / step_time(profile, b)
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+class Prediction(NamedTuple):
     ttft: float
     e2e: float
     batch: int  # batch size the request is predicted to decode in
@@ -114,9 +114,9 @@ class Sequence:
         return self.generated >= self.max_tokens
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """A step the engine has begun: how long it lasts and whom it admitted."""
+class Step(NamedTuple):
+    """A step the engine has begun: how long it lasts and whom it admitted (a tuple: one is
+    made per engine step, the hottest allocation of a simulation)."""
 
     duration: float
     batch: int

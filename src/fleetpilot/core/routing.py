@@ -59,24 +59,24 @@ def cost_slo(
     request: Request, snapshot: Snapshot, params: RoutingParams = DEFAULT_PARAMS
 ) -> Decision:
     """The cheapest replica predicted to meet the deadline; else the fastest, shed or queue."""
-    pool = candidates(request, snapshot)
-    if not pool:
-        return _unavailable(request)
     budget = request.deadline - snapshot.now
     usable = budget * params.headroom
-    prompt, tokens = request.prompt_tokens, request.max_tokens
+    model, prompt, tokens = request.model, request.prompt_tokens, request.max_tokens
     # Only TTFT and cost are needed to choose; the chosen replica's prediction is recomputed
     # in full below.  This loop is the hot path of the gateway and of the simulator.
     best: Replica | None = None
-    best_cost = best_ttft = math.inf
-    fastest = pool[0]
-    fastest_ttft = fastest_cost = math.inf
-    for r in pool:
+    fastest: Replica | None = None
+    best_cost = best_ttft = fastest_ttft = fastest_cost = math.inf
+    for r in snapshot.replicas:
+        if r.model != model or not r.routable:
+            continue
         ttft, cost = ttft_and_cost(r, prompt, tokens)
         if ttft <= usable and (cost < best_cost or (cost == best_cost and ttft < best_ttft)):
             best, best_cost, best_ttft = r, cost, ttft
-        if ttft < fastest_ttft or (ttft == fastest_ttft and cost < fastest_cost):
+        if fastest is None or ttft < fastest_ttft or (ttft == fastest_ttft and cost < fastest_cost):
             fastest, fastest_ttft, fastest_cost = r, ttft, cost
+    if fastest is None:
+        return _unavailable(request)
     if best is not None:
         p = predict(best.profile, best.load, prompt, tokens)
         return Decision(Action.ROUTE, best.id, p.ttft, p.e2e, best_cost)

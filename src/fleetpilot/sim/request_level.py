@@ -50,6 +50,7 @@ the run: the last arrival or the last completion, whichever is later).
 from __future__ import annotations
 
 import bisect
+import gc
 import itertools
 import math
 import random
@@ -114,29 +115,35 @@ class _Rep:
     stepping: bool = False  # a step is in progress; it ends at ``boundary``
     admitted: tuple[str, ...] = ()  # ids the step in progress admitted
     noticed: bool = False  # got a pre-emption notice
-    dirty: bool = True  # ``view`` is stale
-    view: Replica | None = None
+    dirty: bool = False  # ``view`` is stale
     id: str = field(init=False)
+    url: str = field(init=False)
+    view: Replica = field(init=False)
 
     def __post_init__(self) -> None:
         self.id = f"{self.pool.name}/{self.index}"
+        self.url = f"sim://{self.id}"
+        self.view = self._view()
 
     def frozen(self) -> Replica:
         """The router's and policy's view; rebuilt only when something changed."""
-        if self.dirty or self.view is None:
-            p = self.pool
-            self.view = Replica(
-                self.id,
-                p.name,
-                p.model,
-                f"sim://{self.id}",
-                p.offering,
-                self.profile,
-                self.state,
-                self.engine.load(),
-            )
+        if self.dirty:
+            self.view = self._view()
             self.dirty = False
         return self.view
+
+    def _view(self) -> Replica:
+        p = self.pool
+        return Replica(
+            self.id,
+            p.name,
+            p.model,
+            self.url,
+            p.offering,
+            self.profile,
+            self.state,
+            self.engine.load(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +334,15 @@ def simulate(
         routing_params,
         engine,
     )
-    sim.run()
+    # The run allocates millions of short-lived objects and no reference cycles, so the cyclic
+    # collector's passes are pure overhead (~6% of the run); reference counting frees them.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        sim.run()
+    finally:
+        if collecting:
+            gc.enable()
     return sim.result(window_s)
 
 
@@ -480,7 +495,7 @@ class _Sim:
         for rep in self.routable:
             if rep.boundary < now:
                 self._advance(rep, now)
-            views.append(rep.frozen())
+            views.append(rep.frozen() if rep.dirty else rep.view)
         tr = self.trace[i]
         done = self.produced[i]
         request = Request(
