@@ -99,7 +99,10 @@ def test_mix_properties_over_random_instances(seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(8):
         pools, d, params = random_instance(rng)
-        plan = plan_mix(pools, d, params)
+        # the demand expected while a lost spot pool is replaced: at most the planned demand
+        # (the planner passes its point forecast; the planned demand is an upper quantile)
+        expected = replace(d, rps=d.rps * rng.choice([1.0, rng.uniform(0.3, 1.0)]))
+        plan = plan_mix(pools, d, params, expected=expected)
         loss_safety = params.extra["spot_loss_safety"]
         # never over the spend cap; quotas; reserved never beyond the commitment
         assert plan.cost_per_hour <= params.spend_cap_per_hour + 1e-6
@@ -116,12 +119,12 @@ def test_mix_properties_over_random_instances(seed: int) -> None:
             if p.offering.capacity_class is CapacityClass.RESERVED
         )
         if not plan.shed:
-            # SLO capacity covers the forecast quantile × safety, and still covers demand ×
-            # spot_loss_safety after the largest spot pool is lost
+            # SLO capacity covers the forecast quantile × safety, and still covers the expected
+            # demand × spot_loss_safety after the largest spot pool is lost
             need = d.rps * params.safety
             assert capacity(pools, plan, d, params) >= need * (1 - 1e-6) - 1e-9
             left = after_losing_largest_spot_pool(pools, plan, d, params)
-            assert left >= d.rps * loss_safety * (1 - 1e-6) - 1e-9
+            assert left >= expected.rps * loss_safety * (1 - 1e-6) - 1e-9
         if "capped" not in plan.note:
             assert sum(plan.targets.values()) >= params.min_replicas
         if committed <= params.spend_cap_per_hour:  # reserved are used first
@@ -205,6 +208,23 @@ def test_spot_is_spread_across_pools() -> None:
     # by default, what is left still carries the demand at the SLO (planned × 1/utilisation)
     left = after_losing_largest_spot_pool(twins, plan, d, params)
     assert left >= d.rps * params.utilisation * (1 - 1e-9)
+
+
+def test_losing_a_spot_pool_is_hedged_for_the_expected_demand_not_the_quantile() -> None:
+    pools = pools_of(
+        "L40S", "A100-80G", "H100", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT)
+    )
+    params = PlanParams()
+    quantile, point = Demand(rps=120.0), Demand(rps=80.0)
+    on_quantile = plan_mix(pools, quantile, params)
+    on_point = plan_mix(pools, quantile, params, expected=point)
+    for plan, hedged in ((on_quantile, quantile), (on_point, point)):
+        assert capacity(pools, plan, quantile, params) >= quantile.rps * params.safety * (1 - 1e-9)
+        left = after_losing_largest_spot_pool(pools, plan, quantile, params)
+        assert left >= hedged.rps * params.utilisation * (1 - 1e-9)
+    assert on_point.cost_per_hour <= on_quantile.cost_per_hour + 1e-9
+    with pytest.raises(ValueError, match="does not match"):
+        plan_mix(pools, split_by_size(point, point), params, expected=point)
 
 
 def test_size_classes_go_to_the_accelerator_best_for_each() -> None:
@@ -312,6 +332,31 @@ def test_a_short_dip_keeps_the_fleet_and_a_long_one_shrinks_it_with_bounded_chur
     steps = [before - after for before, after in itertools.pairwise(sizes)]
     assert max(steps) <= HOLD["max_remove_per_step"]
     assert max(steps) == HOLD["max_remove_per_step"]  # the bound was what held it back
+
+
+def test_removals_scale_with_the_fleet_when_a_share_is_given() -> None:
+    pools = pools_of("L4", classes=(CapacityClass.ON_DEMAND,))
+    name = pools[0].name
+    params = PlanParams(extra={"hold_s": 60.0, "max_remove_per_step": 2, "max_remove_share": 0.25})
+    sizes = [p.targets[name] for p in run_policy(pools, [20.0] * 3 + [0.5] * 12, params)]
+    assert sizes[2] >= 40
+    steps = [before - after for before, after in itertools.pairwise(sizes)]
+    assert max(steps) > 2  # the share of a large fleet, more than the count
+    for before, after in itertools.pairwise(sizes):
+        assert before - after <= max(2, math.floor(0.25 * before))
+    assert sizes[-1] < sizes[2] / 4
+
+
+def test_a_lost_spot_pool_leaves_the_expected_demand_carried() -> None:
+    pools = pools_of("L40S", "A100-80G", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT))
+    params = PlanParams()
+    rps = 50.0
+    plans = run_policy(pools, [rps] * 20, params)
+    d = Demand(rps=rps, mean_prompt_tokens=800, mean_output_tokens=150)
+    for plan in plans[5:]:
+        assert capacity(pools, plan, d, params) >= rps * params.safety * (1 - 1e-6)
+        left = after_losing_largest_spot_pool(pools, plan, d, params)
+        assert left >= rps * params.utilisation * (1 - 1e-6)
 
 
 def test_adaptive_never_exceeds_the_cap_and_sheds_batch_first() -> None:
