@@ -6,8 +6,10 @@ policy from :data:`~fleetpilot.core.routing.ROUTERS`, and a capacity policy (``p
 state, params) -> (Plan, state)``) is called every control interval.  What comes out is each
 request's TTFT and end-to-end latency, and the fleet's cost.
 
-How time moves.  A heap of events (:class:`~fleetpilot.sim.events.EventLoop`) holds arrivals,
-control ticks, replicas becoming ready, pre-emption notices and retries.  Engine steps are
+How time moves.  Arrivals are read in order from the trace; a heap of events
+(:class:`~fleetpilot.sim.events.EventLoop`) holds control ticks, replicas becoming ready,
+pre-emption notices and retries, and an event due at the instant of an arrival runs before
+it.  Engine steps are
 not heap events: replicas interact only through routing, so each replica is stepped lazily
 up to the time of the next event that looks at it (an arrival that may be routed to it, a
 tick, a notice).  A step that admits nobody is followed by identical steps until a sequence
@@ -446,8 +448,6 @@ class _Sim:
         for p, count in enumerate(self.targets):
             for _ in range(count):
                 self._ready(self._launch(p, at_once=True))
-        if self.trace:
-            loop.schedule(self.arrival[0], self._arrive, 0)
         if self.policy is not None:
             loop.schedule(0.0, self._tick)
         if isinstance(self.preemptions_in, Mapping):
@@ -455,6 +455,13 @@ class _Sim:
                 p = self._pool_of(name)
                 for t in sorted(times):
                     loop.schedule(max(float(t), 0.0), self._preempt_pool, p)
+        # Arrivals come from the sorted trace, not the heap (one push and pop fewer per
+        # request); an event at the same instant as an arrival runs before it.
+        run, arrive = loop.run, self._arrive
+        for i, t in enumerate(self.arrival):
+            run(until=t)
+            loop.now = t
+            arrive(i)
         loop.run(until=self.last_arrival)
         # After the last arrival: run only what is needed for the work left to finish.
         while self.unresolved:
@@ -476,8 +483,6 @@ class _Sim:
 
     # -- arrivals and routing ---------------------------------------------------------------
     def _arrive(self, i: int) -> None:
-        if i + 1 < len(self.arrival):
-            self.loop.schedule(self.arrival[i + 1], self._arrive, i + 1)
         if self.policy is not None:
             self.window_arrivals.append(i)
         if self.trace[i].service_class in self.plan_shed:
