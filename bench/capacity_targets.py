@@ -18,11 +18,13 @@ played at this level).  The forecast error on each trace's rate series (10-minut
 30 minutes ahead: the start-up lead plus a window), two yardsticks at window level (the
 optimum's schedule launched a window early, i.e. perfect knowledge that pays for start-up; and
 the SLO with every pool at its quota, the most any policy can reach) and the planner's step
-time on the 50-offering fleet of ``planner_speed.py`` are printed too.
+time on the 50-offering fleet of ``planner_speed.py`` are printed too; with ``--hedged-floor``
+also what perfect knowledge costs when it keeps the spot-loss hedge (the optimum does not: the
+gap between the two is the hedge's price, which the 1.15 × optimum target leaves no room for).
 
     FLEETPILOT_DATA=/work/shared/data .venv/bin/python bench/capacity_targets.py \
         [--traces azure-conv,servegen-m-large,servegen-m-small] [--spot PATH] \
-        [--set hold_s=600 --set spot_loss_safety=0.8 ...] [--no-speed]
+        [--set hold_s=600 --set spot_loss_safety=0.8 ...] [--no-speed] [--hedged-floor]
 
 ``--set`` passes planner knobs (``PlanParams.extra``) to every policy, to try other defaults.
 """
@@ -33,6 +35,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,8 @@ import numpy as np
 from fleetpilot.catalogue import load_catalogue
 from fleetpilot.core.capacity import Plan, PlanParams
 from fleetpilot.core.forecast import evaluate
-from fleetpilot.core.model import CapacityClass
+from fleetpilot.core.model import CapacityClass, Demand
+from fleetpilot.core.planner import plan_mix
 from fleetpilot.core.policies import schedule
 from fleetpilot.core.series import RateSeries, windows_of
 from fleetpilot.sim.compare import PolicyRun, compare_requests, compare_windows
@@ -99,6 +103,30 @@ def _yardsticks(name: str, spot: Path | None, params: PlanParams) -> list[str]:
         f"optimum, SLO {_pct(lead.slo_attainment)}; every pool at its quota "
         f"({pools[0].offering.quota}): SLO {_pct(most.slo_attainment)} (the most any policy gets)"
     ]
+
+
+def _hedged_floor(name: str, params: PlanParams) -> str:
+    """Perfect knowledge *with* the spot-loss hedge: ``plan_mix`` per window at the window's
+    demand (``safety`` 1, the hedge at that demand too), no start-up, no forecast error.  The
+    optimum has no hedge, so this is what the hedge alone costs over it; a policy that keeps
+    the hedge cannot get much below it."""
+    workload = load_trace(name)
+    series = workload if isinstance(workload, RateSeries) else windows_of(workload, 600.0)
+    pools = load_catalogue().pools(MODEL, None, (CapacityClass.ON_DEMAND, CapacityClass.SPOT))
+    best = offline_optimum(series, pools, params)
+    floor_params = replace(params, safety=1.0)
+    cost = 0.0
+    for w, rps in enumerate(series.rps):
+        d = Demand(
+            rps=rps,
+            mean_prompt_tokens=series.mean_prompt_tokens[w],
+            mean_output_tokens=series.mean_output_tokens[w],
+        )
+        cost += plan_mix(pools, d, floor_params).cost_per_hour * series.window_s / 3600.0
+    return (
+        f"perfect knowledge with the spot-loss hedge (plan_mix per window at its demand, "
+        f"safety 1, no start-up): {cost / best.total_cost:.2f} × optimum"
+    )
 
 
 def _pct(x: float | None) -> str:
@@ -192,6 +220,11 @@ def main() -> None:
     ap.add_argument("--spot", type=Path, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument(
+        "--hedged-floor",
+        action="store_true",
+        help="also print perfect knowledge with the spot-loss hedge (~20 s a 14-day trace)",
+    )
     ap.add_argument("--speed-steps", type=int, default=240)
     args = ap.parse_args()
     extra = {k: float(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -207,6 +240,8 @@ def main() -> None:
         print(_forecast_line(series))
         for line in _yardsticks(name, args.spot, params):
             print(line)
+        if args.hedged_floor:
+            print(_hedged_floor(name, params))
         print(f"(simulated in {time.process_time() - t0:.0f} s CPU)\n")
     if not args.no_speed:
         print(_speed_line(args.speed_steps, params))
