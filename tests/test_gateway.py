@@ -303,7 +303,6 @@ async def test_thousand_concurrent_requests_no_errors_no_leaks(emulators: Emulat
         assert all(r.in_flight == 0 and r.remaining_tokens == 0 for r in gw.app[FLEET].replicas)
         assert all(r.prompt_tokens_pending == 0 for r in gw.app[FLEET].replicas)
         assert len(asyncio.all_tasks()) <= before
-        connector = gw.app[PROXY].upstream.session.connector
-        assert connector is not None and not connector._acquired  # every upstream conn returned
+        assert gw.app[PROXY].upstream.client.in_use == 0  # every upstream conn returned
         # the server holds no client connection any more
         assert len(gw.runner.server.connections) == 0  # type: ignore[union-attr]

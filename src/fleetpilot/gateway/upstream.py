@@ -8,16 +8,16 @@ response for the client to see.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
-
 from fleetpilot.errors import ReplicaGone, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable
+from fleetpilot.gateway.http1 import Http1Client, Http1Response
 
 __all__ = ["Upstream", "UpstreamResponse"]
 
-_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
+_CONNECTION_ERRORS = (OSError,)  # ConnectionError, ssl.SSLError, http1.BadResponse
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -25,7 +25,7 @@ _JSON = {"Content-Type": "application/json"}
 class UpstreamResponse:
     status: int
     content_type: str
-    _resp: aiohttp.ClientResponse
+    _resp: Http1Response
     _where: str
 
     async def read(self) -> bytes:
@@ -33,8 +33,6 @@ class UpstreamResponse:
             return await self._resp.read()
         except (TimeoutError, *_CONNECTION_ERRORS) as exc:
             raise ReplicaGone(f"{self._where} failed while answering: {exc!r}") from exc
-        finally:
-            self._resp.release()
 
     async def events(self) -> AsyncIterator[bytes]:
         """The ``data:`` payloads of a server-sent event stream, as raw bytes.
@@ -42,10 +40,10 @@ class UpstreamResponse:
         Ends after ``[DONE]`` or at a clean end of stream; a broken or stalled stream raises
         :class:`ReplicaGone`.
         """
-        content = self._resp.content
+        resp = self._resp
         try:
             while True:
-                line = await content.readline()
+                line = await resp.readline()
                 if not line:
                     return
                 if line.startswith(b"data:"):
@@ -57,9 +55,9 @@ class UpstreamResponse:
             raise ReplicaGone(f"{self._where} broke off its stream: {exc!r}") from exc
 
     def close(self) -> None:
-        """Drop the connection (a replica stops generating for a client that went away)."""
-        if not self._resp.closed:
-            self._resp.close()
+        """Drop the connection (a replica stops generating for a client that went away);
+        one read to its end is handed back for reuse instead."""
+        self._resp.release()
 
 
 class Upstream:
@@ -73,31 +71,25 @@ class Upstream:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.limit_per_host = limit_per_host
-        self._session: aiohttp.ClientSession | None = None
+        self._client: Http1Client | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=self.limit_per_host, keepalive_timeout=30, ttl_dns_cache=300
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
-            ),
+        self._client = Http1Client(
+            connect_timeout=self.connect_timeout,
+            limit_per_host=self.limit_per_host,
+            keepalive_s=30.0,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def client(self) -> Http1Client:
+        if self._client is None:
             raise RuntimeError("Upstream.start() was not awaited")
-        return self._session
+        return self._client
 
     async def send(
         self,
@@ -108,14 +100,10 @@ class Upstream:
         headers: dict[str, str] | None = None,
     ) -> UpstreamResponse:
         """POST ``body`` to ``url``; returns once the status line and headers are in."""
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self.connect_timeout,
-            sock_read=self.read_timeout if read_timeout is None else read_timeout,
-        )
+        timeout = self.read_timeout if read_timeout is None else read_timeout
         try:
-            resp = await self.session.post(
-                url, data=body, headers=headers or _JSON, timeout=timeout
+            resp = await self.client.request(
+                "POST", url, body, headers or _JSON, read_timeout=timeout
             )
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{url}: no answer in time") from exc
@@ -126,8 +114,6 @@ class Upstream:
                 detail = (await resp.read())[:200].decode("utf-8", "replace")
             except (TimeoutError, *_CONNECTION_ERRORS):
                 detail = ""
-            finally:
-                resp.release()
             raise UpstreamStatus(
                 f"{url} answered {resp.status}: {detail}", upstream_status=resp.status
             )
@@ -135,6 +121,6 @@ class Upstream:
 
     async def get(self, url: str, timeout: float) -> tuple[int, bytes]:
         """A short GET (health checks, metric scrapes); connection errors are raised as-is."""
-        t = aiohttp.ClientTimeout(total=timeout)
-        async with self.session.get(url, timeout=t) as resp:
+        async with asyncio.timeout(timeout):
+            resp = await self.client.request("GET", url, read_timeout=timeout)
             return resp.status, await resp.read()

@@ -1,0 +1,503 @@
+"""A minimal keep-alive HTTP/1.1 client: the transport under :class:`~.upstream.Upstream`.
+
+Why not aiohttp's client: at concurrency 1 the gateway's added latency is its CPU per request
+on a core that went cold while the replica worked, and aiohttp's client (request and response
+objects, URL parsing, tracing hooks, cookie jar, timer contexts) was about 0.6 ms of it.  What
+the gateway asks of a replica is narrow — send bytes, read a status, a content type and a body
+whole or line by line — so one :class:`asyncio.Protocol` per connection does it.
+
+Scope: responses with ``Content-Length``, chunked, or close-delimited bodies; 1xx interim
+responses are skipped; a keep-alive pool per origin with a cap on connections per origin
+(callers over the cap wait their turn); TLS with the default context.  No redirects, no
+compression (no ``Accept-Encoding`` is sent), no proxies, no cookies.
+
+Timeouts are *silences*, as aiohttp's ``sock_read``: a read fails with :class:`TimeoutError`
+when nothing arrived for ``read_timeout`` seconds, however long the whole answer takes.
+Connection failures are :class:`ConnectionError` (or another :class:`OSError`), a response
+that is not HTTP is :class:`BadResponse`; callers map them to fleetpilot's errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections import deque
+from urllib.parse import urlsplit
+
+__all__ = ["BadResponse", "Http1Client", "Http1Response", "ServerDisconnected"]
+
+_MAX_HEAD = 64 * 1024
+_MAX_LINE = 4 * 1024 * 1024  # one SSE line; far above any token chunk
+_HIGH_WATER = 256 * 1024  # a streamed body buffered past this pauses the socket
+_LOW_WATER = 64 * 1024
+
+# parser states
+_IDLE, _HEAD, _LENGTH, _CLOSE, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _DONE = range(9)
+
+
+class ServerDisconnected(ConnectionError):
+    """The replica closed the connection before the response was complete."""
+
+
+class BadResponse(OSError):
+    """What came back is not an HTTP/1.x response this client can read."""
+
+
+class _Conn(asyncio.Protocol):
+    """One connection and the response being read on it; the parser runs as bytes arrive."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: tuple[str, str, int]) -> None:
+        self.loop = loop
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.buf = bytearray()  # received, not yet parsed
+        self.body = bytearray()  # parsed body bytes, not yet consumed
+        self.state = _IDLE
+        self.remaining = 0  # bytes left of the Content-Length or of the current chunk
+        self.status = 0
+        self.content_type = ""
+        self.keep_alive = True
+        self.head_only = False
+        self.received = False  # any byte of the current response
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.paused = False
+        self.whole = False  # the reader wants the whole body: never pause
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.keep_alive = False
+        if self.state == _CLOSE:
+            self.state = _DONE
+        elif self.state not in (_IDLE, _DONE) and self.error is None:
+            self.error = ServerDisconnected(
+                f"connection closed before the response was complete ({exc!r})"
+                if exc
+                else "connection closed before the response was complete"
+            )
+        self._wake()
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        if self.state in (_IDLE, _DONE):
+            self.keep_alive = False  # bytes nobody asked for: do not reuse this connection
+            return
+        self.buf += data
+        try:
+            self._parse()
+        except (ValueError, IndexError) as exc:
+            self.error = BadResponse(f"malformed HTTP response: {exc}")
+            self._abort()
+        if not self.paused and not self.whole and len(self.body) > _HIGH_WATER:
+            self.paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost finishes the body or fails it
+
+    # -- parser -----------------------------------------------------------------------------
+    def _parse(self) -> None:
+        buf = self.buf
+        while buf:
+            state = self.state
+            if state == _LENGTH:
+                take = min(self.remaining, len(buf))
+                self.body += buf[:take]
+                del buf[:take]
+                self.remaining -= take
+                if not self.remaining:
+                    self._finish()
+            elif state == _HEAD:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > _MAX_HEAD:
+                        raise ValueError("response head over 64 KiB")
+                    return
+                head = bytes(buf[:end])
+                del buf[: end + 4]
+                self._head(head)
+            elif state == _CHUNK_DATA:
+                take = min(self.remaining, len(buf))
+                self.body += buf[:take]
+                del buf[:take]
+                self.remaining -= take
+                if not self.remaining:
+                    self.state = _CHUNK_END
+            elif state in (_CHUNK_SIZE, _CHUNK_END, _TRAILER):
+                eol = buf.find(b"\r\n")
+                if eol < 0:
+                    if len(buf) > _MAX_HEAD:
+                        raise ValueError("chunk framing line over 64 KiB")
+                    return
+                line = bytes(buf[:eol])
+                del buf[: eol + 2]
+                if state == _CHUNK_END:
+                    if line:
+                        raise ValueError("chunk not followed by CRLF")
+                    self.state = _CHUNK_SIZE
+                elif state == _TRAILER:
+                    if not line:
+                        self._finish()
+                else:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                    if size < 0:
+                        raise ValueError("negative chunk size")
+                    self.remaining = size
+                    self.state = _CHUNK_DATA if size else _TRAILER
+            elif state == _CLOSE:
+                self.body += buf
+                buf.clear()
+            else:  # _DONE with bytes left over: the server sent more than one answer
+                self.keep_alive = False
+                buf.clear()
+
+    def _head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        version, status_text, *_ = lines[0].split(b" ", 2)
+        if not version.startswith(b"HTTP/1."):
+            raise ValueError(f"status line {lines[0][:80]!r}")
+        status = int(status_text)
+        if 100 <= status < 200:
+            return  # an interim response; the real one follows
+        length: int | None = None
+        chunked = False
+        connection = b""
+        content_type = b""
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+                if length < 0:
+                    raise ValueError("negative Content-Length")
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"connection":
+                connection = value.strip().lower()
+        self.status = status
+        self.content_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
+        if version == b"HTTP/1.1":
+            self.keep_alive = connection != b"close"
+        else:
+            self.keep_alive = connection == b"keep-alive"
+        if self.head_only or status in (204, 304):
+            self._finish()
+        elif chunked:
+            self.state = _CHUNK_SIZE
+        elif length is not None:
+            self.remaining = length
+            self.state = _LENGTH
+            if not length:
+                self._finish()
+        else:
+            self.state = _CLOSE
+            self.keep_alive = False
+
+    def _finish(self) -> None:
+        self.state = _DONE
+
+    # -- waiting ----------------------------------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _expire(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError("no bytes from the server in time"))
+
+    async def wait(self, timeout: float) -> None:
+        """Until something happens on this connection, at most ``timeout`` s of silence."""
+        if self.error is not None:
+            raise self.error
+        self.waiter = waiter = self.loop.create_future()
+        timer = self.loop.call_later(timeout, self._expire)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+        if self.error is not None:
+            raise self.error
+
+    def _abort(self) -> None:
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def start(self, raw: bytes, head_only: bool) -> None:
+        """Send one request; the connection must be idle."""
+        self.buf.clear()
+        self.body.clear()
+        self.state = _HEAD
+        self.status, self.content_type = 0, ""
+        self.head_only = head_only
+        self.received = self.whole = False
+        self.error = None
+        assert self.transport is not None
+        self.transport.write(raw)
+
+    def consumed(self) -> None:
+        if self.paused and len(self.body) < _LOW_WATER and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+
+class Http1Response:
+    """Status and content type are in; the body is read with :meth:`read` or :meth:`readline`.
+
+    Reading to the end hands the connection back for reuse; :meth:`close` drops it.  A body
+    that is not read to the end must be closed (``release`` does it when needed).
+    """
+
+    __slots__ = ("_client", "_conn", "_timeout", "content_type", "status")
+
+    def __init__(self, client: Http1Client, conn: _Conn, timeout: float) -> None:
+        self._client = client
+        self._conn: _Conn | None = conn
+        self._timeout = timeout
+        self.status = conn.status
+        self.content_type = conn.content_type
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    async def read(self) -> bytes:
+        """The whole body (what is left of it)."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        try:
+            conn.whole = True
+            conn.consumed()
+            while conn.state != _DONE:
+                await conn.wait(self._timeout)
+            data = bytes(conn.body)
+            conn.body.clear()
+        except BaseException:
+            self.close()
+            raise
+        self.release()
+        return data
+
+    async def readline(self) -> bytes:
+        """The next line with its ``\\n``, the unterminated rest at the end, then ``b""``."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        try:
+            body = conn.body
+            start = 0
+            while True:
+                eol = body.find(b"\n", start)
+                if eol >= 0:
+                    line = bytes(body[: eol + 1])
+                    del body[: eol + 1]
+                    conn.consumed()
+                    return line
+                if conn.state == _DONE:
+                    line = bytes(body)
+                    body.clear()
+                    self.release()
+                    return line
+                if len(body) > _MAX_LINE:
+                    raise BadResponse("a line of the response body is over 4 MiB")
+                start = len(body)
+                conn.consumed()
+                await conn.wait(self._timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def release(self) -> None:
+        """Give the connection back: to the pool if the body was read to its end."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._client._release(conn, reuse=conn.state == _DONE and conn.keep_alive)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._client._release(conn, reuse=False)
+
+
+class _Origin:
+    """Idle connections to one origin and the count of those lent out."""
+
+    __slots__ = ("active", "idle", "waiters")
+
+    def __init__(self) -> None:
+        self.idle: list[_Conn] = []
+        self.active = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+class Http1Client:
+    """A pool of keep-alive connections, at most ``limit_per_host`` lent out per origin."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 2.0,
+        limit_per_host: int = 512,
+        keepalive_s: float = 30.0,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.limit_per_host = limit_per_host
+        self.keepalive_s = keepalive_s
+        self._origins: dict[tuple[str, str, int], _Origin] = {}
+        self._urls: dict[str, tuple[tuple[str, str, int], bytes, bytes]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    @property
+    def in_use(self) -> int:
+        """Connections lent out and not yet given back (0 when nothing leaks)."""
+        return sum(o.active for o in self._origins.values())
+
+    def _split(self, url: str) -> tuple[tuple[str, str, int], bytes, bytes]:
+        """(origin, request target, Host value), cached: the gateway sends to few URLs."""
+        hit = self._urls.get(url)
+        if hit is None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an http(s) URL: {url!r}")
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            host = parts.netloc.rsplit("@", 1)[-1]
+            hit = ((parts.scheme, parts.hostname, port), target.encode(), host.encode("idna"))
+            if len(self._urls) > 4096:  # replicas come and go; keep the cache bounded
+                self._urls.clear()
+            self._urls[url] = hit
+        return hit
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        *,
+        read_timeout: float,
+    ) -> Http1Response:
+        """Send a request; returns once the status line and headers are in."""
+        origin, target, host = self._split(url)
+        head = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), target, host)]
+        if headers:
+            head.extend(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items())
+        if body or method == "POST":
+            head.append(b"Content-Length: %d\r\n" % len(body))
+        head.append(b"\r\n")
+        raw = b"".join(head) + body
+        pool = self._origins.get(origin)
+        if pool is None:
+            pool = self._origins[origin] = _Origin()
+        while pool.active >= self.limit_per_host:
+            waiter = asyncio.get_running_loop().create_future()
+            pool.waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one(pool)  # pass the slot on
+                raise
+        pool.active += 1
+        try:
+            conn = self._idle_conn(pool)
+            if conn is not None:
+                try:
+                    await self._exchange(conn, raw, method == "HEAD", read_timeout)
+                    return Http1Response(self, conn, read_timeout)
+                except BaseException as exc:
+                    # A kept-alive connection the server closed as we reused it: try once more
+                    # on a new one, unless the server had begun to answer.
+                    conn._abort()
+                    if conn.received or not isinstance(exc, ConnectionError):
+                        raise
+            conn = await self._connect(origin)
+            try:
+                await self._exchange(conn, raw, method == "HEAD", read_timeout)
+            except BaseException:
+                conn._abort()
+                raise
+            return Http1Response(self, conn, read_timeout)
+        except BaseException:
+            self._lent_back(pool)
+            raise
+
+    def _idle_conn(self, pool: _Origin) -> _Conn | None:
+        idle = pool.idle
+        while idle:
+            conn = idle.pop()
+            fresh = conn.loop.time() - conn.idle_since < self.keepalive_s
+            if fresh and conn.keep_alive and not conn.closed:
+                return conn
+            conn._abort()
+        return None
+
+    async def _connect(self, origin: tuple[str, str, int]) -> _Conn:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        tls: ssl.SSLContext | None = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            tls = self._ssl
+        async with asyncio.timeout(self.connect_timeout):
+            _, conn = await loop.create_connection(lambda: _Conn(loop, origin), host, port, ssl=tls)
+        return conn
+
+    @staticmethod
+    async def _exchange(conn: _Conn, raw: bytes, head_only: bool, timeout: float) -> None:
+        conn.start(raw, head_only)
+        while conn.state in (_HEAD, _IDLE):
+            await conn.wait(timeout)
+
+    def _release(self, conn: _Conn, *, reuse: bool) -> None:
+        pool = self._origins.get(conn.origin)
+        if reuse and not conn.closed and not self._closed and pool is not None:
+            conn.state = _IDLE
+            conn.idle_since = conn.loop.time()
+            pool.idle.append(conn)
+        else:
+            conn._abort()
+        if pool is not None:
+            self._lent_back(pool)
+
+    def _lent_back(self, pool: _Origin) -> None:
+        pool.active -= 1
+        self._wake_one(pool)
+
+    @staticmethod
+    def _wake_one(pool: _Origin) -> None:
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        """Close idle connections; those lent out close when their responses are done."""
+        self._closed = True
+        for pool in self._origins.values():
+            for conn in pool.idle:
+                conn._abort()
+            pool.idle.clear()

@@ -1,0 +1,182 @@
+"""The gateway's HTTP/1.1 client against a scripted server on loopback: framing, reuse,
+timeouts and failures, each mapped by ``Upstream`` to the error the proxy retries on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from fleetpilot.errors import ReplicaGone, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable
+from fleetpilot.gateway.http1 import Http1Client
+from fleetpilot.gateway.upstream import Upstream
+
+# A script answers each request on a connection: (request index on this connection) -> bytes
+# to write, or None to stay silent; "close" after the bytes closes the connection.
+Script = Callable[[int], tuple[bytes | None, bool]]
+
+
+class _Server:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        n = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                self.requests.append(head + await reader.readexactly(length))
+                out, close = self.script(n)
+                n += 1
+                if out is None:
+                    await reader.read()  # silent until the client gives up
+                    break
+                writer.write(out or b"")
+                await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+
+Serve = Callable[[Script], Awaitable[_Server]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    servers: list[_Server] = []
+
+    async def start(script: Script) -> _Server:
+        s = _Server(script)
+        s.server = await asyncio.start_server(s.handle, "127.0.0.1", 0)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        assert s.server is not None
+        s.server.close()
+
+
+def _ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n%s" % extra + (
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+async def _upstream() -> Upstream:
+    up = Upstream()
+    await up.start()
+    return up
+
+
+async def test_content_length_bodies_reuse_one_connection(serve: Serve) -> None:
+    srv = await serve(lambda n: (_ok(b'{"n": %d}' % n), False))
+    up = await _upstream()
+    for n in range(3):
+        resp = await up.send(srv.url + "/v1/chat/completions", b'{"x": 1}')
+        assert (resp.status, resp.content_type) == (200, "application/json")
+        assert await resp.read() == b'{"n": %d}' % n
+    assert srv.connections == 1 and up.client.in_use == 0
+    first = srv.requests[0]
+    assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"Content-Length: 8\r\n" in first and first.endswith(b'\r\n\r\n{"x": 1}')
+    await up.close()
+
+
+async def test_chunked_stream_is_read_line_by_line(serve: Serve) -> None:
+    events = [b'data: {"a": 1}\n\n', b'data: {"b"', b": 2}\n\ndata: [DONE]\n\n"]
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+    head = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    srv = await serve(lambda n: (head + chunks, False))
+    up = await _upstream()
+    resp = await up.send(srv.url + "/v1/completions", b"{}")
+    assert [p async for p in resp.events()] == [b'{"a": 1}', b'{"b": 2}', b"[DONE]"]
+    resp.close()
+    resp = await up.send(srv.url + "/v1/completions", b"{}")  # the connection was reusable
+    assert [p async for p in resp.events()][-1] == b"[DONE]"
+    resp.close()
+    assert srv.connections == 1 and up.client.in_use == 0
+    await up.close()
+
+
+async def test_server_closing_kept_alive_connections_is_not_a_failure(serve: Serve) -> None:
+    srv = await serve(lambda n: (_ok(b"{}", b"Connection: close\r\n"), True))
+    up = await _upstream()
+    for _ in range(3):
+        resp = await up.send(srv.url + "/v1/completions", b"{}")
+        assert await resp.read() == b"{}"
+    assert srv.connections == 3 and up.client.in_use == 0
+    await up.close()
+
+
+async def test_silence_times_out_and_refusal_is_unavailable(serve: Serve) -> None:
+    srv = await serve(lambda n: (None, False))
+    up = await _upstream()
+    url = srv.url
+    with pytest.raises(UpstreamTimeout):
+        await up.send(url + "/v1/completions", b"{}", read_timeout=0.2)
+    assert srv.server is not None
+    srv.server.close()
+    await srv.server.wait_closed()
+    with pytest.raises(UpstreamUnavailable):
+        await up.send(url + "/v1/completions", b"{}")
+    assert up.client.in_use == 0
+    await up.close()
+
+
+async def test_a_body_cut_short_or_a_stalled_stream_is_replica_gone(serve: Serve) -> None:
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{partial"
+    stall = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata: \r\n"
+    srv = await serve(lambda n: (cut, True))
+    slow = await serve(lambda n: (stall, False))
+    up = await _upstream()
+    resp = await up.send(srv.url + "/v1/completions", b"{}")
+    with pytest.raises(ReplicaGone):
+        await resp.read()
+    resp = await up.send(slow.url + "/v1/completions", b"{}", read_timeout=0.2)
+    with pytest.raises(ReplicaGone):
+        _ = [p async for p in resp.events()]
+    assert up.client.in_use == 0
+    await up.close()
+
+
+async def test_5xx_is_an_upstream_status_and_the_connection_is_kept(serve: Serve) -> None:
+    err = b"HTTP/1.1 503 Unavailable\r\nContent-Length: 4\r\n\r\nbusy"
+    srv = await serve(lambda n: (err, False) if n == 0 else (_ok(b"{}"), False))
+    up = await _upstream()
+    with pytest.raises(UpstreamStatus, match="503: busy"):
+        await up.send(srv.url + "/v1/completions", b"{}")
+    resp = await up.send(srv.url + "/v1/completions", b"{}")
+    assert await resp.read() == b"{}" and srv.connections == 1
+    await up.close()
+
+
+async def test_connections_per_origin_are_capped(serve: Serve) -> None:
+    srv = await serve(lambda n: (_ok(b"{}"), False))
+    client = Http1Client(limit_per_host=2)
+
+    async def one() -> bytes:
+        resp = await client.request("POST", srv.url + "/x", b"{}", read_timeout=5)
+        await asyncio.sleep(0.01)
+        return await resp.read()
+
+    assert await asyncio.gather(*(one() for _ in range(10))) == [b"{}"] * 10
+    assert srv.connections == 2 and client.in_use == 0
+    await client.close()
