@@ -58,12 +58,23 @@ def capacity(pools: tuple[Pool, ...], plan: Plan, d: Demand, params: PlanParams)
 def after_losing_largest_spot_pool(
     pools: tuple[Pool, ...], plan: Plan, d: Demand, params: PlanParams
 ) -> float:
+    """Capacity left after the worst spot event: one zone of one spot pool lost, i.e. the
+    ``ceil(x / zones)`` replicas an even spread (maxSkew 1) puts in its fullest zone."""
     spot = [
-        replica_capacity(p, d, params) * plan.targets[p.name]
+        replica_capacity(p, d, params) * math.ceil(plan.targets[p.name] / p.offering.zones)
         for p in pools
         if p.offering.capacity_class is CapacityClass.SPOT
     ]
     return capacity(pools, plan, d, params) - max(spot, default=0.0)
+
+
+def with_zones(pools: tuple[Pool, ...], zones: int) -> tuple[Pool, ...]:
+    return tuple(
+        replace(p, offering=replace(p.offering, zones=zones))
+        if p.offering.capacity_class is CapacityClass.SPOT
+        else p
+        for p in pools
+    )
 
 
 def random_instance(rng: random.Random) -> tuple[tuple[Pool, ...], Demand, PlanParams]:
@@ -76,6 +87,7 @@ def random_instance(rng: random.Random) -> tuple[tuple[Pool, ...], Demand, PlanP
             price_per_hour=p.offering.price_per_hour * rng.uniform(0.7, 1.3),
             quota=rng.randint(1, 30),
             interruption_rate=rng.uniform(0, 0.5) if p.offering.interruption_rate else 0.0,
+            zones=rng.randint(1, 4) if p.offering.capacity_class is CapacityClass.SPOT else 1,
         )
         target = rng.randint(0, 4) if off.capacity_class is CapacityClass.RESERVED else 0
         pools.append(replace(p, offering=off, target=target))
@@ -189,9 +201,64 @@ def test_one_spot_pool_is_backed_by_on_demand() -> None:
     pools = pools_of("A100-80G", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT))
     params = PlanParams(extra={"spot_loss_safety": 1.0})
     d = Demand(rps=60.0)
-    plan = plan_mix(pools, d, params)
+    plan = plan_mix(with_zones(pools, 1), d, params)  # one zone: the whole pool can go
     od = next(p for p in pools if p.offering.capacity_class is CapacityClass.ON_DEMAND)
     assert replica_capacity(od, d, params) * plan.targets[od.name] >= d.rps * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("zones", [2, 3, 4])
+def test_a_spot_pool_spread_over_zones_is_backed_for_its_largest_zone_only(zones: int) -> None:
+    pools = pools_of("A100-80G", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT))
+    params = PlanParams(extra={"spot_loss_safety": 1.0})
+    od, spot = sorted(pools, key=lambda p: p.offering.capacity_class is CapacityClass.SPOT)
+    whole = plan_mix(with_zones(pools, 1), Demand(rps=60.0), params)
+    for rps in (3.0, 20.0, 60.0, 300.0):
+        d = Demand(rps=rps)
+        spread = with_zones(pools, zones)
+        plan = plan_mix(spread, d, params)
+        # losing the fullest zone, ceil(x / zones) replicas, leaves the demand carried
+        left = after_losing_largest_spot_pool(spread, plan, d, params)
+        assert left >= d.rps * (1 - 1e-6)
+        # and no more is kept than that needs: at most the survivors' rounding (one replica
+        # per zone) short of carrying it all on spot
+        x, n = plan.targets[spot.name], plan.targets[od.name]
+        cap_od, cap_spot = (replica_capacity(p, d, params) for p in (od, spot))
+        assert n * cap_od <= math.ceil(x / zones) * cap_spot + cap_od + 1e-9
+    assert plan_mix(with_zones(pools, zones), Demand(rps=60.0), params).cost_per_hour < (
+        whole.cost_per_hour
+    )
+
+
+def test_one_spot_replica_in_a_zoned_pool_counts_as_all_of_it() -> None:
+    # x replicas over z zones: the fullest zone holds ceil(x / z), so 1 replica is all lost
+    pools = with_zones(
+        pools_of("A100-80G", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT)), 3
+    )
+    params = PlanParams(extra={"spot_loss_safety": 1.0})
+    spot = next(p for p in pools if p.offering.capacity_class is CapacityClass.SPOT)
+    d = Demand(rps=0.5 * replica_capacity(spot, Demand(rps=1.0), params))
+    plan = plan_mix(pools, d, params)
+    assert after_losing_largest_spot_pool(pools, plan, d, params) >= d.rps * (1 - 1e-6)
+    assert plan.targets[spot.name] != 1 or sum(plan.targets.values()) > 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_zones_one_plans_as_the_whole_pool_hedge(seed: int) -> None:
+    # with one zone per spot pool the program is the one without zones: same cost, and the
+    # whole pool lost still leaves the hedged demand carried
+    rng = random.Random(100 + seed)
+    for _ in range(6):
+        pools, d, params = random_instance(rng)
+        one = with_zones(pools, 1)
+        plan = plan_mix(one, d, params)
+        if not plan.shed:
+            left = after_losing_largest_spot_pool(one, plan, d, params)
+            assert left >= d.rps * params.extra["spot_loss_safety"] * (1 - 1e-6) - 1e-9
+        # more zones never cost more (the zone hedge is weaker than the whole-pool one)
+        if not plan.shed and math.isinf(params.spend_cap_per_hour):
+            many = plan_mix(with_zones(pools, 3), d, params)
+            gap = 0.02 * plan.cost_per_hour + max(p.offering.price_per_hour for p in pools)
+            assert many.cost_per_hour <= plan.cost_per_hour + gap
 
 
 def test_spot_is_spread_across_pools() -> None:

@@ -50,6 +50,7 @@ class _CatalogueFile(_Strict):
     prices: dict[str, _Price]
     reserved_discount: _Discount = _Discount(factor=0.6)
     spot_interruption_rate: dict[str, float] = {}
+    spot_zones: dict[str, int] = {}
     profiles: dict[str, dict[str, _Prof]]
 
 
@@ -109,6 +110,9 @@ class Catalogue:
         else:
             per_gpu = price.on_demand
         rate = self._file.spot_interruption_rate.get(accelerator, 0.0)
+        zones = self._file.spot_zones.get(accelerator, 1) if cls is CapacityClass.SPOT else 1
+        if zones < 1:
+            raise ConfigError(f"spot_zones of {accelerator!r} must be at least 1, not {zones}")
         suffix = f"x{prof.count}" if prof.count > 1 else ""
         return Offering(
             name=f"{accelerator}{suffix}-{cls.value}",
@@ -118,6 +122,7 @@ class Catalogue:
             count=prof.count,
             startup_s=prof.startup_s,
             interruption_rate=rate if cls is CapacityClass.SPOT else 0.0,
+            zones=zones,
         )
 
     def pools(

@@ -46,6 +46,9 @@ class Offering:
 
     ``price_per_hour`` is for the whole replica (all ``count`` GPUs).  ``interruption_rate`` is
     the expected number of spot pre-emptions per replica-hour (0 for other classes).
+    ``zones`` is how many availability zones the replicas are spread across, evenly (at most
+    one apart): a spot capacity pool is an instance type in one zone, so a spot market event
+    takes at most one zone's share, ``ceil(replicas / zones)``.  1: all in one pool.
     """
 
     name: str
@@ -57,6 +60,7 @@ class Offering:
     quota: int = 64
     startup_s: float = 180.0
     interruption_rate: float = 0.0
+    zones: int = 1
 
 
 def interpolate_step(points: tuple[tuple[int, float], ...], batch: int) -> float:

@@ -39,11 +39,23 @@ which one replica was measured to hold p99 TTFT within target; see
     minimise   Σ price[p] x[p]                     (reserved: 0, their cost is sunk)
     subject to Σ_c y[p, c] ≤ x[p]
                Σ_p cap[p, c] y[p, c] ≥ safety × D[c]                    (SLO capacity)
-               z[c] ≥ cap[p, c] y[p, c]             for every spot p    (largest spot pool)
+               z[c] ≥ cap[p, c] (y[p, c] − k[p, c])  for every spot p   (largest spot zone)
                Σ_p cap[p, c] y[p, c] − z[c] ≥ spot_loss_safety × E[c]   (lose it, still hold)
+               zones[p] s[p] ≤ (zones[p] − 1) x[p],  Σ_c k[p, c] ≤ s[p]  (s[p] integer)
                spot capacity of p ≤ spot_max_share × all spot capacity  (spread)
                Σ x[p] ≥ min_replicas per model;  0 ≤ x[p] ≤ quota[p];
                x[p] = commitment for reserved pools (used first)
+
+Zones.  A spot capacity pool is an instance type in one availability zone; a pool's replicas
+are spread over ``offering.zones`` zones at most one apart (the Kubernetes actuator's zone
+topology spread), so a market event takes its fullest zone, ``ceil(x / zones)`` replicas, not
+the pool.  ``s[p]``, integer, is what is left of the pool then: ``zones · s ≤ (zones − 1) · x``
+makes it at most ``x − ceil(x / zones)``, exactly (a single replica is all lost);  ``k[p, c]``
+shares those survivors between the classes (the router re-balances), so the hedge stays
+conservative with several classes.  With one zone ``s`` is 0 and the rows are the whole-pool
+hedge, unchanged (no ``s`` or ``k`` columns are made).  The LP rounding of ``solve`` fixes
+the rounded ``x`` and re-solves for ``s`` (a small program), so it still needs no branching
+on large fleets.
 
 ``D[c]`` is the planned demand (the held upper quantile, step 2); ``E[c]`` the demand
 expected while a lost pool's replacements start (``plan_mix``'s ``expected``; the policy
@@ -251,15 +263,19 @@ class _Program:
         self.lb: list[float] = []
         self.ub: list[float] = []
         self.integer: list[int] = []
+        self.derived: list[int] = []  # integer columns that follow the others (not rounded)
         self.rows: list[dict[int, float]] = []
         self.row_lb: list[float] = []
         self.row_ub: list[float] = []
 
-    def var(self, cost: float, lb: float, ub: float, integer: bool = False) -> int:
+    def var(
+        self, cost: float, lb: float, ub: float, integer: bool = False, derived: bool = False
+    ) -> int:
         self.cost.append(cost)
         self.lb.append(lb)
         self.ub.append(ub)
         self.integer.append(int(integer))
+        self.derived.append(int(integer and derived))
         return len(self.cost) - 1
 
     def row(self, coeffs: dict[int, float], lb: float = -np.inf, ub: float = np.inf) -> None:
@@ -278,7 +294,10 @@ class _Program:
         within ``gap`` of the LP bound it is the answer, with no branching: large fleets, where
         one replica more or less per pool is noise.  Otherwise branch and bound runs with the
         rounded cost as a cutoff, and the rounded solution is the fallback if it runs out of
-        time without a better one.
+        time without a better one.  ``derived`` integer columns (survivors of a lost zone,
+        which follow the replica counts) are not rounded: with the others fixed at their
+        rounded values a second, small program sets them (and the continuous columns); if the
+        rounded counts cannot hold the rows that way, branch and bound runs with no cutoff.
         """
         if not self.cost:
             return np.zeros(0)
@@ -296,10 +315,15 @@ class _Program:
                 return None
             rounded = np.where(integer == 1, np.ceil(np.asarray(lp.x) - 1e-7), lp.x)
             rounded = np.minimum(rounded, self.ub)
-            bound, cost = float(lp.fun), float(c @ rounded)
-            if cost <= bound + gap * abs(bound) + _TOL:
-                return rounded
-            rows = [*rows, LinearConstraint(c, -np.inf, cost)]
+            bound = float(lp.fun)
+            derived = np.asarray(self.derived)
+            if derived.any():
+                rounded = self._repair(rounded, c, integer, derived, rows, time_limit)
+            if rounded is not None:
+                cost = float(c @ rounded)
+                if cost <= bound + gap * abs(bound) + _TOL:
+                    return rounded
+                rows = [*rows, LinearConstraint(c, -np.inf, cost)]
         res = milp(
             c,
             integrality=integer,
@@ -309,6 +333,30 @@ class _Program:
         )
         if res.x is None or res.status not in (0, 1):  # 1: time limit with a feasible point
             return rounded
+        return np.asarray(res.x, dtype=np.float64)
+
+    def _repair(
+        self,
+        rounded: npt.NDArray[np.float64],
+        c: npt.NDArray[np.float64],
+        integer: npt.NDArray[np.int_],
+        derived: npt.NDArray[np.int_],
+        rows: list[LinearConstraint],
+        time_limit: float,
+    ) -> npt.NDArray[np.float64] | None:
+        """The rounded solution with the derived columns re-solved, or None if none fits."""
+        fixed = (integer == 1) & (derived == 0)
+        lb = np.where(fixed, rounded, self.lb)
+        ub = np.where(fixed, rounded, self.ub)
+        res = milp(
+            c,
+            integrality=derived,
+            bounds=Bounds(lb, ub),
+            constraints=rows,
+            options={"time_limit": time_limit, "presolve": True},
+        )
+        if res.x is None or res.status != 0:
+            return None
         return np.asarray(res.x, dtype=np.float64)
 
 
@@ -339,19 +387,29 @@ def _build(
             x[p.name] = prog.var(0.0, lb, float(n), integer=True)  # sunk: costs nothing more
         else:
             x[p.name] = prog.var(p.offering.price_per_hour, 0.0, p.offering.quota, integer=True)
+    survivors: dict[str, int] = {}  # spot pool → its replicas outside its largest zone
+    for p in pools:
+        zones = _zones(p)
+        if zones > 1:  # zones · s ≤ (zones - 1) · x: s = x - ceil(x / zones) at most
+            most = max(p.offering.quota, 0) * (zones - 1) // zones
+            s = survivors[p.name] = prog.var(0.0, 0.0, float(most), integer=True, derived=True)
+            prog.row({s: float(zones), x[p.name]: -float(zones - 1)}, ub=0.0)
 
     total = sum(c.demand.rps for c in classes) or 1.0
     served: dict[str, tuple[int, int]] = {}
     shares: dict[int, dict[int, float]] = {}  # x column → {y column: capacity per replica}
+    kept: dict[int, list[int]] = {}  # survivors column → the columns of it each class keeps
     for c in classes:
         if capped:  # served share of the class: u interactive (first), v batch
             bs = min(max(c.demand.batch_share, 0.0), 1.0)
             w = c.demand.rps / total
             served[c.name] = (prog.var(-100.0 * w, 0.0, 1.0 - bs), prog.var(-w, 0.0, bs))
         mine = [p for p in pools if p.model == c.model]
-        ys = _class_rows(prog, mine, c, params, served.get(c.name, ()))
+        ys = _class_rows(prog, mine, c, params, served.get(c.name, ()), survivors, kept)
         for name, (col, cap) in ys.items():
             shares.setdefault(x[name], {})[col] = cap
+    for s, cols in kept.items():  # the survivors of a lost zone, shared out between classes
+        prog.row({**dict.fromkeys(cols, 1.0), s: -1.0}, ub=0.0)
     for p in pools:  # Σ_c y[p, c] ≤ x[p]
         terms = shares.get(x[p.name], {})
         if terms:
@@ -380,9 +438,12 @@ def _class_rows(
     c: _Class,
     params: PlanParams,
     served: tuple[int, ...],
+    survivors: Mapping[str, int],
+    kept: dict[int, list[int]],
 ) -> dict[str, tuple[int, float]]:
     """Columns y[p, c] and the rows that size them: SLO capacity, and capacity left after
-    losing the largest spot pool.  The demand is a constant, or (capped) ``rps × (u + v)``."""
+    losing the largest zone of a spot pool (the whole pool when it has one zone).  The demand
+    is a constant, or (capped) ``rps × (u + v)``."""
     rps = c.demand.rps
     loss_share = c.loss_rps / rps if rps > 0 else 1.0
     ys: dict[str, tuple[int, float]] = {}
@@ -399,13 +460,19 @@ def _class_rows(
             prog.row(terms, lb=factor * rps)
 
     at_least(supply, params.safety)
-    spot = [ys[p.name] for p in pools if p.name in ys and _is_spot(p)]
+    spot = [p.name for p in pools if p.name in ys and _is_spot(p)]
     if rps > 0:
         largest: dict[int, float] = {}
         if spot:
-            z = prog.var(0.0, 0.0, np.inf)  # ≥ the capacity of every spot pool: the largest
-            for col, cap in spot:
-                prog.row({z: 1.0, col: -cap}, lb=0.0)
+            z = prog.var(0.0, 0.0, np.inf)  # ≥ what losing any spot zone takes: the largest
+            for name in spot:
+                col, cap = ys[name]
+                row = {z: 1.0, col: -cap}  # z ≥ cap · (y - k): k of the zone's survivors kept
+                if name in survivors:
+                    k = prog.var(0.0, 0.0, np.inf)
+                    kept.setdefault(survivors[name], []).append(k)
+                    row[k] = cap
+                prog.row(row, lb=0.0)
             largest = {z: -1.0}
         loss_safety = _extra(params, "spot_loss_safety", params.utilisation)
         at_least({**supply, **largest}, loss_safety * loss_share)
@@ -427,6 +494,11 @@ def _spread_rows(prog: _Program, spot: Sequence[Mapping[int, float]], max_share:
 
 def _is_spot(pool: Pool) -> bool:
     return pool.offering.capacity_class is CapacityClass.SPOT
+
+
+def _zones(pool: Pool) -> int:
+    """Zones a spot pool's replicas are spread over (1 for other classes: not hedged by zone)."""
+    return max(pool.offering.zones, 1) if _is_spot(pool) else 1
 
 
 def _max_cost(pools: Sequence[Pool]) -> float:
