@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -588,6 +588,46 @@ def test_names_are_dns1123_and_manifests_match_the_published_schema() -> None:
     assert checker.errors == [] and checker.pruned == []
 
 
+SPREAD = "topologySpreadConstraints"
+
+
+def test_spot_pools_over_zones_spread_their_pods_as_the_planner_hedges() -> None:
+    spot = catalogue_pool(CapacityClass.SPOT)  # A10G spot: 3 zones in the catalogue
+    assert spot.offering.zones == 3
+    pod = deployment_manifest(spot, 6, KubeOptions())["spec"]["template"]["spec"]
+    assert pod[SPREAD] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/managed-by": "fleetpilot",
+                    "fleetpilot.io/pool": "A10G-spot",
+                }
+            },
+            "minDomains": 3,
+        }
+    ]
+    # the selector picks this pool's pods only: the Deployment's own selector
+    manifest = deployment_manifest(spot, 6, KubeOptions())
+    assert pod[SPREAD][0]["labelSelector"] == manifest["spec"]["selector"]
+    loose = deployment_manifest(spot, 6, KubeOptions(zone_min_domains=False))
+    assert "minDomains" not in loose["spec"]["template"]["spec"][SPREAD][0]
+    # on-demand, reserved and a one-zone spot pool: no spread (zones do not enter the hedge)
+    one_zone = replace(spot, offering=replace(spot.offering, zones=1))
+    for pool in (catalogue_pool(CapacityClass.ON_DEMAND), catalogue_pool(CapacityClass.RESERVED),
+                 one_zone):  # fmt: skip
+        assert SPREAD not in deployment_manifest(pool, 2, KubeOptions())["spec"]["template"]["spec"]
+    # the checker holds the constraint to the published schema
+    bad = json.loads(json.dumps(manifest))
+    del bad["spec"]["template"]["spec"][SPREAD][0]["topologyKey"]
+    bad["spec"]["template"]["spec"][SPREAD][0]["maxSkew"] = "1"
+    errors = Checker().check(bad, DEPLOYMENT).errors
+    assert any("missing required field 'topologyKey'" in e for e in errors)
+    assert any("is not integer" in e for e in errors)
+
+
 async def test_deployments_per_pool_with_node_selectors_and_scale_subresource(
     cluster: Cluster,
 ) -> None:
@@ -605,6 +645,11 @@ async def test_deployments_per_pool_with_node_selectors_and_scale_subresource(
             "karpenter.sh/capacity-type": "on-demand",
         }
         assert selectors[deployment_name(spot)]["karpenter.sh/capacity-type"] == "spot"
+        pod_specs = {n: d["spec"]["template"]["spec"] for n, d in created.items()}
+        assert [c["topologyKey"] for c in pod_specs[deployment_name(spot)][SPREAD]] == [
+            "topology.kubernetes.io/zone"
+        ]
+        assert SPREAD not in pod_specs[deployment_name(od)]
         assert selectors[deployment_name(rsv)] == {
             "node.kubernetes.io/instance-type": "g5.xlarge",
             "karpenter.sh/capacity-type": "on-demand",

@@ -66,6 +66,8 @@ class KubernetesSettings(_Frozen):
     env: dict[str, str] = Field(default_factory=dict)
     service_account: str | None = None
     drain_timeout_s: float = Field(default=300.0, gt=0)
+    # spot pools over zones: minDomains = zones in their zone spread (see the actuator)
+    zone_min_domains: bool = True
 
 
 class LeaseSettings(_Frozen):
@@ -143,6 +145,7 @@ def _actuator(settings: ControllerSettings, clock: SystemClock) -> Actuator:
             env=dict(k.env),
             service_account=k.service_account,
             drain_timeout_s=k.drain_timeout_s,
+            zone_min_domains=k.zone_min_domains,
         )
         return KubernetesActuator(KubeClient(config), clock, options)
     return DryRunActuator(clock)

@@ -8,7 +8,14 @@ Each pool becomes a Deployment named ``fleetpilot-<pool>`` (DNS-1123), whose pod
   ``on-demand``; reserved capacity is on-demand capacity on nodes labelled
   ``fleetpilot.io/capacity-class: reserved``);
 - ask for ``nvidia.com/gpu: <count>`` and run the vLLM OpenAI server (image and arguments
-  configurable) with a readiness probe on ``/health``.
+  configurable) with a readiness probe on ``/health``;
+- for a spot pool whose offering spreads over ``zones`` > 1 availability zones, spread across
+  ``topology.kubernetes.io/zone`` with ``maxSkew: 1``, ``whenUnsatisfiable: DoNotSchedule``
+  and ``minDomains: zones`` (Karpenter provisions nodes to satisfy it).  This is what the
+  planner's spot hedge assumes: the fullest zone holds ``ceil(replicas / zones)``.  A pod
+  that would break the spread stays pending rather than land in a fuller zone; so when a zone
+  has no capacity left, or the cluster spans fewer zones than ``zones``, the pool falls short
+  of its target and the planner, seeing it short, moves the rest to other pools.
 
 Scaling: ``apply`` sets ``spec.replicas`` with ``PATCH .../deployments/{name}/scale``
 (an ``autoscaling/v1`` ``Scale``, merge patch) to the plan's target plus the pods still
@@ -72,6 +79,7 @@ __all__ = [
     "deployment_name",
     "dns1123",
     "scale_body",
+    "zone_spread",
 ]
 
 log = logging.getLogger("fleetpilot.controller")
@@ -182,6 +190,8 @@ class KubeOptions:
     interruption_taints: tuple[str, ...] = INTERRUPTION_TAINTS
     interruption_conditions: tuple[str, ...] = ()
     cordon_drains: bool = True
+    zone_key: str = "topology.kubernetes.io/zone"
+    zone_min_domains: bool = True  # minDomains = zones: never fewer zones than planned for
 
 
 def _pool_labels(pool: Pool) -> dict[str, str]:
@@ -210,6 +220,24 @@ def node_selector(pool: Pool, options: KubeOptions) -> dict[str, str]:
     if cls is CapacityClass.RESERVED:
         out["fleetpilot.io/capacity-class"] = "reserved"
     return out
+
+
+def zone_spread(pool: Pool, options: KubeOptions) -> list[dict[str, Any]]:
+    """The pod's ``topologySpreadConstraints``: a zone spread for a spot pool over zones."""
+    zones = pool.offering.zones
+    if pool.offering.capacity_class is not CapacityClass.SPOT or zones <= 1:
+        return []
+    spread: dict[str, Any] = {
+        "maxSkew": 1,
+        "topologyKey": options.zone_key,
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {
+            "matchLabels": {MANAGED_BY: "fleetpilot", POOL_LABEL: label_value(pool.name)}
+        },
+    }
+    if options.zone_min_domains:
+        spread["minDomains"] = zones
+    return [spread]
 
 
 def deployment_manifest(pool: Pool, replicas: int, options: KubeOptions) -> dict[str, Any]:
@@ -242,6 +270,9 @@ def deployment_manifest(pool: Pool, replicas: int, options: KubeOptions) -> dict
     }
     if options.service_account:
         pod_spec["serviceAccountName"] = options.service_account
+    spread = zone_spread(pool, options)
+    if spread:
+        pod_spec["topologySpreadConstraints"] = spread
     annotations = {
         "fleetpilot.io/pool": pool.name,
         "fleetpilot.io/offering": pool.offering.name,
