@@ -14,16 +14,23 @@ simulate`` does).  The table puts each target beside the measured figure:
 Traces: ``azure-conv`` (request level, one hour, spot pre-emptions at the catalogue's rates
 or from ``--spot``), ``servegen-m-large`` and ``servegen-m-small`` (14 days, window level;
 with ``--spot`` the market's availability caps every spot pool, without it no pre-emption is
-played at this level).  The forecast error on each trace's rate series (10-minute windows,
-30 minutes ahead: the start-up lead plus a window), two yardsticks at window level (the
-optimum's schedule launched a window early, i.e. perfect knowledge that pays for start-up; and
-the SLO with every pool at its quota, the most any policy can reach) and the planner's step
+played at this level).  ``--spot`` takes one trace, which hits every spot pool whole, or
+several, comma-separated, one per availability zone: zone ``k`` of each spot pool spread over
+zones (``offering.zones``, from the catalogue) follows the ``k``-th trace, so a drop takes one
+zone's share (window level: :func:`~fleetpilot.sim.fluid.spot_zones_per_window`; request
+level: the pool loses one replica at each pre-emption of each of its zones' traces); one-zone
+spot pools follow the first trace whole.
+
+The forecast error on each trace's rate series (10-minute windows, 30 minutes ahead: the
+start-up lead plus a window), two yardsticks at window level (the optimum's schedule
+launched a window early, i.e. perfect knowledge that pays for start-up; and the SLO with
+every pool at its quota, the most any policy can reach) and the planner's step
 time on the 50-offering fleet of ``planner_speed.py`` are printed too; with ``--hedged-floor``
 also what perfect knowledge costs when it keeps the spot-loss hedge (the optimum does not: the
 gap between the two is the hedge's price, which the 1.15 × optimum target leaves no room for).
 
     FLEETPILOT_DATA=/work/shared/data .venv/bin/python bench/capacity_targets.py \
-        [--traces azure-conv,servegen-m-large,servegen-m-small] [--spot PATH] \
+        [--traces azure-conv,servegen-m-large,servegen-m-small] [--spot PATH[,PATH...]] \
         [--set hold_s=600 --set spot_loss_safety=0.8 ...] [--no-speed] [--hedged-floor]
 
 ``--set`` passes planner knobs (``PlanParams.extra``) to every policy, to try other defaults.
@@ -50,7 +57,7 @@ from fleetpilot.core.policies import schedule
 from fleetpilot.core.series import RateSeries, windows_of
 from fleetpilot.sim.compare import PolicyRun, compare_requests, compare_windows
 from fleetpilot.sim.fluid import simulate as simulate_fluid
-from fleetpilot.sim.fluid import spot_capacity_per_window
+from fleetpilot.sim.fluid import spot_capacity_per_window, spot_zones_per_window
 from fleetpilot.sim.optimum import offline_optimum
 from fleetpilot.sim.run import NOTICE_S
 from fleetpilot.traces import load_spot_market, load_trace
@@ -60,29 +67,39 @@ POLICIES = ("static_peak", "reactive", "adaptive")
 DEFAULT_TRACES = ("azure-conv", "servegen-m-large", "servegen-m-small")
 
 
-def _run(name: str, spot: Path | None, params: PlanParams) -> tuple[list[PolicyRun], float, Any]:
+def _run(
+    name: str, spot: list[Path] | None, params: PlanParams
+) -> tuple[list[PolicyRun], float, Any]:
     pools = load_catalogue().pools(MODEL, None, (CapacityClass.ON_DEMAND, CapacityClass.SPOT))
-    spot_pools = [p.name for p in pools if p.offering.capacity_class is CapacityClass.SPOT]
-    market = load_spot_market(spot) if spot is not None else None
+    spot_pools = [p for p in pools if p.offering.capacity_class is CapacityClass.SPOT]
+    markets = [load_spot_market(path) for path in spot or ()]
+    by_zone = len(markets) > 1
     workload = load_trace(name)
     if isinstance(workload, RateSeries):
         series = workload
-        available = None
-        if market is not None:
-            per_window = list(spot_capacity_per_window(market, series.window_s, len(series.rps)))
-            available = {p: per_window for p in spot_pools}
-        runs, best = compare_windows(series, pools, POLICIES, params, spot_available=available)
+        available = zones = None
+        if markets:
+            n = len(series.rps)
+            zones = spot_zones_per_window(markets, pools, series.window_s, n) if by_zone else {}
+            per_window = list(spot_capacity_per_window(markets[0], series.window_s, n))
+            available = {p.name: per_window for p in spot_pools if p.name not in zones}
+        runs, best = compare_windows(
+            series, pools, POLICIES, params, spot_available=available, spot_zones=zones or None
+        )
         return runs, best, series
     series = windows_of(workload, 60.0)  # for the forecast error: one-minute rates
     pre: Any = "rate"
-    if market is not None:
-        times = [max(t - NOTICE_S, 0.0) for t in market.preemptions()]
-        pre = {p: times for p in spot_pools}
+    if markets:
+        times = [[max(t - NOTICE_S, 0.0) for t in m.preemptions()] for m in markets]
+        pre = {}
+        for p in spot_pools:
+            zones = p.offering.zones if by_zone else 1
+            pre[p.name] = sorted(t for k in range(zones) for t in times[k % len(times)])
     runs, best = compare_requests(workload, pools, POLICIES, params, preemptions=pre)
     return runs, best, series
 
 
-def _yardsticks(name: str, spot: Path | None, params: PlanParams) -> list[str]:
+def _yardsticks(name: str, spot: list[Path] | None, params: PlanParams) -> list[str]:
     """Window level only: what any causal policy can reach.  The optimum launches each window's
     fleet at the window's start, so at this level it misses the start-up of every rise; the
     same perfect-knowledge schedule launched a window early (the max of this window's and the
@@ -217,7 +234,7 @@ def _speed_line(steps: int, params: PlanParams) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--traces", default=",".join(DEFAULT_TRACES))
-    ap.add_argument("--spot", type=Path, default=None)
+    ap.add_argument("--spot", default=None, help="spot trace(s), comma-separated: one per zone")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument(
@@ -233,12 +250,13 @@ def main() -> None:
         print(f"planner knobs: {extra}\n")
     for name in (t.strip() for t in args.traces.split(",") if t.strip()):
         t0 = time.process_time()
-        runs, optimum, series = _run(name, args.spot, params)
+        spot = [Path(s.strip()) for s in args.spot.split(",") if s.strip()] if args.spot else None
+        runs, optimum, series = _run(name, spot, params)
         mode = runs[0].mode
         print("\n".join(_table(name, runs, optimum, mode)))
         print()
         print(_forecast_line(series))
-        for line in _yardsticks(name, args.spot, params):
+        for line in _yardsticks(name, spot, params):
             print(line)
         if args.hedged_floor:
             print(_hedged_floor(name, params))

@@ -18,7 +18,14 @@ from fleetpilot.core.model import CapacityClass, Demand, Pool
 from fleetpilot.core.policies import CAPACITY_POLICIES, CapacityPolicy, pool_capacity, schedule
 from fleetpilot.core.series import RateSeries, SpotMarket
 from fleetpilot.sim import FluidResult, offline_optimum, simulate_fluid
-from fleetpilot.sim.fluid import capacity_table, spot_capacity_per_window, upper_bounds
+from fleetpilot.sim.fluid import (
+    capacity_table,
+    spot_capacity_per_window,
+    spot_zones_per_window,
+    spread_counts,
+    upper_bounds,
+    zone_bounds,
+)
 from fleetpilot.sim.optimum import solve_window
 
 MODEL = "llama-3.1-8b"
@@ -178,6 +185,45 @@ def test_spot_hedge_in_the_fluid_sim_falls_back_when_the_market_dries_up_and_ret
 def test_spot_capacity_per_window_takes_the_lowest_tick() -> None:
     market = SpotMarket(300.0, (1, 1, 0, 1, 1, 1, 1, 0))
     assert spot_capacity_per_window(market, 600.0, 5, scale=4) == (4, 0, 4, 0, 0)
+
+
+def test_spread_counts_places_pods_as_a_zone_spread_with_max_skew_one() -> None:
+    big = [64, 64, 64]
+    assert spread_counts([0, 0, 0], 7, big) == [3, 2, 2]
+    # a zone that dries up loses its pods only; the others keep theirs
+    assert spread_counts([3, 2, 2], 7, [0, 64, 64]) == [0, 2, 2]
+    # and while it stays empty the others cannot grow past one above it: the rest is pending
+    assert spread_counts([0, 2, 2], 9, [0, 64, 64]) == [0, 2, 2]
+    assert spread_counts([0, 0, 0], 9, [0, 64, 64]) == [0, 1, 1]
+    # scale down from the fullest zone; a zone that comes back is filled first
+    assert spread_counts([3, 2, 2], 5, big) == [1, 2, 2]
+    assert spread_counts([0, 2, 2], 6, big) == [2, 2, 2]
+    # a zone that holds fewer than its share caps the spread at one above it
+    assert spread_counts([0, 0, 0], 9, [1, 64, 64]) == [1, 2, 2]
+
+
+def test_a_zone_trace_drop_takes_one_zones_share_not_the_whole_pool() -> None:
+    (spot,) = pools_of("A10G", classes=(CapacityClass.SPOT,))
+    assert spot.offering.zones == 3
+    slo = pool_capacity(spot, SHAPE, ANALYTIC)
+    n = 4
+    up, down = SpotMarket(600.0, (1,) * n), SpotMarket(600.0, (1, 0, 0, 1))
+    zones = spot_zones_per_window([down, up, up], (spot,), 600.0, n)
+    assert zones == {spot.name: [[64, 0, 0, 64], [64] * n, [64] * n]}
+    demand = series([2.0 * slo] * n)
+    result = simulate_fluid(demand, (spot,), fixed({spot.name: 6}), spot_zones=zones)
+    # zone 0's two replicas go in window 1; four stay; window 3 brings them back
+    assert list(result.preemptions) == [0, 2, 0, 0]
+    assert result.ready[1, 0] == pytest.approx(4.0) and result.ready[2, 0] == pytest.approx(4.0)
+    assert result.ready[3, 0] == pytest.approx(6.0 - 2 * spot.offering.startup_s / 600)
+    # the same drop as one whole-pool series takes all six
+    whole = simulate_fluid(demand, (spot,), fixed({spot.name: 6}),
+                           spot_available={spot.name: [64, 0, 0, 64]})  # fmt: skip
+    assert list(whole.preemptions) == [0, 6, 0, 0]
+    # the optimum's bound for the zoned pool: what the spread can hold from scratch
+    assert zone_bounds((spot,), zones) == {spot.name: [64, 2, 2, 64]}
+    with pytest.raises(ValueError, match="zone availability"):
+        simulate_fluid(demand, (spot,), fixed({spot.name: 6}), spot_zones={spot.name: [[64] * n]})
 
 
 # -- the offline optimum ----------------------------------------------------------------------

@@ -29,6 +29,7 @@ from fleetpilot.core.policies import CAPACITY_POLICIES, CapacityPolicy, schedule
 from fleetpilot.core.series import RateSeries, windows_of
 from fleetpilot.core.workload import TraceRequest
 from fleetpilot.sim.fluid import simulate as simulate_fluid
+from fleetpilot.sim.fluid import zone_bounds
 from fleetpilot.sim.optimum import OptimumResult, offline_optimum
 from fleetpilot.sim.request_level import simulate as simulate_requests
 
@@ -156,12 +157,20 @@ def compare_windows(
     *,
     preemptions: Mapping[str, Sequence[float]] | None = None,
     spot_available: Mapping[str, Sequence[int]] | None = None,
+    spot_zones: Mapping[str, Sequence[Sequence[int]]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[PolicyRun], float]:
-    """Every policy through the window-level (fluid) simulator, and the optimum."""
+    """Every policy through the window-level (fluid) simulator, and the optimum (which sees a
+    zoned pool's availability as the most its zones can hold, :func:`~.fluid.zone_bounds`)."""
     params = _with_extent(params, series)
     table = all_policies()
-    best = offline_optimum(series, pools, params, spot_available=spot_available)
+    bound = dict(spot_available or {})
+    for name, most in zone_bounds(pools, spot_zones or {}).items():
+        whole = bound.get(name)
+        if whole is not None:
+            most = [min(a, b) for a, b in zip(whole, most, strict=True)]
+        bound[name] = most
+    best = offline_optimum(series, pools, params, spot_available=bound or None)
     lead = max((p.offering.startup_s for p in pools), default=0.0)
     runs: list[PolicyRun] = []
     for name in [*policies, OPTIMUM]:
@@ -172,8 +181,9 @@ def compare_windows(
         else:
             policy = _lookup(table, name)
         res = simulate_fluid(
-            series, pools, policy, params, preemptions=preemptions, spot_available=spot_available
-        )
+            series, pools, policy, params, preemptions=preemptions,
+            spot_available=spot_available, spot_zones=spot_zones,
+        )  # fmt: skip
         runs.append(PolicyRun(name, "window", _fluid_summary(res), _fluid_timeline(res)))
     return runs, best.total_cost
 

@@ -17,7 +17,15 @@ fleet existed before the trace).  Spot: ``preemptions[pool]`` lists times at whi
 of the pool is lost (a ready one, the oldest, else a starting one) and a replacement is
 launched at once; ``spot_available[pool][w]`` caps the pool's replicas in window ``w`` (excess
 replicas are lost at the window's start, launches beyond it fail; the policy sees the pool
-short of its target).
+short of its target).  That series hits the whole pool at once.  A pool whose replicas are
+spread over availability zones (``offering.zones``) can instead get one series per zone,
+``spot_zones[pool][k][w]`` (replicas zone ``k`` can hold in window ``w``).  Its replicas are
+then counted per zone as the Kubernetes actuator's zone spread (maxSkew 1, ``DoNotSchedule``)
+places them (:func:`spread_counts`): a zone keeps at most what its series allows, so a drop
+takes that zone's pods only; a new pod goes to an emptiest zone that has room, so while a
+zone is empty the others cannot grow past one pod more than it (the rest stay pending: the
+policy sees the pool short).  :func:`spot_zones_per_window` maps per-zone traces (SkyPilot's
+availability traces are per AZ) to zones.
 
 Service.  A ready replica carries up to its SLO capacity (``slo_capacity`` at the window's true
 mean lengths, *not* × utilisation: that is planning headroom) with ``b`` KV slots busy, ``b``
@@ -80,7 +88,10 @@ __all__ = [
     "capacity_table",
     "simulate",
     "spot_capacity_per_window",
+    "spot_zones_per_window",
+    "spread_counts",
     "upper_bounds",
+    "zone_bounds",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -127,6 +138,67 @@ def spot_capacity_per_window(
         hi = min(max(math.ceil((w + 1) * window_s / market.gap_s), lo + 1), len(counts))
         out.append(min(counts[lo:hi]) * scale)
     return tuple(out)
+
+
+def spot_zones_per_window(
+    markets: Sequence[_Market], pools: Sequence[Pool], window_s: float, windows: int
+) -> dict[str, list[list[int]]]:
+    """Per-zone traces as ``spot_zones`` for :func:`simulate`: zone ``k`` of every spot pool
+    with ``zones`` > 1 follows ``markets[k]`` (the same trace for zone ``k`` of every pool: an
+    availability-zone-wide drop is the correlated case), ``k`` modulo the number of traces when
+    a pool has more zones than there are traces.  A 0/1 trace (single-node) counts as the pool's
+    quota when up; others as replicas (:func:`spot_capacity_per_window`)."""
+    if not markets:
+        raise ValueError("need at least one zone trace")
+    out: dict[str, list[list[int]]] = {}
+    for pool in pools:
+        zones = pool.offering.zones
+        if pool.offering.capacity_class is not CapacityClass.SPOT or zones <= 1:
+            continue
+        series = []
+        for k in range(zones):
+            market = markets[k % len(markets)]
+            single = max(market.capacity, default=0) <= 1
+            scale = max(pool.offering.quota, 0) if single else 1
+            series.append(list(spot_capacity_per_window(market, window_s, windows, scale=scale)))
+        out[pool.name] = series
+    return out
+
+
+def spread_counts(counts: Sequence[int], target: int, available: Sequence[int]) -> list[int]:
+    """Pods per zone after the market and the scheduler, from ``counts`` (pods per zone now):
+    zone ``k`` keeps at most ``available[k]``; above ``target`` pods go from the fullest zone
+    (the lowest index among equals); below it one pod at a time goes to an emptiest zone with
+    room, and only there, since a pod anywhere else would leave its zone two above the
+    emptiest (maxSkew 1, ``whenUnsatisfiable: DoNotSchedule``)."""
+    room = [max(a, 0) for a in available]
+    out = [min(n, a) for n, a in zip(counts, room, strict=True)]
+    target = max(target, 0)
+    while sum(out) > target:
+        out[out.index(max(out))] -= 1
+    while out and sum(out) < target:
+        low = min(out)
+        k = next((k for k, n in enumerate(out) if n == low and n < room[k]), None)
+        if k is None:
+            break
+        out[k] += 1
+    return out
+
+
+def zone_bounds(
+    pools: Sequence[Pool], spot_zones: Mapping[str, Sequence[Sequence[int]]]
+) -> dict[str, list[int]]:
+    """The most replicas each zoned pool can hold per window (its quota placed from scratch by
+    :func:`spread_counts`): a whole-pool bound, e.g. for the offline optimum."""
+    out: dict[str, list[int]] = {}
+    for pool in pools:
+        zoned = spot_zones.get(pool.name)
+        if zoned is None:
+            continue
+        quota = pool.offering.quota
+        columns = zip(*zoned, strict=True)  # window by window: one count per zone
+        out[pool.name] = [sum(spread_counts([0] * len(col), quota, col)) for col in columns]
+    return out
 
 
 def capacity_table(
@@ -489,6 +561,7 @@ def simulate(
     *,
     control_every: int = 1,
     spot_available: Mapping[str, Sequence[int]] | None = None,
+    spot_zones: Mapping[str, Sequence[Sequence[int]]] | None = None,
     preemptions: Mapping[str, Sequence[float]] | None = None,
     batch_share: float = 0.0,
     service_scv: float = 1.0,
@@ -533,6 +606,20 @@ def simulate(
         slots[:, j] = t.batch
         base[:, j] = 1.5 * t.step_s + prompt / pool.profile.prefill_rate
     upper = upper_bounds(pools, windows, spot_available)
+    static = upper.copy()  # quota and whole-pool series; zones add a target-dependent cap
+    by_zone: dict[int, IntArray] = {}  # pool index → (windows, zones) availability
+    for j, pool in enumerate(pools):
+        zoned = (spot_zones or {}).get(pool.name)
+        if zoned is None:
+            continue
+        avail = np.asarray(zoned, dtype=np.int64).T
+        if avail.shape != (windows, max(pool.offering.zones, 1)):
+            raise ValueError(
+                f"zone availability of {pool.name!r} has shape {avail.shape[::-1]}, not "
+                f"({pool.offering.zones}, {windows})"
+            )
+        by_zone[j] = avail
+    placed = {j: [0] * avail.shape[1] for j, avail in by_zone.items()}  # pods per zone
     fleets = [_Fleet(p) for p in pools]
     for f in fleets:
         f.preempt_at = tuple(sorted((preemptions or {}).get(f.pool.name, ())))
@@ -574,6 +661,9 @@ def simulate(
     for w in range(windows):
         t0 = w * dt_w
         t1 = t0 + dt_w
+        for j, avail in by_zone.items():  # a zone keeps at most its share of the target
+            placed[j] = spread_counts(placed[j], fleets[j].target, avail[w].tolist())
+            upper[w, j] = min(static[w, j], sum(placed[j]))
         for j, f in enumerate(fleets):  # the market takes back what it no longer has
             while f.alive > upper[w, j] and f.remove_one(prefer_ready=False):
                 lost[w] += 1
@@ -605,6 +695,9 @@ def simulate(
                 if name in by_name:
                     by_name[name].target = min(max(int(n), 0), by_name[name].pool.offering.quota)
             shed_classes = tuple(plan.shed)
+            for j, avail in by_zone.items():  # the new target's spread over the zones
+                placed[j] = spread_counts(placed[j], fleets[j].target, avail[w].tolist())
+                upper[w, j] = min(static[w, j], sum(placed[j]))
         ready_frac = np.zeros((n_pools, k_sub))
         for j, f in enumerate(fleets):
             targets[w, j] = f.target
