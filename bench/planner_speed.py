@@ -13,7 +13,7 @@ the same run over the same demand, is a greedy heuristic: the same forecast upda
 the cheapest offering per unit of SLO capacity up to its quota, then the next (no hedging, no
 spread).  Both are pure functions; the table gives the median and p99 of the wall time of a
 step, the ratio to the baseline, the mean $/hour each planned, and the smallest share of the
-observed demand its planned capacity still held after losing its largest spot pool (what the
+observed demand its planned capacity still held after losing its largest spot zone (what the
 MILP's hedge buys: the greedy plan piles onto the cheapest spot pools).  The adaptive plan
 also costs more because it holds capacity for ``hold_s`` after demand falls; what that buys
 in SLO attainment is the simulator's to measure, not this benchmark's.
@@ -111,7 +111,9 @@ def greedy(
 
 
 def after_spot_loss(pools: tuple[Pool, ...], plan: Plan, demand: dict[str, Demand]) -> float:
-    """Planned capacity left after losing the largest spot pool, over the observed demand."""
+    """Planned capacity left after losing the largest spot zone (a spot pool's fullest zone,
+    ``ceil(x / zones)`` replicas; the whole pool when it has one zone), over the observed
+    demand."""
     rps = sum(d.rps for d in demand.values())
     mix = Demand(
         rps=rps,
@@ -119,8 +121,13 @@ def after_spot_loss(pools: tuple[Pool, ...], plan: Plan, demand: dict[str, Deman
         mean_output_tokens=sum(d.rps * d.mean_output_tokens for d in demand.values()) / rps,
     )
     params = PlanParams()
-    cap = {p.name: replica_capacity(p, mix, params) * plan.targets.get(p.name, 0) for p in pools}
-    spot = [cap[p.name] for p in pools if p.offering.capacity_class is CapacityClass.SPOT]
+    one = {p.name: replica_capacity(p, mix, params) for p in pools}
+    cap = {p.name: one[p.name] * plan.targets.get(p.name, 0) for p in pools}
+    spot = [
+        one[p.name] * math.ceil(plan.targets.get(p.name, 0) / p.offering.zones)
+        for p in pools
+        if p.offering.capacity_class is CapacityClass.SPOT
+    ]
     return (sum(cap.values()) - max(spot, default=0.0)) / rps
 
 

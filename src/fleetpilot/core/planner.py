@@ -106,8 +106,10 @@ planned demand (step 1), whose upper quantile already covers ~96% of windows on 
 
 Speed (``bench/planner_speed.py``): a step on a 50-pool fleet of hundreds of replicas takes
 ~3 ms median, 7-13 ms p99 — the LP relaxation rounded up is within the gap there, so there is
-no branching.  Small fleets (a few replicas a pool) do branch: the catalogue's 10 pools at
-5-150 req/s take ~16 ms median, ~55 ms p99.
+no branching (with the catalogue's zones: 3.7 ms median, 4.2 ms p99; 5.2 / 5.8 ms with two
+size classes).  Small fleets (a few replicas a pool) do branch: the catalogue's 10 pools at
+5-150 req/s take ~16 ms median, ~55 ms p99 (with zones: 11 ms median, 28 ms p99; the zone
+hedge binds less, so the search is shorter).
 """
 
 from __future__ import annotations
@@ -264,6 +266,7 @@ class _Program:
         self.ub: list[float] = []
         self.integer: list[int] = []
         self.derived: list[int] = []  # integer columns that follow the others (not rounded)
+        self.survivors: dict[int, tuple[int, int]] = {}  # s column → (x column, zones)
         self.rows: list[dict[int, float]] = []
         self.row_lb: list[float] = []
         self.row_ub: list[float] = []
@@ -294,10 +297,12 @@ class _Program:
         within ``gap`` of the LP bound it is the answer, with no branching: large fleets, where
         one replica more or less per pool is noise.  Otherwise branch and bound runs with the
         rounded cost as a cutoff, and the rounded solution is the fallback if it runs out of
-        time without a better one.  ``derived`` integer columns (survivors of a lost zone,
-        which follow the replica counts) are not rounded: with the others fixed at their
-        rounded values a second, small program sets them (and the continuous columns); if the
-        rounded counts cannot hold the rows that way, branch and bound runs with no cutoff.
+        time without a better one.  Survivors of a lost zone (``survivors``: ``s`` at most
+        ``floor((zones - 1) x / zones)``) are not rounded up with the rest: ``x`` grows until
+        that floor holds the survivors the LP counted on, and ``s`` is set to it, so every row
+        still holds.  Should a quota stop ``x`` first, a second, small program sets the
+        ``derived`` columns with the others fixed, and if none fits branch and bound runs
+        with no cutoff.
         """
         if not self.cost:
             return np.zeros(0)
@@ -317,7 +322,7 @@ class _Program:
             rounded = np.minimum(rounded, self.ub)
             bound = float(lp.fun)
             derived = np.asarray(self.derived)
-            if derived.any():
+            if derived.any() and not self._round_survivors(rounded, np.asarray(lp.x)):
                 rounded = self._repair(rounded, c, integer, derived, rows, time_limit)
             if rounded is not None:
                 cost = float(c @ rounded)
@@ -334,6 +339,20 @@ class _Program:
         if res.x is None or res.status not in (0, 1):  # 1: time limit with a feasible point
             return rounded
         return np.asarray(res.x, dtype=np.float64)
+
+    def _round_survivors(
+        self, rounded: npt.NDArray[np.float64], lp: npt.NDArray[np.float64]
+    ) -> bool:
+        """Grow each rounded ``x`` until ``floor((zones - 1) x / zones)`` holds the survivors
+        the LP counted on, and set ``s`` to that (in place); False if a quota stops it."""
+        for s, (col, zones) in self.survivors.items():
+            need, x = math.ceil(lp[s] - 1e-7), int(rounded[col])
+            while (zones - 1) * x // zones < need and x < self.ub[col]:
+                x += 1
+            if (zones - 1) * x // zones < need:
+                return False
+            rounded[col], rounded[s] = x, (zones - 1) * x // zones
+        return True
 
     def _repair(
         self,
@@ -393,6 +412,7 @@ def _build(
         if zones > 1:  # zones · s ≤ (zones - 1) · x: s = x - ceil(x / zones) at most
             most = max(p.offering.quota, 0) * (zones - 1) // zones
             s = survivors[p.name] = prog.var(0.0, 0.0, float(most), integer=True, derived=True)
+            prog.survivors[s] = (x[p.name], zones)
             prog.row({s: float(zones), x[p.name]: -float(zones - 1)}, ub=0.0)
 
     total = sum(c.demand.rps for c in classes) or 1.0
