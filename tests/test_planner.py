@@ -622,3 +622,21 @@ def test_a_spot_pool_short_of_its_target_is_planned_at_what_it_has_for_a_cooldow
     now_pools, reps = fleet(after.targets, short=after.targets[spot.name])
     later, _ = adaptive(Snapshot(60.0 + 601.0, reps, pools=now_pools, demand=d), state, params)
     assert later.targets[spot.name] > 1
+
+
+def test_zone_survivors_round_exactly_even_when_a_quota_stops_growing_the_pool() -> None:
+    # x replicas over 3 zones leave s ≤ floor(2x/3) after the fullest zone goes; the LP
+    # relaxation counts on s = 2.5 at x = 3.75, but x ≤ 4 gives s ≤ 2: the rounded answer must
+    # still satisfy every row (here: buy the shortfall dearly, w) and be the integer optimum
+    from fleetpilot.core.planner import _Program
+
+    prog = _Program()
+    x = prog.var(1.0, 0.0, 4.0, integer=True)
+    s = prog.var(0.0, 0.0, 10.0, integer=True, derived=True)
+    prog.survivors[s] = (x, 3)
+    w = prog.var(10.0, 0.0, 10.0)
+    prog.row({s: 3.0, x: -2.0}, ub=0.0)
+    prog.row({s: 1.0, w: 1.0}, lb=2.5)
+    sol = prog.solve(0.02, 1.0, round_up=True)
+    assert sol is not None
+    assert (round(sol[x]), round(sol[s]), sol[w]) == (3, 2, pytest.approx(0.5))
