@@ -180,3 +180,21 @@ async def test_connections_per_origin_are_capped(serve: Serve) -> None:
     assert await asyncio.gather(*(one() for _ in range(10))) == [b"{}"] * 10
     assert srv.connections == 2 and client.in_use == 0
     await client.close()
+
+
+async def test_a_large_stream_pauses_the_socket_and_still_arrives_whole(serve: Serve) -> None:
+    long_line = b"data: " + b"x" * 400_000 + b"\n"  # over the high-water mark, with no newline
+    lines = [long_line] + [b"data: %d\n" % i for i in range(20_000)]
+    body = b"".join(lines)
+    srv = await serve(
+        lambda n: (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body, False)
+    )
+    client = Http1Client()
+    resp = await client.request("POST", srv.url + "/x", b"{}", read_timeout=5)
+    got = []
+    while line := await resp.readline():
+        got.append(line)
+        if len(got) % 1000 == 0:
+            await asyncio.sleep(0)  # a slow reader
+    assert got == lines and client.in_use == 0
+    await client.close()

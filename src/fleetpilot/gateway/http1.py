@@ -254,8 +254,10 @@ class _Conn(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(raw)
 
-    def consumed(self) -> None:
-        if self.paused and len(self.body) < _LOW_WATER and self.transport is not None:
+    def consumed(self, *, need_more: bool = False) -> None:
+        """The reader took bytes; with ``need_more`` it cannot go on without more."""
+        low = need_more or len(self.body) < _LOW_WATER
+        if self.paused and low and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
 
@@ -321,7 +323,7 @@ class Http1Response:
                 if len(body) > _MAX_LINE:
                     raise BadResponse("a line of the response body is over 4 MiB")
                 start = len(body)
-                conn.consumed()
+                conn.consumed(need_more=True)
                 await conn.wait(self._timeout)
         except BaseException:
             self.close()
