@@ -27,6 +27,7 @@ from fleetpilot.core.planner import (
     PlannerState,
     adaptive,
     bound_churn,
+    drain_to_reserve,
     enforce_spend_cap,
     hold_demand,
     plan_mix,
@@ -346,6 +347,36 @@ def test_bound_churn_adds_at_once_and_removes_priciest_first_within_the_bound() 
     assert out == {"a": 3, "b": 0, "c": 9}
 
 
+def test_drain_to_reserve_removes_only_the_surplus_above_the_reserve() -> None:
+    rng = random.Random(11)
+    for _ in range(300):
+        names = ["a", "b", "c"]
+        model_of = {"a": "m", "b": "m", "c": "n"}
+        cap = {n: rng.choice([0.0, 1.0, 2.5, 4.0]) for n in names}
+        price = {n: rng.uniform(0.5, 5.0) for n in names}
+        wanted = {n: rng.randint(0, 6) for n in names}
+        shaped = {n: wanted[n] + rng.randint(0, 8) for n in names}
+        reserve = {"m": rng.uniform(0.0, 40.0), "n": rng.uniform(0.0, 40.0)}
+        out = drain_to_reserve(shaped, wanted, cap, model_of, reserve, price)
+        for n in names:
+            assert wanted[n] <= out[n] <= shaped[n]  # never below the plan, never an addition
+        for model in ("m", "n"):
+            pools = [n for n in names if model_of[n] == model]
+            before = sum(shaped[n] * cap[n] for n in pools)
+            after = sum(out[n] * cap[n] for n in pools)
+            if after < before:  # something went at once: the reserve is still held
+                assert after >= reserve[model] - 1e-6
+
+
+def test_drain_to_reserve_keeps_the_cheapest_capacity() -> None:
+    cap, price = {"big": 4.0, "small": 1.0}, {"big": 4.0, "small": 2.0}  # big: 1 $/rps
+    model_of = {"big": "m", "small": "m"}
+    out = drain_to_reserve(
+        {"big": 3, "small": 4}, {"big": 0, "small": 0}, cap, model_of, {"m": 8.0}, price
+    )
+    assert out == {"big": 2, "small": 0}
+
+
 def test_enforce_spend_cap_trims_only_what_was_kept() -> None:
     price = {"a": 1.0, "b": 3.0}
     out = enforce_spend_cap({"a": 4, "b": 3}, {"a": 2, "b": 1}, price, cap=9.0)
@@ -386,7 +417,8 @@ def test_scale_up_at_once() -> None:
 def test_a_short_dip_keeps_the_fleet_and_a_long_one_shrinks_it_with_bounded_churn() -> None:
     pools = pools_of("L40S", classes=(CapacityClass.ON_DEMAND,))
     name = pools[0].name
-    params = PlanParams(extra=HOLD)  # hold 10 minutes, steps of 1 minute
+    # hold 10 minutes, steps of 1 minute; no reserve drain, so the count bound alone
+    params = PlanParams(extra={**HOLD, "drain_reserve": math.inf})
     high, low = 80.0, 10.0
     rates = [high] * 30 + [low] * 5 + [high] * 15 + [low] * 40
     sizes = [plan.targets[name] for plan in run_policy(pools, rates, params)]
@@ -412,6 +444,55 @@ def test_removals_scale_with_the_fleet_when_a_share_is_given() -> None:
     for before, after in itertools.pairwise(sizes):
         assert before - after <= max(2, math.floor(0.25 * before))
     assert sizes[-1] < sizes[2] / 4
+
+
+def test_surplus_above_the_reserve_goes_at_once_and_the_rest_drains_slowly() -> None:
+    pools = pools_of("L4", classes=(CapacityClass.ON_DEMAND,))
+    name = pools[0].name
+    extra = {"hold_s": 60.0, "max_remove_per_step": 2, "drain_reserve": 2.0, "reserve_s": 600.0}
+    params = PlanParams(extra=extra)
+    rates = [20.0] * 3 + [2.0] * 30
+    plans = run_policy(pools, rates, params)
+    sizes = [p.targets[name] for p in plans]
+    one = replica_capacity(pools[0], Demand(20.0, 800, 150), params) / params.utilisation
+    steps = [before - after for before, after in itertools.pairwise(sizes)]
+    assert max(steps) > 2  # the surplus above the reserve went at once
+    for i in range(3, len(rates)):
+        if sizes[i - 1] - sizes[i] > 2:  # fast: the capacity kept holds the reserve
+            peak = max(rates[max(i - 9, 0) : i + 1])
+            assert sizes[i] * one >= 2.0 * peak - one
+    assert sizes[-1] < sizes[2] / 4
+
+
+def test_no_requests_after_traffic_removes_nothing_for_silent_hold_s() -> None:
+    pools = pools_of("L4", classes=(CapacityClass.ON_DEMAND,))
+    name = pools[0].name
+    extra = {"hold_s": 60.0, "max_remove_per_step": 2, "silent_hold_s": 600.0}
+    rates = [20.0] * 3 + [0.0] * 20
+    sizes = [p.targets[name] for p in run_policy(pools, rates, PlanParams(extra=extra))]
+    assert all(size == sizes[2] for size in sizes[3:13])  # silent: no signal, fleet kept
+    assert sizes[-1] < sizes[2]  # silent past silent_hold_s: quiet, it drains
+
+
+def test_removals_wait_for_ready_replacements_with_the_reserve_drain() -> None:
+    # make before break: only starting replicas of the cheap pool, so nothing ready goes
+    pools = pools_of("L4", "L40S", classes=(CapacityClass.ON_DEMAND,))
+    l4, l40s = pools[0].name, pools[1].name
+    big = pools[1]
+    assert big.profile is not None
+    replicas = tuple(
+        Replica(f"r{i}", l40s, MODEL, f"http://r{i}", big.offering, big.profile) for i in range(30)
+    )
+    snap = Snapshot(
+        now=7200.0,
+        replicas=replicas,
+        pools=(replace(pools[0], target=0), replace(pools[1], target=30)),
+        demand={MODEL: Demand(rps=30.0, mean_prompt_tokens=800, mean_output_tokens=150)},
+    )
+    state = PlannerState(last_now=7140.0, started=0.0)
+    plan, _ = adaptive(snap, state, PlanParams(extra={"hold_s": 60.0}))
+    if plan.targets[l4] > 0:  # the mix moved to L4: the L40S stay until the L4 are ready
+        assert plan.targets[l40s] == 30
 
 
 def test_a_lost_spot_pool_leaves_the_expected_demand_carried() -> None:
