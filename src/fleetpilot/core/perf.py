@@ -50,13 +50,14 @@ def predict(profile: Profile, load: ReplicaLoad, prompt_tokens: int, max_tokens:
     With the batch full it first waits for enough sequences to finish; at full batch slots
     free at ``max_batch`` per mean remaining length, which is the estimate used.
     """
-    ttft, batch = _ttft(profile, load, prompt_tokens)
+    ttft, batch = ttft_and_batch(profile, load, prompt_tokens)
     e2e = ttft + max(max_tokens - 1, 0) * step_time(profile, batch)
     return Prediction(ttft=ttft, e2e=e2e, batch=batch)
 
 
-def _ttft(profile: Profile, load: ReplicaLoad, prompt_tokens: int) -> tuple[float, int]:
-    """:func:`predict`'s TTFT and the batch the request will decode in."""
+def ttft_and_batch(profile: Profile, load: ReplicaLoad, prompt_tokens: int) -> tuple[float, int]:
+    """:func:`predict`'s TTFT and the batch the request will decode in, with nothing
+    allocated but the answer: the router calls it for every candidate on every request."""
     running, waiting = load.running, load.waiting
     ahead = running + waiting
     cap = profile.max_batch
@@ -69,15 +70,6 @@ def _ttft(profile: Profile, load: ReplicaLoad, prompt_tokens: int) -> tuple[floa
     mean_remaining = load.remaining_decode_tokens / ahead if ahead else 0.0
     full = steps[cap]
     return half_step + (must_finish * mean_remaining / cap) * full + full + prefill, cap
-
-
-def ttft_and_cost(replica: Replica, prompt_tokens: int, max_tokens: int) -> tuple[float, float]:
-    """Predicted TTFT and :func:`marginal_cost` together, with nothing allocated but the
-    answer: what the router needs for every candidate on every request."""
-    profile = replica.profile
-    ttft, b = _ttft(profile, replica.load, prompt_tokens)
-    seconds = max_tokens * profile.step_table[b] / b + prompt_tokens / profile.prefill_rate
-    return ttft, replica.offering.price_per_hour / 3600.0 * seconds
 
 
 def marginal_cost(replica: Replica, prompt_tokens: int, max_tokens: int, batch: int) -> float:
@@ -177,26 +169,28 @@ class BatchEngine:
         return bool(self.running or self.waiting)
 
     def begin_step(self) -> Step:
-        running, waiting, cap = self.running, self.waiting, self.profile.max_batch
-        ids: tuple[str, ...] = ()
-        prefill = 0.0
-        if waiting and len(running) < cap:
-            admitted: list[Sequence] = []
-            ends, heap = self.ends, self._finishing
-            while waiting and len(running) < cap:
-                seq = waiting.popleft()
-                seq.base = ends - seq.generated
-                running[seq] = None
-                self._admissions += 1
-                heapq.heappush(heap, (seq.base + seq.max_tokens, self._admissions, seq))
-                admitted.append(seq)
-            tokens = sum(s.prompt_tokens for s in admitted)
-            self._pending -= tokens
-            prefill = tokens / self.profile.prefill_rate
-            ids = tuple(s.id for s in admitted)
+        running, waiting, profile = self.running, self.waiting, self.profile
+        cap = profile.max_batch
+        if not waiting or len(running) >= cap:
+            batch = len(running)
+            duration = step_time(profile, batch) * self.slowdown if batch else 0.0
+            return Step(duration, batch, ())
+        ids: list[str] = []
+        tokens = 0
+        ends, heap, n = self.ends, self._finishing, self._admissions
+        while waiting and len(running) < cap:
+            seq = waiting.popleft()
+            seq.base = base = ends - seq.generated
+            running[seq] = None
+            n += 1
+            heapq.heappush(heap, (base + seq.max_tokens, n, seq))
+            ids.append(seq.id)
+            tokens += seq.prompt_tokens
+        self._admissions = n
+        self._pending -= tokens
         batch = len(running)
-        duration = (step_time(self.profile, batch) + prefill) * self.slowdown if batch else 0.0
-        return Step(duration=duration, batch=batch, admitted=ids)
+        duration = (step_time(profile, batch) + tokens / profile.prefill_rate) * self.slowdown
+        return Step(duration, batch, tuple(ids))
 
     def end_step(self) -> list[Sequence]:
         """Give every running sequence its next token; finished ones leave the batch.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleetpilot.core.model import Action, Decision, Replica, Request, ServiceClass, Snapshot
-from fleetpilot.core.perf import marginal_cost, predict, ttft_and_cost
+from fleetpilot.core.perf import marginal_cost, predict, ttft_and_batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,14 @@ def cost_slo(
     for r in snapshot.replicas:
         if r.model != model or not r.routable:
             continue
-        ttft, cost = ttft_and_cost(r, prompt, tokens)
+        profile = r.profile
+        ttft, b = ttft_and_batch(profile, r.load, prompt)
+        # marginal_cost at the predicted batch, written out: this loop is the hot path.
+        cost = (
+            r.offering.price_per_hour
+            / 3600.0
+            * (tokens * profile.step_table[b] / b + prompt / profile.prefill_rate)
+        )
         if ttft <= usable and (cost < best_cost or (cost == best_cost and ttft < best_ttft)):
             best, best_cost, best_ttft = r, cost, ttft
         if fastest is None or ttft < fastest_ttft or (ttft == fastest_ttft and cost < fastest_cost):

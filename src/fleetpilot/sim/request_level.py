@@ -116,6 +116,7 @@ class _Rep:
     boundary: float = _INF  # next step boundary: end of the step running, or a pending start
     stepping: bool = False  # a step is in progress; it ends at ``boundary``
     admitted: tuple[str, ...] = ()  # ids the step in progress admitted
+    step_s: float = 0.0  # duration of the step in progress
     noticed: bool = False  # got a pre-emption notice
     dirty: bool = False  # ``view`` is stale
     id: str = field(init=False)
@@ -496,11 +497,11 @@ class _Sim:
         continuation = self.continued[i] > 0
         if continuation:  # every attempt gets a fresh TTFT budget, as the gateway gives it
             self.deadline[i] = now + self.budget[i]
-        views = []
-        for rep in self.routable:
+        routable = self.routable
+        for rep in routable:
             if rep.boundary < now:
                 self._advance(rep, now)
-            views.append(rep.frozen() if rep.dirty else rep.view)
+        views = tuple([rep.frozen() if rep.dirty else rep.view for rep in routable])
         tr = self.trace[i]
         done = self.produced[i]
         request = Request(
@@ -512,7 +513,7 @@ class _Sim:
             tr.service_class,
             now,
         )
-        snapshot = Snapshot(now, tuple(views), self.ticks)
+        snapshot = Snapshot(now, views, self.ticks)
         decision = self.route_fn(request, snapshot, self.routing_params)
         self.ticks += 1
         action = decision.action
@@ -572,34 +573,48 @@ class _Sim:
 
     # -- engines ----------------------------------------------------------------------------
     def _advance(self, rep: _Rep, t: float) -> None:
-        """Run ``rep``'s engine through every step boundary before ``t``."""
+        """Run ``rep``'s engine through every step boundary before ``t``.
+
+        A step that admits nobody is followed by identical steps until a sequence finishes,
+        so those are jumped over (``BatchEngine.fast_forward``), adding the step time once per
+        step so that the times are bit-identical to stepping one by one.
+        """
         b = rep.boundary
         if b >= t:
             return
         rep.dirty = True
         engine = rep.engine
-        begin_step, finish_step = engine.begin_step, engine.finish_step
-        stepping, admitted = rep.stepping, rep.admitted
-        ttft, arrival = self.ttft, self.arrival
+        stepping, admitted, d = rep.stepping, rep.admitted, rep.step_s
+        if (
+            stepping
+            and not admitted
+            and (not engine.waiting or len(engine.running) >= rep.profile.max_batch)
+        ):
+            # In a run of identical steps (nobody admitted, and nobody could be since): jump
+            # to ``t`` or to the step that finishes a sequence.
+            k, most = 0, engine.steps_to_finish() - 1
+            while k < most and b < t:
+                b += d
+                k += 1
+            engine.fast_forward(k)
         while b < t:
             if stepping:
-                finished = finish_step()
-                for sid in admitted:
-                    i = int(sid)
-                    if ttft[i] != ttft[i]:  # NaN: no first token yet (continuations keep theirs)
-                        ttft[i] = b - arrival[i]
+                finished = engine.finish_step()
+                if admitted:
+                    # First tokens; NaN means none yet (a continuation keeps its first).
+                    ttft, arrival = self.ttft, self.arrival
+                    for sid in admitted:
+                        i = int(sid)
+                        if ttft[i] != ttft[i]:
+                            ttft[i] = b - arrival[i]
                 if finished:
                     self._finished(finished, b)
             if engine.running or engine.waiting:
-                step = begin_step()
-                admitted = step.admitted
+                d, _, admitted = engine.begin_step()
                 stepping = True
-                b += step.duration
+                b += d
                 if not admitted and b < t:
-                    # Until a sequence finishes, every step is this one again: jump over
-                    # the ones that end before ``t`` (repeated addition keeps the times
-                    # bit-identical to stepping one by one).
-                    d, k, most = step.duration, 0, engine.steps_to_finish() - 1
+                    k, most = 0, engine.steps_to_finish() - 1
                     while k < most and b < t:
                         b += d
                         k += 1
@@ -611,7 +626,7 @@ class _Sim:
                     self._gone(rep, b)
                     return
                 b = _INF
-        rep.stepping, rep.admitted, rep.boundary = stepping, admitted, b
+        rep.stepping, rep.admitted, rep.boundary, rep.step_s = stepping, admitted, b, d
 
     def _finished(self, finished: list[EngineSequence], t: float) -> None:
         """Record sequences that got their last token at ``t``."""
