@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from fleetpilot.errors import ReplicaGone, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable
-from fleetpilot.gateway.http1 import Http1Client
+from fleetpilot.gateway.http1 import BadResponse, Http1Client, ServerDisconnected
 from fleetpilot.gateway.upstream import Upstream
 
 # A script answers each request on a connection: (request index on this connection) -> bytes
@@ -198,3 +198,62 @@ async def test_a_large_stream_pauses_the_socket_and_still_arrives_whole(serve: S
             await asyncio.sleep(0)  # a slow reader
     assert got == lines and client.in_use == 0
     await client.close()
+
+
+async def _one(client: Http1Client, url: str, method: str = "POST") -> tuple[int, str, bytes]:
+    resp = await client.request(method, url, b"{}" if method == "POST" else b"", read_timeout=5)
+    return resp.status, resp.content_type, await resp.read()
+
+
+async def test_close_delimited_body_ends_with_the_connection(serve: Serve) -> None:
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"
+    srv = await serve(lambda n: (raw, True))
+    client = Http1Client()
+    assert await _one(client, srv.url + "/x") == (200, "text/plain", b"until the end")
+    assert await _one(client, srv.url + "/x") == (200, "text/plain", b"until the end")
+    assert srv.connections == 2 and client.in_use == 0  # never reused
+
+
+async def test_connection_close_is_not_reused_and_head_ends_with_its_head(serve: Serve) -> None:
+    srv = await serve(lambda n: (_ok(b"{}", b"Connection: close\r\n"), False))
+    client = Http1Client()
+    assert (await _one(client, srv.url + "/x"))[2] == b"{}"
+    assert (await _one(client, srv.url + "/x"))[2] == b"{}"
+    assert srv.connections == 2
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n"
+    srv2 = await serve(lambda n: (head if n == 0 else _ok(b"[]"), False))
+    assert await _one(client, srv2.url + "/x", "HEAD") == (200, "", b"")
+    assert (await _one(client, srv2.url + "/x"))[2] == b"[]"
+    assert srv2.connections == 1 and client.in_use == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        b"HTTP/1.1 abc OK\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\nContent-Length: 2\r\n\r\n{}",
+    ],
+)
+async def test_what_is_not_http_is_a_bad_response(serve: Serve, raw: bytes) -> None:
+    srv = await serve(lambda n: (raw, False))
+    client = Http1Client()
+    with pytest.raises(BadResponse):
+        await _one(client, srv.url + "/x")
+    assert client.in_use == 0
+
+
+async def test_cut_mid_chunk_is_a_disconnect_and_extra_bytes_drop_the_connection(
+    serve: Serve,
+) -> None:
+    cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nonly"
+    srv = await serve(lambda n: (cut, True))
+    client = Http1Client()
+    with pytest.raises(ServerDisconnected):
+        await _one(client, srv.url + "/x")
+    extra = await serve(lambda n: (_ok(b"{}") + b"HTTP/1.1 200 OK\r\n", False))
+    assert (await _one(client, extra.url + "/x"))[2] == b"{}"
+    assert (await _one(client, extra.url + "/x"))[2] == b"{}"
+    assert extra.connections == 2 and client.in_use == 0

@@ -6,6 +6,10 @@ objects, URL parsing, tracing hooks, cookie jar, timer contexts) was about 0.6 m
 the gateway asks of a replica is narrow — send bytes, read a status, a content type and a body
 whole or line by line — so one :class:`asyncio.Protocol` per connection does it.
 
+Parsing is llhttp's (Node's HTTP parser) through ``httptools``, fed as bytes arrive; the
+protocol around it — the keep-alive pool, the per-origin cap, timeouts as silences, flow
+control, 1xx skipping, close-delimited bodies ending on EOF — is ours.
+
 Scope: responses with ``Content-Length``, chunked, or close-delimited bodies; 1xx interim
 responses are skipped; a keep-alive pool per origin with a cap on connections per origin
 (callers over the cap wait their turn); TLS with the default context.  No redirects, no
@@ -26,6 +30,8 @@ import ssl
 from collections import deque
 from urllib.parse import urlsplit
 
+import httptools
+
 __all__ = ["BadResponse", "Http1Client", "Http1Response", "ServerDisconnected"]
 
 _MAX_HEAD = 64 * 1024
@@ -33,8 +39,9 @@ _MAX_LINE = 4 * 1024 * 1024  # one SSE line; far above any token chunk
 _HIGH_WATER = 256 * 1024  # a streamed body buffered past this pauses the socket
 _LOW_WATER = 64 * 1024
 
-# parser states
-_IDLE, _HEAD, _LENGTH, _CLOSE, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _DONE = range(9)
+# response states: no request out; waiting for the head; a body framed by Content-Length or
+# chunks; a body that ends when the connection does; the response is complete
+_IDLE, _HEAD, _BODY, _CLOSE, _DONE = range(5)
 
 
 class ServerDisconnected(ConnectionError):
@@ -46,17 +53,19 @@ class BadResponse(OSError):
 
 
 class _Conn(asyncio.Protocol):
-    """One connection and the response being read on it; the parser runs as bytes arrive."""
+    """One connection and the response being read on it; llhttp parses as bytes arrive."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, origin: tuple[str, str, int]) -> None:
         self.loop = loop
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.buf = bytearray()  # received, not yet parsed
+        self.parser: httptools.HttpResponseParser | None = None  # one per response
         self.body = bytearray()  # parsed body bytes, not yet consumed
         self.state = _IDLE
-        self.remaining = 0  # bytes left of the Content-Length or of the current chunk
+        self.head_size = 0  # bytes of status and header fields seen for this response
+        self.framed = False  # the head gave a Content-Length or chunked encoding
+        self.connection = b""  # the Connection header, lowercased
         self.status = 0
         self.content_type = ""
         self.keep_alive = True
@@ -80,7 +89,7 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         self.keep_alive = False
         if self.state == _CLOSE:
-            self.state = _DONE
+            self.state = _DONE  # a body with neither length nor chunks ends with the connection
         elif self.state not in (_IDLE, _DONE) and self.error is None:
             self.error = ServerDisconnected(
                 f"connection closed before the response was complete ({exc!r})"
@@ -91,15 +100,27 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received = True
-        if self.state in (_IDLE, _DONE):
+        parser = self.parser
+        if self.state in (_IDLE, _DONE) or parser is None:
             self.keep_alive = False  # bytes nobody asked for: do not reuse this connection
             return
-        self.buf += data
         try:
-            self._parse()
-        except (ValueError, IndexError) as exc:
-            self.error = BadResponse(f"malformed HTTP response: {exc}")
-            self._abort()
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self.state != _DONE:
+                self.error = BadResponse("malformed HTTP response: an unasked-for protocol upgrade")
+                self._abort()
+        except httptools.HttpParserError as exc:
+            if self.state == _DONE:
+                self.keep_alive = False  # garbage after a complete answer: drop the connection
+            else:
+                cause = exc.__context__
+                self.error = (
+                    cause
+                    if isinstance(cause, BadResponse)
+                    else BadResponse(f"malformed HTTP response: {exc}")
+                )
+                self._abort()
         if not self.paused and not self.whole and len(self.body) > _HIGH_WATER:
             self.paused = True
             assert self.transport is not None
@@ -109,108 +130,73 @@ class _Conn(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost finishes the body or fails it
 
-    # -- parser -----------------------------------------------------------------------------
-    def _parse(self) -> None:
-        buf = self.buf
-        while buf:
-            state = self.state
-            if state == _LENGTH:
-                take = min(self.remaining, len(buf))
-                self.body += buf[:take]
-                del buf[:take]
-                self.remaining -= take
-                if not self.remaining:
-                    self._finish()
-            elif state == _HEAD:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buf) > _MAX_HEAD:
-                        raise ValueError("response head over 64 KiB")
-                    return
-                head = bytes(buf[:end])
-                del buf[: end + 4]
-                self._head(head)
-            elif state == _CHUNK_DATA:
-                take = min(self.remaining, len(buf))
-                self.body += buf[:take]
-                del buf[:take]
-                self.remaining -= take
-                if not self.remaining:
-                    self.state = _CHUNK_END
-            elif state in (_CHUNK_SIZE, _CHUNK_END, _TRAILER):
-                eol = buf.find(b"\r\n")
-                if eol < 0:
-                    if len(buf) > _MAX_HEAD:
-                        raise ValueError("chunk framing line over 64 KiB")
-                    return
-                line = bytes(buf[:eol])
-                del buf[: eol + 2]
-                if state == _CHUNK_END:
-                    if line:
-                        raise ValueError("chunk not followed by CRLF")
-                    self.state = _CHUNK_SIZE
-                elif state == _TRAILER:
-                    if not line:
-                        self._finish()
-                else:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                    if size < 0:
-                        raise ValueError("negative chunk size")
-                    self.remaining = size
-                    self.state = _CHUNK_DATA if size else _TRAILER
-            elif state == _CLOSE:
-                self.body += buf
-                buf.clear()
-            else:  # _DONE with bytes left over: the server sent more than one answer
-                self.keep_alive = False
-                buf.clear()
+    # -- llhttp callbacks -------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.state == _DONE:
+            self.keep_alive = False  # a second answer to one request: do not reuse
+            return
+        self.head_size = 0
+        self.framed = False
+        self.connection = b""
+        self.content_type = ""
 
-    def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        version, status_text, *_ = lines[0].split(b" ", 2)
-        if not version.startswith(b"HTTP/1."):
-            raise ValueError(f"status line {lines[0][:80]!r}")
-        status = int(status_text)
+    def on_status(self, status: bytes) -> None:
+        self._count_head(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        if self.state != _HEAD:
+            return  # trailer fields
+        name = name.lower()
+        if name == b"content-type":
+            self.content_type = value.split(b";", 1)[0].strip().lower().decode("latin-1")
+        elif name == b"content-length":
+            self.framed = True
+        elif name == b"transfer-encoding":
+            self.framed = self.framed or b"chunked" in value.lower()
+        elif name == b"connection":
+            self.connection = value.strip().lower()
+
+    def _count_head(self, n: int) -> None:
+        if self.state != _HEAD:
+            return
+        self.head_size += n
+        if self.head_size > _MAX_HEAD:
+            raise BadResponse("malformed HTTP response: response head over 64 KiB")
+
+    def on_headers_complete(self) -> None:
+        if self.state != _HEAD:
+            return
+        assert self.parser is not None
+        status = self.parser.get_status_code()
         if 100 <= status < 200:
-            return  # an interim response; the real one follows
-        length: int | None = None
-        chunked = False
-        connection = b""
-        content_type = b""
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-                if length < 0:
-                    raise ValueError("negative Content-Length")
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"connection":
-                connection = value.strip().lower()
+            return  # an interim response; llhttp completes it and reads the real one next
         self.status = status
-        self.content_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
-        if version == b"HTTP/1.1":
-            self.keep_alive = connection != b"close"
-        else:
-            self.keep_alive = connection == b"keep-alive"
         if self.head_only or status in (204, 304):
-            self._finish()
-        elif chunked:
-            self.state = _CHUNK_SIZE
-        elif length is not None:
-            self.remaining = length
-            self.state = _LENGTH
-            if not length:
-                self._finish()
+            # llhttp does not know the request was HEAD; the response ends with its head
+            if self.parser.get_http_version() == "1.1":
+                self.keep_alive = self.connection != b"close"
+            else:
+                self.keep_alive = self.connection == b"keep-alive"
+            self.state = _DONE
+            return
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.framed:
+            self.state = _BODY
         else:
-            self.state = _CLOSE
+            self.state = _CLOSE  # read until EOF
             self.keep_alive = False
 
-    def _finish(self) -> None:
-        self.state = _DONE
+    def on_body(self, body: bytes) -> None:
+        if self.state in (_BODY, _CLOSE):
+            self.body += body
+        else:
+            self.keep_alive = False  # body bytes after a HEAD answer: do not reuse
+
+    def on_message_complete(self) -> None:
+        if self.state in (_BODY, _CLOSE):
+            self.state = _DONE
+        # _HEAD: a 1xx interim response ended; the real one follows on the same parser
 
     # -- waiting ----------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -244,7 +230,7 @@ class _Conn(asyncio.Protocol):
 
     def start(self, raw: bytes, head_only: bool) -> None:
         """Send one request; the connection must be idle."""
-        self.buf.clear()
+        self.parser = httptools.HttpResponseParser(self)
         self.body.clear()
         self.state = _HEAD
         self.status, self.content_type = 0, ""
