@@ -41,7 +41,7 @@ from fleetpilot.core.workload import LengthDist, TraceRequest, synthetic_trace
 from fleetpilot.demo_controller import DayResult, DaySettings, describe, print_day, run_day
 from fleetpilot.errors import FleetpilotError
 from fleetpilot.loadgen import LoadSummary, Outcome, replay
-from fleetpilot.procs import Child, Supervisor, fleetpilot_command, free_port
+from fleetpilot.procs import Child, ChildFailed, Supervisor, fleetpilot_command, free_port
 
 __all__ = ["DEMO_FLEET", "PARTS", "PolicyResult", "run_demo"]
 
@@ -90,29 +90,39 @@ class PolicyResult:
 @dataclass(slots=True)
 class _Replica:
     pool: PoolSpec
-    url: str
-    args: list[str]
+    url: str = ""
     child: Child | None = None
 
 
+# A port picked as free can be taken as the source port of an outgoing connection before the
+# emulator binds it; such a start is retried on another port this many times.
+_PORT_TRIES = 3
+
+
 class _Fleet:
-    """The emulators, each startable again on its own port after a pre-emption."""
+    """The emulators; a pre-empted one is started again on a new port, as a replacement
+    instance gets a new address (the fleet file is written after every ``ensure_all``)."""
 
     def __init__(self, sup: Supervisor, time_scale: float) -> None:
         self.sup = sup
-        self.replicas: list[_Replica] = []
-        for pool in DEMO_FLEET:
-            for _ in range(pool.replicas):
-                port = free_port()
-                args = fleetpilot_command(
-                    "emulate", "--model", MODEL, "--accelerator", pool.accelerator,
-                    "--host", HOST, "--port", str(port), "--time-scale", f"{time_scale:g}",
-                )  # fmt: skip
-                self.replicas.append(_Replica(pool, f"http://{HOST}:{port}", args))
+        self.time_scale = time_scale
+        self.replicas = [_Replica(pool) for pool in DEMO_FLEET for _ in range(pool.replicas)]
 
     async def start(self, replica: _Replica) -> None:
-        name = f"emulator {replica.pool.accelerator} {replica.url}"
-        replica.child = await self.sup.start_healthy(name, replica.args, replica.url)
+        for attempt in range(_PORT_TRIES):
+            port = free_port()
+            replica.url = f"http://{HOST}:{port}"
+            args = fleetpilot_command(
+                "emulate", "--model", MODEL, "--accelerator", replica.pool.accelerator,
+                "--host", HOST, "--port", str(port), "--time-scale", f"{self.time_scale:g}",
+            )  # fmt: skip
+            name = f"emulator {replica.pool.accelerator} {replica.url}"
+            try:
+                replica.child = await self.sup.start_healthy(name, args, replica.url)
+                return
+            except ChildFailed as exc:
+                if "address already in use" not in str(exc) or attempt + 1 == _PORT_TRIES:
+                    raise
 
     async def ensure_all(self) -> None:
         down = [r for r in self.replicas if r.child is None or not r.child.running]
@@ -194,6 +204,7 @@ async def _run_policy(
     console: Console,
 ) -> PolicyResult:
     await fleet.ensure_all()
+    fleet.write(fleet_file, time_scale)
     port = free_port()
     url = f"http://{HOST}:{port}"
     args = fleetpilot_command(
@@ -299,7 +310,6 @@ async def compare(
         async with Supervisor() as sup:
             fleet = _Fleet(sup, time_scale)
             fleet_file = Path(tmp) / "fleet.yaml"
-            fleet.write(fleet_file, time_scale)
             for policy in policies:
                 result = await _run_policy(
                     policy, fleet, fleet_file, trace, duration, time_scale, console
