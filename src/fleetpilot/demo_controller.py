@@ -65,7 +65,15 @@ from fleetpilot.controller import (
 )
 from fleetpilot.controller.observe import Observer
 from fleetpilot.core.capacity import Plan, PlanParams
-from fleetpilot.core.model import CapacityClass, Demand, Pool, Replica, ReplicaState, Snapshot
+from fleetpilot.core.model import (
+    CapacityClass,
+    Demand,
+    Pool,
+    Replica,
+    ReplicaState,
+    Snapshot,
+    blend,
+)
 from fleetpilot.core.policies import reactive
 from fleetpilot.core.workload import LengthDist, TraceRequest, synthetic_trace
 from fleetpilot.gateway.server import FLEET, METRICS, create_app
@@ -264,11 +272,13 @@ class PooledLengths:
             seen = self.history.setdefault(model, deque(maxlen=self.windows))
             if d.rps > 0:
                 seen.append(d)
-            weight = sum(x.rps for x in seen)
-            if weight > 0:
-                prompt = sum(x.rps * x.mean_prompt_tokens for x in seen) / weight
-                output = sum(x.rps * x.mean_output_tokens for x in seen) / weight
-                out[model] = replace(d, mean_prompt_tokens=prompt, mean_output_tokens=output)
+            mix = blend(list(seen))
+            if mix is not None:
+                out[model] = replace(
+                    d,
+                    mean_prompt_tokens=mix.mean_prompt_tokens,
+                    mean_output_tokens=mix.mean_output_tokens,
+                )
         return out
 
 

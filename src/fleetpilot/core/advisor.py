@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from fleetpilot.core.capacity import PlanParams
-from fleetpilot.core.model import CapacityClass, Demand, Pool
+from fleetpilot.core.model import CapacityClass, Demand, Pool, blend
 from fleetpilot.core.planner import plan_mix, replica_capacity
 
 __all__ = ["AcceleratorAdvice", "Advice", "advise", "commitment_level"]
@@ -167,13 +167,8 @@ def advise(
     mix = _Pricer(flexible, params)
     cost_sf = mix.total(demand, window_h)
     short = sum(mix.short[d] for d in demand)
-    busy = [d for d in history if d.rps > 0] or [Demand()]
-    total = sum(d.rps for d in busy) or 1.0
-    typical = Demand(
-        rps=1.0,
-        mean_prompt_tokens=sum(d.rps * d.mean_prompt_tokens for d in busy) / total,
-        mean_output_tokens=sum(d.rps * d.mean_output_tokens for d in busy) / total,
-    )
+    seen = blend([d for d in history if d.rps > 0])
+    typical = replace(seen, rps=1.0) if seen is not None else Demand(1.0, 0.0, 0.0)
 
     classic: list[tuple[float, Pool, AcceleratorAdvice]] = []
     for res in by_class[CapacityClass.RESERVED]:

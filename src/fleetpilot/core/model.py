@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -172,6 +173,19 @@ class Demand:
     @property
     def output_tokens_per_s(self) -> float:
         return self.rps * self.mean_output_tokens
+
+
+def blend(demands: Sequence[Demand]) -> Demand | None:
+    """``demands`` as one: the rates add and the mean lengths are weighted by rate (a model's
+    size classes, or windows of history); None when they carry no requests."""
+    rps = sum(d.rps for d in demands)
+    if rps <= 0:
+        return None
+    return Demand(
+        rps=rps,
+        mean_prompt_tokens=sum(d.rps * d.mean_prompt_tokens for d in demands) / rps,
+        mean_output_tokens=sum(d.rps * d.mean_output_tokens for d in demands) / rps,
+    )
 
 
 @dataclass(frozen=True, slots=True)

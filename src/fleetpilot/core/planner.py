@@ -147,6 +147,7 @@ from fleetpilot.core.model import (
     ReplicaState,
     ServiceClass,
     Snapshot,
+    blend,
 )
 
 __all__ = [
@@ -747,14 +748,10 @@ def _ready_carry(
     else:
         ready = dict(current)
     for model, classes in demand.items():
-        rps = sum(d.rps for d in classes)
-        if rps <= 0:
+        shape = blend(classes)
+        if shape is None:
             continue
-        shape = Demand(
-            rps=rps,
-            mean_prompt_tokens=sum(d.rps * d.mean_prompt_tokens for d in classes) / rps,
-            mean_output_tokens=sum(d.rps * d.mean_output_tokens for d in classes) / rps,
-        )
+        rps = shape.rps
         carried = sum(
             min(shaped.get(p.name, 0), ready.get(p.name, 0)) * replica_capacity(p, shape, params)
             for p in snapshot.pools
@@ -772,15 +769,9 @@ def _slo_capacity(
     at its model's planned request mix."""
     out: dict[str, float] = {}
     for p in pools:
-        classes = demand.get(p.model, ())
-        rps = sum(d.rps for d in classes)
-        if rps <= 0:
+        shape = blend(demand.get(p.model, ()))
+        if shape is None:
             continue
-        shape = Demand(
-            rps=rps,
-            mean_prompt_tokens=sum(d.rps * d.mean_prompt_tokens for d in classes) / rps,
-            mean_output_tokens=sum(d.rps * d.mean_output_tokens for d in classes) / rps,
-        )
         out[p.name] = replica_capacity(p, shape, params) / max(params.utilisation, _TOL)
     return out
 
