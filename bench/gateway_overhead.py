@@ -302,6 +302,57 @@ async def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _measure_paired(spec: dict[str, Any]) -> dict[str, Any]:
+    """Concurrency 1, direct and via interleaved: one request at a time, alternating between the
+    two targets (ABBA order, so neither always follows the other), for ``duration`` s after a
+    warm-up.  Both halves see the same minutes of the machine, so drift in how fast an idle
+    core wakes (0.3 to 1.9 ms between windows a minute apart here) no longer lands on one side
+    of the difference.  Returns one result per way, shaped like :func:`_measure`'s."""
+    ways = spec["ways"]  # [(port, headers), (port, headers)]: direct first
+    raws = [_request_bytes(port, spec["stream"], hdrs) for port, hdrs in ways]
+    conns = [await _connect(port) for port, _ in ways]
+    logs = [_Log(spec["stream"]), _Log(spec["stream"])]
+    t0 = time.perf_counter()
+    t_on = t0 + spec["warmup"]
+    t_off = t_on + spec["duration"]
+    pair = 0
+    while time.perf_counter() < t_off:
+        for k in (0, 1) if pair % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            try:
+                res = await asyncio.wait_for(conns[k].request(raws[k]), spec["grace"])
+            except (ConnectionError, ValueError, TimeoutError) as exc:
+                logs[k].fail(repr(exc))
+                res = None
+            if res is not None:
+                logs[k].record(start, res)
+            if conns[k].closed or res is None or not res[4]:
+                conns[k].transport.close()
+                conns[k] = await _connect(ways[k][0])
+                logs[k].new_conns += 1
+        pair += 1
+    for c in conns:
+        c.transport.close()
+    out = []
+    for log in logs:
+        window = [r for r in log.ok if t_on <= r[0] < t_off]
+        out.append(
+            {
+                "window": [t_on, t_off],
+                "requests": len(window),
+                "rps": len(window) / spec["duration"],
+                "latency_ms": _summary([r[2] - r[0] for r in window]),
+                "first_byte_ms": _summary([r[1] - r[0] for r in window]),
+                "errors": log.errors,
+                "first_error": log.first_error,
+                "reconnects": log.new_conns,
+                "client_cpu": None,
+                "paired": True,
+            }
+        )
+    return {"paired": out}
+
+
 def _run_async(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop where it is installed (a fleetpilot dependency off Windows)."""
     try:
@@ -319,7 +370,8 @@ def _client_main(conn: Any, core: int) -> None:
         out: dict[str, Any] = {}
 
         async def go(spec: dict[str, Any] = spec, out: dict[str, Any] = out) -> None:
-            out.update(await _measure(spec))
+            measure = _measure_paired if spec["mode"] == "paired" else _measure
+            out.update(await measure(spec))
 
         try:
             _run_async(go())
@@ -587,6 +639,34 @@ class _Bench:
         )
         return res
 
+    def paired(
+        self, label: str, ways: list[tuple[int, dict[str, str]]], stream: bool
+    ) -> list[dict[str, Any]]:
+        """Concurrency 1, direct and via interleaved in one window: [direct, via]."""
+        a = self.args
+        spec = {"mode": "paired", "ways": ways, "stream": stream, "grace": 30.0}
+        spec |= {"warmup": a.warmup, "duration": a.paired_duration}
+        if a.quiet_wait > 0:
+            load = self.sampler.wait_quiet(0.1, a.quiet_wait)
+            if load is not None and load >= 0.1:
+                self.console.print(f"  [yellow]other processes use {load:.2f} cores; going on")
+        self.client.send(spec)
+        res: dict[str, Any] = self.client.recv()
+        if "failed" in res:
+            raise RuntimeError(f"{label}: the load generator failed: {res['failed']}")
+        others = self.sampler.foreign(*res["paired"][0]["window"])
+        for way, r in zip(("direct", "via"), res["paired"], strict=True):
+            for name in self.sampler.watch:
+                r[f"cpu_{name}"] = self.sampler.cpu_share(name, *r["window"])
+            r["cpu_others"] = others
+            lat = r["latency_ms"]
+            self.console.print(
+                f"  {label + ' ' + way + ' (paired)':<34} p50 {lat['p50']:8.2f} ms  "
+                f"p99 {lat['p99']:8.2f} ms  {r['requests']:8d} req    errors {r['errors']}  "
+                f"other load {'?' if others is None else f'{others:.2f}'} cores"
+            )
+        return list(res["paired"])
+
     def phase(self, proxy: _Proxy, tmp: Path, points: list[tuple[bool, int]]) -> dict[str, Any]:
         """Start ``proxy`` on the proxy core; measure each (stream, concurrency) point and the
         open-loop rate, both directly and through it; stop it."""
@@ -603,6 +683,12 @@ class _Bench:
             ]
             for stream, conc in points:
                 row: dict[str, Any] = {"stream": stream, "concurrency": conc}
+                if conc == 1 and a.paired_duration > 0:
+                    label = f"{proxy.name} {'stream' if stream else 'json'} c=1"
+                    ways = [(port, hdrs) for _, port, hdrs in both]
+                    row["direct"], row["via"] = self.paired(label, ways, stream)
+                    out["closed"].append(row)
+                    continue
                 for way, port, hdrs in both:
                     label = f"{proxy.name} {way} {'stream' if stream else 'json'} c={conc}"
                     row[way] = self.point(
@@ -796,6 +882,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
     ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per point")
+    ap.add_argument(
+        "--paired-duration",
+        type=float,
+        default=20.0,
+        help="measured seconds of the concurrency-1 points, direct and via interleaved "
+        "(0: measure them one after the other like the rest)",
+    )
     ap.add_argument("--quick", action="store_true", help="1.5 s points after 0.5 s warm-ups")
     ap.add_argument("--concurrency", default="1,16,64,256", help="closed-loop workers")
     ap.add_argument("--saturation", type=int, default=512, help="extra json point for max req/s")
@@ -816,7 +909,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup = 1.5, 0.5
+        args.duration, args.warmup, args.paired_duration = 1.5, 0.5, 3.0
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.cores = _cores()
     return args

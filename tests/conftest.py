@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from fleetpilot.config import FleetConfig
+from fleetpilot.gateway.fastlane import Listening, listen
 from fleetpilot.gateway.server import create_app
 
 HOST = "127.0.0.1"
@@ -113,22 +114,19 @@ def fleet(pools: list[dict[str, Any]], **gateway: Any) -> FleetConfig:
 class Gateway:
     url: str
     app: web.Application
-    runner: web.AppRunner
+    listening: Listening
 
 
 @contextlib.asynccontextmanager
 async def serve_gateway(config: FleetConfig, **kw: Any) -> AsyncIterator[Gateway]:
-    """The gateway app in this test's event loop, on an ephemeral loopback port."""
+    """The gateway app in this test's event loop, on an ephemeral loopback port, behind the
+    same front door as ``fleetpilot gateway`` (the fast lane unless the config turns it off)."""
     app = create_app(config, **kw)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, 0, backlog=2048)
-    await site.start()
-    port = runner.addresses[0][1]
+    listening = await listen(app, HOST, 0, fast_lane=config.gateway.fast_lane)
     try:
-        yield Gateway(f"http://{HOST}:{port}", app, runner)
+        yield Gateway(f"http://{HOST}:{listening.port}", app, listening)
     finally:
-        await runner.cleanup()
+        await listening.stop(grace_s=1.0)
 
 
 @dataclass

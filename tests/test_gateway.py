@@ -305,4 +305,4 @@ async def test_thousand_concurrent_requests_no_errors_no_leaks(emulators: Emulat
         assert len(asyncio.all_tasks()) <= before
         assert gw.app[PROXY].upstream.client.in_use == 0  # every upstream conn returned
         # the server holds no client connection any more
-        assert len(gw.runner.server.connections) == 0  # type: ignore[union-attr]
+        assert gw.listening.connections == 0

@@ -59,6 +59,10 @@ class GatewayConfig(_Frozen):
         description="real seconds per modelled second; match emulators run with --time-scale",
     )
     max_connections_per_replica: int = Field(default=512, ge=1)
+    fast_lane: bool = Field(
+        default=True,
+        description="answer plain non-streamed API POSTs outside aiohttp (see gateway.fastlane)",
+    )
 
     @field_validator("router")
     @classmethod

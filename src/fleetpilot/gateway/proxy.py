@@ -39,9 +39,24 @@ from fleetpilot.gateway.intake import Inbound
 from fleetpilot.gateway.metrics import GatewayMetrics
 from fleetpilot.gateway.upstream import Upstream, UpstreamResponse
 
-__all__ = ["Proxy"]
+__all__ = ["Proxy", "Reply"]
 
 _DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class Reply:
+    """A whole, non-streamed answer: what either HTTP front (aiohttp or the fast lane) sends."""
+
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str]
+
+    def response(self) -> web.Response:
+        return web.Response(
+            body=self.body, status=self.status, content_type=self.content_type, headers=self.headers
+        )
 
 
 @dataclass(slots=True)
@@ -153,12 +168,13 @@ class Proxy:
     async def handle(self, inbound: Inbound, http: web.Request) -> web.StreamResponse:
         if inbound.stream:
             return await self._stream(inbound, http)
-        return await self._unary(inbound)
+        return (await self.unary(inbound)).response()
 
     def _fail(self, model: str, pool: str, exc: ApiError) -> None:
         self.metrics.requests.labels(model, pool, str(exc.status)).inc()
 
-    async def _unary(self, inbound: Inbound) -> web.Response:
+    async def unary(self, inbound: Inbound) -> Reply:
+        """A non-streamed request, retried on other replicas; failures raise :class:`ApiError`."""
         request = self.request_of(inbound)
         model = request.model
         attempts = 0
@@ -198,11 +214,11 @@ class Proxy:
         asyncio.get_running_loop().call_soon(
             self._settle_unary, lease, replica.id, model, pool, inbound.kind, resp.status, data, e2e
         )
-        return web.Response(
-            body=data,
-            status=resp.status,
-            content_type=resp.content_type or "application/json",
-            headers={"x-fleetpilot-replica": replica.id, "x-fleetpilot-attempts": str(attempts)},
+        return Reply(
+            resp.status,
+            resp.content_type or "application/json",
+            data,
+            {"x-fleetpilot-replica": replica.id, "x-fleetpilot-attempts": str(attempts)},
         )
 
     def _settle_unary(

@@ -1,0 +1,354 @@
+"""The gateway's front door: a fast lane for plain API POSTs, aiohttp for everything else.
+
+Why a second HTTP front: at concurrency 1 the latency the gateway adds is CPU spent on a core
+that went cold while the replica worked, and aiohttp's server (request object, stream reader,
+router, middleware, response object) was most of what fleetpilot's own code did not account
+for.  Measured with ``bench/gateway_overhead.py --gateway-cmd`` on two bare proxies around the
+same upstream client: an aiohttp one added 0.43–0.55 ms over a byte relay, an httptools one
+0.04–0.16 ms.
+
+The hot path is narrow: ``POST /v1/chat/completions`` (or ``/v1/completions``,
+``/v1/embeddings``) over HTTP/1.1, a JSON body framed by ``Content-Length``, no stream.  One
+:class:`FastLane` protocol per connection serves exactly that: llhttp (``httptools``) checks
+the head, :func:`~fleetpilot.gateway.intake.parse` the body, and
+:meth:`~fleetpilot.gateway.proxy.Proxy.unary` does the rest, as it does for aiohttp.
+
+Everything else — other paths and methods, streams, chunked or oversized bodies, ``Expect``,
+upgrades, heads llhttp rejects, bodies ``parse`` rejects, unknown models — is *handed over*:
+the connection, with the bytes already read, goes to aiohttp's protocol for the rest of its
+life.  Every edge case (error JSON, 413 before reading, slow bodies, SSE, disconnects) has one
+behaviour, aiohttp's, written once in :mod:`fleetpilot.gateway.server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import http
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+from aiohttp import web
+
+from fleetpilot.errors import ApiError, BadRequest
+from fleetpilot.gateway.appkeys import CONFIG, FLEET, PROXY
+from fleetpilot.gateway.intake import parse
+from fleetpilot.gateway.proxy import Reply
+
+__all__ = ["FastLane", "Listening", "listen"]
+
+log = logging.getLogger("fleetpilot.gateway")
+
+_LANES = {
+    b"POST /v1/chat/completions HTTP/1.1": "chat",
+    b"POST /v1/completions HTTP/1.1": "completions",
+    b"POST /v1/embeddings HTTP/1.1": "embeddings",
+}
+_MAX_HEAD = 8190  # aiohttp's line limit; a longer head goes to aiohttp, which decides
+_BODY_TIMEOUT_S = 30.0  # as the aiohttp path's body read
+_KEEPALIVE_S = 75.0  # as aiohttp's keepalive_timeout
+_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+
+class _Handover(Exception):
+    """This request is not the fast lane's: aiohttp takes the connection."""
+
+
+@dataclass(slots=True)
+class _Head:
+    """What llhttp read from one request head."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    length: int | None = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        if key in ("transfer-encoding", "expect", "upgrade") or key in self.headers:
+            raise _Handover  # framing or semantics the fast lane leaves to aiohttp
+        self.headers[key] = value.decode("latin-1")
+        if key == "content-length":
+            self.length = int(value)  # llhttp has checked it is digits
+
+
+class _Date:
+    """The ``Date`` header, formatted once a second."""
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.value = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.value = email.utils.formatdate(now, usegmt=True).encode()
+        return self.value
+
+
+class FastLane(asyncio.Protocol):
+    """One client connection, until it is closed or handed over to aiohttp."""
+
+    def __init__(self, listening: Listening) -> None:
+        self.listening = listening
+        self.app = listening.app
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.busy = False  # a request is being served: later bytes wait in buf
+        self.closing = False
+        self.eof = False
+        self.reading = True
+        self.writable = True
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_for: str = ""
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.listening.lanes.add(self)
+        self._arm(_KEEPALIVE_S, "idle")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._disarm()
+        self.listening.lanes.discard(self)
+        self.buf.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.busy:
+            if len(self.buf) > self.listening.max_buffer and self.reading:
+                self._pause_reading()
+            return
+        self._next()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return self.busy  # keep the transport open to send the answer in progress
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        if not self.busy and self.buf:
+            self._next()
+
+    # -- requests ---------------------------------------------------------------------------
+    def _next(self) -> None:
+        """Start the request at the front of ``buf``, if it is whole and the lane's."""
+        if self.closing or not self.writable:
+            return
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > _MAX_HEAD:
+                self._hand_over()
+            elif buf:
+                if self.timer_for != "head":
+                    self._arm(self.listening.body_timeout_s, "head")
+            elif self.eof:
+                self._close()
+            else:
+                self._arm(_KEEPALIVE_S, "idle")
+            return
+        line = buf.find(b"\r\n")
+        kind = _LANES.get(bytes(buf[:line]))
+        if kind is None or end + 4 > _MAX_HEAD:
+            self._hand_over()
+            return
+        head = _Head()
+        parser = httptools.HttpRequestParser(head)
+        try:
+            parser.feed_data(bytes(buf[: end + 4]))
+        except (httptools.HttpParserError, _Handover, ValueError):
+            self._hand_over()
+            return
+        if head.length is None or head.length > self.listening.max_body:
+            self._hand_over()  # no length, or over the limit: aiohttp answers 411 / 413
+            return
+        need = end + 4 + head.length
+        if len(buf) < need:
+            if self.timer_for != "body":
+                self._arm(self.listening.body_timeout_s, "body")
+            if not self.reading:
+                self._resume_reading()
+            return
+        body = bytes(buf[end + 4 : need])
+        try:
+            inbound = parse(kind, body, head.headers)
+        except ApiError:
+            self._hand_over()  # its error answer is aiohttp's to give, written once
+            return
+        if inbound.stream or not self.app[FLEET].serves(inbound.model):
+            self._hand_over()
+            return
+        del buf[:need]
+        self._disarm()
+        self.busy = True
+        self.listening.served += 1
+        keep_alive = parser.should_keep_alive()
+        asyncio.get_running_loop().create_task(self._serve(inbound, keep_alive))
+
+    async def _serve(self, inbound: Any, keep_alive: bool) -> None:
+        try:
+            reply = await self.app[PROXY].unary(inbound)
+        except ApiError as exc:
+            reply = _error(exc)
+        except Exception:
+            log.exception("unhandled error on POST %s", inbound.path)
+            reply = _error(ApiError("internal gateway error"))
+        self._write(reply, keep_alive)
+        self.busy = False
+        if not keep_alive or self.eof or self.listening.stopping:
+            self._close()
+            return
+        if not self.reading:
+            self._resume_reading()
+        self._next()
+
+    def _write(self, reply: Reply, keep_alive: bool) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (reply.status, _PHRASES.get(reply.status, b"Unknown")),
+            b"Content-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n"
+            % (reply.content_type.encode("latin-1"), len(reply.body), self.listening.date()),
+        ]
+        head.extend(f"{k}: {v}\r\n".encode("latin-1") for k, v in reply.headers.items())
+        if not keep_alive:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        self.transport.write(b"".join(head) + reply.body)
+
+    # -- hand-over, timers, closing ---------------------------------------------------------
+    def _hand_over(self) -> None:
+        """aiohttp's protocol takes this connection, with every byte not yet answered."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._disarm()
+        self.closing = True
+        self.listening.lanes.discard(self)
+        self.listening.handed_over += 1
+        data, self.buf = bytes(self.buf), bytearray()
+        proto = self.listening.aiohttp()
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        if data:
+            proto.data_received(data)
+        if not self.reading:
+            transport.resume_reading()
+        if self.eof and not proto.eof_received():
+            transport.close()
+
+    def _arm(self, seconds: float, why: str) -> None:
+        self._disarm()
+        self.timer_for = why
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.timer_for = ""
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self.timer_for == "body" and not self.busy:
+            # as the aiohttp path answers a body that does not come: 400, then close
+            self._write(_error(BadRequest("request body not received in time")), False)
+        self._close()
+
+    def _pause_reading(self) -> None:
+        assert self.transport is not None
+        self.reading = False
+        self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        assert self.transport is not None
+        self.reading = True
+        self.transport.resume_reading()
+
+    def _close(self) -> None:
+        self.closing = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _error(exc: ApiError) -> Reply:
+    return Reply(exc.status, "application/json", json.dumps(exc.body()).encode(), exc.headers())
+
+
+@dataclass
+class Listening:
+    """The gateway's listening socket and the connections the fast lane holds."""
+
+    app: web.Application
+    runner: web.AppRunner
+    aiohttp: Callable[[], asyncio.Protocol]
+    max_body: int
+    max_buffer: int
+    server: asyncio.Server | None = None
+    lanes: set[FastLane] = field(default_factory=set)
+    stopping: bool = False
+    body_timeout_s: float = _BODY_TIMEOUT_S
+    served: int = 0  # requests the fast lane answered itself
+    handed_over: int = 0  # connections given to aiohttp
+    date: _Date = field(default_factory=_Date)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now, in either front."""
+        server = self.runner.server
+        return len(self.lanes) + (len(server.connections) if server is not None else 0)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting; let answers in progress finish (up to ``grace_s``); close the rest."""
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+        for lane in list(self.lanes):
+            if not lane.busy:
+                lane._close()
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while any(lane.busy for lane in self.lanes):
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for lane in list(self.lanes):
+            lane._close()
+        await self.runner.cleanup()
+
+
+async def listen(
+    app: web.Application, host: str, port: int, *, fast_lane: bool = True, backlog: int = 2048
+) -> Listening:
+    """Serve ``app`` on ``host:port``: through the fast lane, or (``fast_lane=False``) aiohttp
+    alone.  ``Listening.stop`` undoes it."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    server = runner.server
+    assert server is not None
+    limit = app[CONFIG].gateway.max_body_bytes
+    listening = Listening(app, runner, server, limit, limit + _MAX_HEAD)
+    loop = asyncio.get_running_loop()
+    factory: Callable[[], asyncio.Protocol] = (lambda: FastLane(listening)) if fast_lane else server
+    listening.server = await loop.create_server(factory, host, port, backlog=backlog)
+    return listening
