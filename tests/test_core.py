@@ -6,6 +6,7 @@ import ast
 import pathlib
 import random
 from dataclasses import replace
+from importlib import resources
 
 import pytest
 
@@ -79,6 +80,31 @@ def test_catalogue_rejects_unknown_names() -> None:
         CAT.profile("no-such-model", "A10G")
     with pytest.raises(ConfigError):
         CAT.offering(MODEL, "TPU", "spot")
+
+
+def test_catalogue_quotas_are_none_unless_set_and_read_in_gpus(tmp_path: pathlib.Path) -> None:
+    assert all(p.offering.quota is None for p in CAT.pools(MODEL, None, tuple(CapacityClass)))
+    assert CAT.offering(MODEL, "A10G", "spot").within_quota(10_000) == 10_000
+    packaged = resources.files("fleetpilot").joinpath("catalogue.yaml").read_text()
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(packaged + "quotas:\n  A100-80G: {on_demand: 10, spot: 64}\n")
+    cat = load_catalogue(path)
+    assert cat.offering(MODEL, "A100-80G", "on_demand").quota == 10
+    assert cat.offering("llama-2-70b", "A100-80G", "on_demand").quota == 2  # 4 GPUs a replica
+    assert cat.offering("llama-2-70b", "A100-80G", "spot").quota == 16
+    assert cat.offering(MODEL, "A100-80G", "reserved").quota is None
+    assert cat.offering(MODEL, "L40S", "on_demand").quota is None
+    bad_quotas = (
+        "A100-80G: {on_demand: -1}",
+        "A100-80G: {on_demand: 1.5}",
+        "A100-80G: {on_demand: '64'}",
+        "A100-80G: {ondemand: 8}",  # not a capacity class
+        "TPU: {spot: 8}",  # not an accelerator of the catalogue
+    )
+    for bad in bad_quotas:
+        path.write_text(packaged + f"quotas:\n  {bad}\n")
+        with pytest.raises(ConfigError):
+            load_catalogue(path)
 
 
 def test_prediction_grows_with_load() -> None:

@@ -19,6 +19,7 @@ from fleetpilot.core.policies import CAPACITY_POLICIES, CapacityPolicy, pool_cap
 from fleetpilot.core.series import RateSeries, SpotMarket
 from fleetpilot.sim import FluidResult, offline_optimum, simulate_fluid
 from fleetpilot.sim.fluid import (
+    NO_LIMIT,
     capacity_table,
     spot_capacity_per_window,
     spot_zones_per_window,
@@ -224,6 +225,21 @@ def test_a_zone_trace_drop_takes_one_zones_share_not_the_whole_pool() -> None:
     assert zone_bounds((spot,), zones) == {spot.name: [64, 2, 2, 64]}
     with pytest.raises(ValueError, match="zone availability"):
         simulate_fluid(demand, (spot,), fixed({spot.name: 6}), spot_zones={spot.name: [[64] * n]})
+
+
+def test_a_pool_without_a_quota_is_bounded_by_its_zones_alone() -> None:
+    (spot,) = pools_of("A10G", classes=(CapacityClass.SPOT,))
+    spot = replace(spot, offering=replace(spot.offering, quota=None))
+    n = 4
+    up, down = SpotMarket(600.0, (1,) * n), SpotMarket(600.0, (1, 0, 0, 1))
+    zones = spot_zones_per_window([down, up, up], (spot,), 600.0, n)
+    assert zones == {spot.name: [[NO_LIMIT, 0, 0, NO_LIMIT], [NO_LIMIT] * n, [NO_LIMIT] * n]}
+    assert zone_bounds((spot,), zones) == {spot.name: [3 * NO_LIMIT, 2, 2, 3 * NO_LIMIT]}
+    assert upper_bounds((spot,), n, None).tolist() == [[NO_LIMIT]] * n
+    slo = pool_capacity(spot, SHAPE, ANALYTIC)
+    result = simulate_fluid(series([200.0 * slo] * n), (spot,), fixed({spot.name: 200}),
+                            spot_zones=zones)  # fmt: skip
+    assert list(result.preemptions) == [0, 67, 0, 0]  # zone 0's share goes, not the pool
 
 
 # -- the offline optimum ----------------------------------------------------------------------

@@ -7,6 +7,8 @@ import itertools
 import math
 import random
 from dataclasses import replace
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -195,6 +197,24 @@ def test_quotas_hold_and_shed_when_they_cannot() -> None:
     params = PlanParams()
     plan = plan_mix(pools, Demand(rps=10_000.0), params)
     assert all(plan.targets[p.name] == 3 for p in pools)
+    assert ServiceClass.INTERACTIVE in plan.shed
+
+
+def test_no_quota_by_default_and_a_catalogue_quota_binds(tmp_path: Path) -> None:
+    classes = (CapacityClass.ON_DEMAND,)
+    free = catalogue().pools(MODEL, ["L40S", "A10G"], classes)
+    assert all(p.offering.quota is None for p in free)
+    d, params = Demand(rps=10_000.0), PlanParams()
+    plan = plan_mix(free, d, params)
+    assert plan.shed == ()  # far beyond 64 replicas a pool, and nothing stops it
+    assert capacity(free, plan, d, params) >= params.safety * d.rps * (1 - 1e-9)
+    assert max(plan.targets.values()) > 64
+    packaged = resources.files("fleetpilot").joinpath("catalogue.yaml").read_text()
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(packaged + "quotas:\n  L40S: {on_demand: 3}\n  A10G: {on_demand: 5}\n")
+    bound = load_catalogue(path).pools(MODEL, ["L40S", "A10G"], classes)
+    plan = plan_mix(bound, d, params)
+    assert plan.targets == {"L40S-on_demand": 3, "A10G-on_demand": 5}
     assert ServiceClass.INTERACTIVE in plan.shed
 
 

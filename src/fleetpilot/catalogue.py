@@ -2,6 +2,9 @@
 
 The packaged ``catalogue.yaml`` is the default; a user's copy can replace it.  Validation
 happens here, once, so the rest of the code can trust every ``Offering`` and ``Profile``.
+Quotas are the account's, so the packaged catalogue sets none and offerings have no limit; a
+copy may set them under ``quotas``: GPUs per accelerator and capacity class, of which an
+offering of ``count``-GPU replicas gets ``GPUs // count`` replicas.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +55,7 @@ class _CatalogueFile(_Strict):
     reserved_discount: _Discount = _Discount(factor=0.6)
     spot_interruption_rate: dict[str, float] = {}
     spot_zones: dict[str, int] = {}
+    quotas: dict[str, dict[CapacityClass, Annotated[int, Field(strict=True, ge=0)]]] = {}
     profiles: dict[str, dict[str, _Prof]]
 
 
@@ -113,6 +118,7 @@ class Catalogue:
         zones = self._file.spot_zones.get(accelerator, 1) if cls is CapacityClass.SPOT else 1
         if zones < 1:
             raise ConfigError(f"spot_zones of {accelerator!r} must be at least 1, not {zones}")
+        gpus = self._file.quotas.get(accelerator, {}).get(cls)
         suffix = f"x{prof.count}" if prof.count > 1 else ""
         return Offering(
             name=f"{accelerator}{suffix}-{cls.value}",
@@ -123,6 +129,7 @@ class Catalogue:
             startup_s=prof.startup_s,
             interruption_rate=rate if cls is CapacityClass.SPOT else 0.0,
             zones=zones,
+            quota=None if gpus is None else gpus // prof.count,
         )
 
     def pools(
@@ -160,6 +167,9 @@ def load_catalogue(path: str | Path | None = None) -> Catalogue:
         name: Accelerator(name, a.memory_gb, a.memory_bandwidth_gbps)
         for name, a in parsed.accelerators.items()
     }
+    unknown = sorted(set(parsed.quotas) - set(accs))
+    if unknown:
+        raise ConfigError(f"quotas for unknown accelerators {unknown}; known: {sorted(accs)}")
     cat = Catalogue(accs, parsed)
     for model in cat.models:  # build every profile once so a bad table fails at load time
         for acc in cat.accelerators_for(model):

@@ -33,7 +33,7 @@ capacity the quotas allow, so it understates).  The per-accelerator on-demand fi
 quotas (the classic rule has none).
 
 Measured on the 14-day ServeGen series (llama-3.1-8b at Azure-conversation mean lengths,
-1,020 / 129 tokens; default catalogue, quotas lifted; ~6 s each): with spot at 17-51% of the
+1,020 / 129 tokens; default catalogue, which sets no quotas; ~6 s each): with spot at 17-51% of the
 on-demand price and reserved at 60%, the advice is to commit nothing — hedged spot with
 on-demand fallback costs 59% less than on-demand (m-large $21.0k vs $51.4k over the 14 days;
 m-small $125k vs $308k), and no commitment beats it.  Against on-demand alone, the classic
@@ -217,11 +217,10 @@ def _classic(
     hours = len(demand) * window_h
     replica_hours = sum(needed) * window_h
     reserved_price, od_price = res.offering.price_per_hour, od.offering.price_per_hour
-    quota = res.offering.quota
     be = reserved_price / od_price
-    n_od = min(commitment_level(needed, be), quota)
+    n_od = res.offering.within_quota(commitment_level(needed, be))
     mix_price = cost_sf / replica_hours if replica_hours else math.inf
-    n_sf = min(commitment_level(needed, reserved_price / mix_price), quota)
+    n_sf = res.offering.within_quota(commitment_level(needed, reserved_price / mix_price))
     rest = sum(max(n - n_od, 0) for n in needed) * window_h
     return AcceleratorAdvice(
         accelerator=res.offering.accelerator,

@@ -50,6 +50,8 @@ class Offering:
     ``zones`` is how many availability zones the replicas are spread across, evenly (at most
     one apart): a spot capacity pool is an instance type in one zone, so a spot market event
     takes at most one zone's share, ``ceil(replicas / zones)``.  1: all in one pool.
+    ``quota`` is the most replicas the account may run (cloud quotas are per account, raised
+    on request); None, the default, means no limit is known and none is applied.
     """
 
     name: str
@@ -58,10 +60,15 @@ class Offering:
     price_per_hour: float
     count: int = 1
     region: str = "us-east-1"
-    quota: int = 64
+    quota: int | None = None
     startup_s: float = 180.0
     interruption_rate: float = 0.0
     zones: int = 1
+
+    def within_quota(self, replicas: int) -> int:
+        """``replicas``, at least 0 and at most the quota where there is one."""
+        n = max(replicas, 0)
+        return n if self.quota is None else min(n, max(self.quota, 0))
 
 
 def interpolate_step(points: tuple[tuple[int, float], ...], batch: int) -> float:

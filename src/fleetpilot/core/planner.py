@@ -50,7 +50,7 @@ which one replica was measured to hold p99 TTFT within target; see
                Σ_p cap[p, c] y[p, c] − z[c] ≥ spot_loss_safety × E[c]   (lose it, still hold)
                zones[p] s[p] ≤ (zones[p] − 1) x[p],  Σ_c k[p, c] ≤ s[p]  (s[p] integer)
                spot capacity of p ≤ spot_max_share × all spot capacity  (spread)
-               Σ x[p] ≥ min_replicas per model;  0 ≤ x[p] ≤ quota[p];
+               Σ x[p] ≥ min_replicas per model;  0 ≤ x[p] ≤ quota[p] (if any);
                x[p] = commitment for reserved pools (used first)
 
 Zones.  A spot capacity pool is an instance type in one availability zone; a pool's replicas
@@ -112,7 +112,10 @@ hedged floor and m-small from 2.17 to 2.09 ×, both at their SLO (99.78%, 98.68%
 3600 s left m-small at 98.43%.  A drain proportional to the surplus (5-10% of it a step) or a
 longer ``hold_s`` (1300-3700 s) lost m-small 0.3-0.7 points for any saving: its misses are
 rebounds of up to 2× within a window and outage gaps (no requests for up to 70 minutes) that
-end at full rate, which only capacity kept ready covers.
+end at full rate, which only capacity kept ready covers.  (The m-small figures above were
+measured with 64 replicas a pool, once the default quota; there is none now, and m-small gets
+99.79% at 1.93 × the optimum, or with ``drain_reserve`` 2.7 100% at 2.05 ×; 2.5 and 3.0 cost
+m-large 1.1% and 1.7% more for no SLO, so 2.2 stays.)
 ``size_threshold_tokens`` (1024),
 ``mip_rel_gap`` (0.02) and ``time_limit_s`` (1.0) for HiGHS.  ``safety`` multiplies the
 planned demand (step 1), whose upper quantile already covers ~96% of windows on the traces
@@ -416,16 +419,18 @@ def _build(
     x: dict[str, int] = {}
     for p in pools:
         if p.offering.capacity_class is CapacityClass.RESERVED:
-            n = min(commitment.get(p.name, 0), max(p.offering.quota, 0))
+            n = p.offering.within_quota(commitment.get(p.name, 0))
             lb = 0.0 if capped and reserved_cost > budget else float(n)
             x[p.name] = prog.var(0.0, lb, float(n), integer=True)  # sunk: costs nothing more
         else:
-            x[p.name] = prog.var(p.offering.price_per_hour, 0.0, p.offering.quota, integer=True)
+            quota = math.inf if p.offering.quota is None else max(p.offering.quota, 0)
+            x[p.name] = prog.var(p.offering.price_per_hour, 0.0, quota, integer=True)
     survivors: dict[str, int] = {}  # spot pool → its replicas outside its largest zone
     for p in pools:
         zones = _zones(p)
         if zones > 1:  # zones · s ≤ (zones - 1) · x: s = x - ceil(x / zones) at most
-            most = max(p.offering.quota, 0) * (zones - 1) // zones
+            q = p.offering.quota
+            most = math.inf if q is None else max(q, 0) * (zones - 1) // zones
             s = survivors[p.name] = prog.var(0.0, 0.0, float(most), integer=True, derived=True)
             prog.survivors[s] = (x[p.name], zones)
             prog.row({s: float(zones), x[p.name]: -float(zones - 1)}, ub=0.0)
@@ -455,7 +460,7 @@ def _build(
         _spread_rows(prog, [terms for terms in spot if terms], max_share)
 
     if capped:
-        scale = (budget if math.isfinite(budget) else _max_cost(pools)) or 1.0
+        scale = (budget if math.isfinite(budget) else _max_cost(pools, classes, params)) or 1.0
         for p in pools:  # a tie-break: the cheapest way to the largest served share
             prog.cost[x[p.name]] = 1e-3 * p.offering.price_per_hour / scale
         if math.isfinite(budget):
@@ -536,8 +541,21 @@ def _zones(pool: Pool) -> int:
     return max(pool.offering.zones, 1) if _is_spot(pool) else 1
 
 
-def _max_cost(pools: Sequence[Pool]) -> float:
-    return sum(p.offering.price_per_hour * max(p.offering.quota, 0) for p in pools)
+def _max_cost(pools: Sequence[Pool], classes: Sequence[_Class], params: PlanParams) -> float:
+    """$/hour of every pool at its quota, a pool without one at the replicas that would carry
+    all its model's demand alone: what the capped program's tie-break is scaled by."""
+    total = 0.0
+    for p in pools:
+        if p.offering.quota is not None:
+            n = float(max(p.offering.quota, 0))
+        else:
+            n = 0.0
+            for c in classes:
+                cap = replica_capacity(p, c.demand, params) if c.model == p.model else 0.0
+                if cap > 0:
+                    n += params.safety * c.demand.rps / cap
+        total += p.offering.price_per_hour * n
+    return total
 
 
 def _cost(pools: Sequence[Pool], targets: Mapping[str, int]) -> float:
@@ -791,7 +809,7 @@ def _spot_short(snapshot: Snapshot, short_at: Mapping[str, float]) -> dict[str, 
     if not snapshot.replicas:
         return out
     for p in snapshot.pools:
-        if _is_spot(p) and _live(snapshot, p.name) < min(p.target, p.offering.quota):
+        if _is_spot(p) and _live(snapshot, p.name) < p.offering.within_quota(p.target):
             out[p.name] = snapshot.now
     return out
 
@@ -800,7 +818,7 @@ def _capped_at_live(pool: Pool, snapshot: Snapshot) -> Pool:
     """A spot pool seen short recently, as the planner may use it: no more than it has."""
     if not _is_spot(pool):
         return pool
-    quota = min(pool.offering.quota, _live(snapshot, pool.name))
+    quota = pool.offering.within_quota(_live(snapshot, pool.name))
     return replace(pool, offering=replace(pool.offering, quota=quota))
 
 
@@ -879,7 +897,7 @@ def adaptive(
     raw = plan_mix(pools, demand, params, expected=expected)
     price = {p.name: p.offering.price_per_hour for p in pools}
     # replicas beyond a pool's quota (a spot market gone: quota 0) go at once, uncounted
-    current = {p.name: min(p.target, max(p.offering.quota, 0)) for p in pools}
+    current = {p.name: p.offering.within_quota(p.target) for p in pools}
     share = _extra(params, "max_remove_share", 0.0)
     max_remove = max(
         int(_extra(params, "max_remove_per_step", 2)), math.floor(share * sum(current.values()))

@@ -41,7 +41,8 @@ functions composed by each policy (as Ray composes scaling factors, bounds and d
 
 A plan names every pool of the snapshot (0 for those not used), because engines leave pools
 that a plan does not mention at their old targets.  All pools given to one call must serve one
-model.  An offering's ``quota`` is read as a number of replicas.
+model.  An offering's ``quota`` is read as a number of replicas; an offering without one
+(``None``, the default) has no limit.
 """
 
 from __future__ import annotations
@@ -216,7 +217,9 @@ def plan_cost(targets: Mapping[str, int], pools: Sequence[Pool]) -> float:
 
 def _by_value(pools: Sequence[Pool], demand: Demand, params: PlanParams) -> list[Pool]:
     """Pools that can carry load, cheapest per unit of planned capacity first."""
-    usable = [p for p in pools if pool_capacity(p, demand, params) > 0 and p.offering.quota > 0]
+    usable = [
+        p for p in pools if pool_capacity(p, demand, params) > 0 and p.offering.within_quota(1)
+    ]
     return sorted(
         usable,
         key=lambda p: (
@@ -242,7 +245,10 @@ def cheapest_fill(
     ranked = _by_value(pools, demand, params)
     remaining = rps
     while remaining > _EPS and ranked:
-        room = {p.name: p.offering.quota - targets[p.name] for p in ranked}
+        room = {  # replicas each pool can still take
+            p.name: math.inf if p.offering.quota is None else p.offering.quota - targets[p.name]
+            for p in ranked
+        }
         fits = [p for p in ranked if caps[p.name] * room[p.name] >= remaining - _EPS]
         if fits:
             best = min(
@@ -254,8 +260,8 @@ def cheapest_fill(
             )
             targets[best.name] += _ceil(remaining / caps[best.name])
             break
-        first = ranked.pop(0)
-        targets[first.name] += room[first.name]
+        first = ranked.pop(0)  # it does not fit the rest, so it has a quota
+        targets[first.name] += int(room[first.name])
         remaining -= room[first.name] * caps[first.name]
     return targets
 
@@ -265,15 +271,18 @@ def apply_bounds(
 ) -> dict[str, int]:
     """Each target within ``[0, quota]``; at least ``params.min_replicas`` in all, the missing
     ones on the pool among ``pools`` with the lowest hourly price and room left."""
-    quota = {p.name: p.offering.quota for p in pools}
-    out = {name: min(max(int(n), 0), quota.get(name, int(n))) for name, n in targets.items()}
+    offering = {p.name: p.offering for p in pools}
+    out = {
+        name: offering[name].within_quota(int(n)) if name in offering else max(int(n), 0)
+        for name, n in targets.items()
+    }
     missing = params.min_replicas - sum(out.values())
     for pool in sorted(pools, key=lambda p: (p.offering.price_per_hour, p.name)):
         if missing <= 0:
             break
         if pool.profile is None:
             continue
-        add = min(missing, pool.offering.quota - out.get(pool.name, 0))
+        add = pool.offering.within_quota(out.get(pool.name, 0) + missing) - out.get(pool.name, 0)
         if add > 0:
             out[pool.name] = out.get(pool.name, 0) + add
             missing -= add
@@ -373,7 +382,7 @@ def _fill_count(n: int, ranked: Sequence[Pool]) -> dict[str, int]:
     """``n`` replicas down ``ranked`` pools, each up to its quota."""
     out: dict[str, int] = {}
     for pool in ranked:
-        take = min(n, pool.offering.quota)
+        take = pool.offering.within_quota(n)
         if take > 0:
             out[pool.name] = take
             n -= take
@@ -561,7 +570,7 @@ def _spread(
     for pool in chosen:
         cap = pool_capacity(pool, demand, params)
         want = _ceil(need / len(chosen) / cap)
-        take = min(want, pool.offering.quota)
+        take = pool.offering.within_quota(want)
         out[pool.name] = take
         rest += (want - take) * cap
     if rest > _EPS:
@@ -571,7 +580,7 @@ def _spread(
     i = 0
     while extra > 0 and spares:
         pool = spares[i % len(spares)]
-        if out[pool.name] < pool.offering.quota:
+        if pool.offering.within_quota(out[pool.name] + 1) > out[pool.name]:
             out[pool.name] += 1
             extra -= 1
             i += 1

@@ -83,6 +83,7 @@ from fleetpilot.core.policies import CapacityPolicy, slo_table
 from fleetpilot.core.routing import DEFAULT_PARAMS
 
 __all__ = [
+    "NO_LIMIT",
     "FluidResult",
     "WindowSeries",
     "capacity_table",
@@ -96,6 +97,10 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+
+NO_LIMIT = 2**31 - 1
+"""Replicas standing for "no limit" in the integer arrays here (a pool without a quota, or a
+0/1 spot trace that is up for one): no fleet comes near it, and sums of a few stay in int64."""
 
 
 class WindowSeries(Protocol):
@@ -147,7 +152,8 @@ def spot_zones_per_window(
     with ``zones`` > 1 follows ``markets[k]`` (the same trace for zone ``k`` of every pool: an
     availability-zone-wide drop is the correlated case), ``k`` modulo the number of traces when
     a pool has more zones than there are traces.  A 0/1 trace (single-node) counts as the pool's
-    quota when up; others as replicas (:func:`spot_capacity_per_window`)."""
+    quota when up (:data:`NO_LIMIT` without one); others as replicas
+    (:func:`spot_capacity_per_window`)."""
     if not markets:
         raise ValueError("need at least one zone trace")
     out: dict[str, list[list[int]]] = {}
@@ -159,7 +165,7 @@ def spot_zones_per_window(
         for k in range(zones):
             market = markets[k % len(markets)]
             single = max(market.capacity, default=0) <= 1
-            scale = max(pool.offering.quota, 0) if single else 1
+            scale = pool.offering.within_quota(NO_LIMIT) if single else 1
             series.append(list(spot_capacity_per_window(market, window_s, windows, scale=scale)))
         out[pool.name] = series
     return out
@@ -188,16 +194,21 @@ def spread_counts(counts: Sequence[int], target: int, available: Sequence[int]) 
 def zone_bounds(
     pools: Sequence[Pool], spot_zones: Mapping[str, Sequence[Sequence[int]]]
 ) -> dict[str, list[int]]:
-    """The most replicas each zoned pool can hold per window (its quota placed from scratch by
-    :func:`spread_counts`): a whole-pool bound, e.g. for the offline optimum."""
+    """The most replicas each zoned pool can hold per window (its quota, if any, placed from
+    scratch by :func:`spread_counts`): a whole-pool bound, e.g. for the offline optimum.
+    From scratch the spread fills the emptiest zones one pod at a time and stops once the zone
+    with the least room is full, so no zone ends more than one above that zone's room."""
     out: dict[str, list[int]] = {}
     for pool in pools:
         zoned = spot_zones.get(pool.name)
         if zoned is None:
             continue
-        quota = pool.offering.quota
-        columns = zip(*zoned, strict=True)  # window by window: one count per zone
-        out[pool.name] = [sum(spread_counts([0] * len(col), quota, col)) for col in columns]
+        most = []
+        for col in zip(*zoned, strict=True):  # window by window: one count per zone
+            room = [max(a, 0) for a in col]
+            low = min(room, default=0)
+            most.append(pool.offering.within_quota(sum(min(r, low + 1) for r in room)))
+        out[pool.name] = most
     return out
 
 
@@ -241,9 +252,11 @@ def capacity_table(
 def upper_bounds(
     pools: Sequence[Pool], windows: int, spot_available: Mapping[str, Sequence[int]] | None
 ) -> IntArray:
-    """Replicas each pool may run per window, shape (windows, pools): its quota, and for a
-    pool with an availability series also that series."""
-    out = np.tile(np.array([p.offering.quota for p in pools], dtype=np.int64), (windows, 1))
+    """Replicas each pool may run per window, shape (windows, pools): its quota
+    (:data:`NO_LIMIT` without one), and for a pool with an availability series also that
+    series."""
+    quotas = [p.offering.within_quota(NO_LIMIT) for p in pools]
+    out = np.tile(np.array(quotas, dtype=np.int64), (windows, 1))
     for j, pool in enumerate(pools):
         series = (spot_available or {}).get(pool.name)
         if series is None:
@@ -693,7 +706,7 @@ def simulate(
             by_name = {f.pool.name: f for f in fleets}
             for name, n in plan.targets.items():
                 if name in by_name:
-                    by_name[name].target = min(max(int(n), 0), by_name[name].pool.offering.quota)
+                    by_name[name].target = by_name[name].pool.offering.within_quota(int(n))
             shed_classes = tuple(plan.shed)
             for j, avail in by_zone.items():  # the new target's spread over the zones
                 placed[j] = spread_counts(placed[j], fleets[j].target, avail[w].tolist())

@@ -6,14 +6,14 @@ cheapest schedule is the integer program::
     minimise    Σ_w Σ_p price[p] · window_hours · x[w, p]
     subject to  Σ_p cap[w, p] · x[w, p] ≥ rps[w]          (carry the demand at the SLO)
                 Σ_p x[w, p] ≥ min_replicas
-                0 ≤ x[w, p] ≤ min(quota[p], spot_available[w, p])   integer
+                0 ≤ x[w, p] ≤ min(quota[p], spot_available[w, p])   integer (if given)
 
 ``cap[w, p]`` is what the policies plan with (:func:`~fleetpilot.core.policies.pool_capacity`):
 ``slo_capacity`` at window ``w``'s mean lengths × ``utilisation``, capped at the calibrated p99
 rate (:func:`~fleetpilot.core.capacity.planned_capacity`), so any policy schedule that
 carries a window's demand at that utilisation costs at least the optimum's window: the bound is
 fair.  Spot capacity per window comes from an optional per-pool series (unlimited, i.e. the
-quota, when not given).
+quota or no bound, when not given).
 
 Assumptions of the bound: replicas appear and vanish at window boundaries with no start-up
 lead time and no pre-emption inside a window (a spot series gives the count that survives the

@@ -702,7 +702,7 @@ class _Sim:
     def _reconcile(self, p: int) -> None:
         """Start or drain replicas so that pool ``p`` has its target (within quota)."""
         active = self.active[p]
-        want = min(self.targets[p], self.pools[p].offering.quota)
+        want = self.pools[p].offering.within_quota(self.targets[p])
         for _ in range(want - len(active)):
             self._launch(p)
         if len(active) > want:

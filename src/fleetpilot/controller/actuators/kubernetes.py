@@ -554,7 +554,7 @@ class KubernetesActuator:
         for pool in pools:
             if pool.name not in plan.targets:
                 continue
-            target = min(max(int(plan.targets[pool.name]), 0), pool.offering.quota)
+            target = pool.offering.within_quota(int(plan.targets[pool.name]))
             self._targets[pool.name] = target
             pods = self._pods_of(pool)
             active = [p for p in pods if not self._draining(p)]

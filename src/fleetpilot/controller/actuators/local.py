@@ -129,7 +129,7 @@ class LocalActuator:
         for pool in pools:
             if pool.name not in plan.targets:
                 continue
-            target = min(max(int(plan.targets[pool.name]), 0), pool.offering.quota)
+            target = pool.offering.within_quota(int(plan.targets[pool.name]))
             active = [m for m in self._members.values() if m.replica.pool == pool.name]
             active = [m for m in active if m.state in ACTIVE]
             for _ in range(target - len(active)):
