@@ -22,18 +22,21 @@ level: the pool loses one replica at each pre-emption of each of its zones' trac
 spot pools follow the first trace whole.
 
 The forecast error on each trace's rate series (10-minute windows, 30 minutes ahead: the
-start-up lead plus a window), two yardsticks at window level (the optimum's schedule
-launched a window early, i.e. perfect knowledge that pays for start-up; and the SLO with
-every pool at its quota, the most any policy can reach) and the planner's step
+start-up lead plus a window), yardsticks at window level (the optimum's schedule launched a
+window early, i.e. perfect knowledge that pays for start-up; and, with ``--quota``, the SLO
+with every pool at its quota, the most any policy can reach) and the planner's step
 time on the 50-offering fleet of ``planner_speed.py`` are printed too; with ``--hedged-floor``
 also what perfect knowledge costs when it keeps the spot-loss hedge (the optimum does not: the
 gap between the two is the hedge's price, which the 1.15 × optimum target leaves no room for).
 
     FLEETPILOT_DATA=/work/shared/data .venv/bin/python bench/capacity_targets.py \
         [--traces azure-conv,servegen-m-large,servegen-m-small] [--spot PATH[,PATH...]] \
-        [--set hold_s=600 --set spot_loss_safety=0.8 ...] [--no-speed] [--hedged-floor]
+        [--set hold_s=600 --set spot_loss_safety=0.8 ...] [--no-speed] [--hedged-floor] \
+        [--quota N]
 
 ``--set`` passes planner knobs (``PlanParams.extra``) to every policy, to try other defaults.
+The catalogue sets no quotas (an account's are not known); ``--quota N`` gives every pool a
+quota of ``N`` replicas, as an account's would bind.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import numpy as np
 from fleetpilot.catalogue import load_catalogue
 from fleetpilot.core.capacity import Plan, PlanParams
 from fleetpilot.core.forecast import evaluate
-from fleetpilot.core.model import CapacityClass, Demand
+from fleetpilot.core.model import CapacityClass, Demand, Pool
 from fleetpilot.core.planner import plan_mix
 from fleetpilot.core.policies import schedule
 from fleetpilot.core.series import RateSeries, windows_of
@@ -67,10 +70,16 @@ POLICIES = ("static_peak", "reactive", "adaptive")
 DEFAULT_TRACES = ("azure-conv", "servegen-m-large", "servegen-m-small")
 
 
-def _run(
-    name: str, spot: list[Path] | None, params: PlanParams
-) -> tuple[list[PolicyRun], float, Any]:
+def _pools(quota: int | None) -> tuple[Pool, ...]:
+    """The default catalogue's pools of ``MODEL``, on-demand and spot, with ``quota`` each."""
     pools = load_catalogue().pools(MODEL, None, (CapacityClass.ON_DEMAND, CapacityClass.SPOT))
+    return tuple(replace(p, offering=replace(p.offering, quota=quota)) for p in pools)
+
+
+def _run(
+    name: str, spot: list[Path] | None, params: PlanParams, quota: int | None
+) -> tuple[list[PolicyRun], float, Any]:
+    pools = _pools(quota)
     spot_pools = [p for p in pools if p.offering.capacity_class is CapacityClass.SPOT]
     markets = [load_spot_market(path) for path in spot or ()]
     by_zone = len(markets) > 1
@@ -99,37 +108,44 @@ def _run(
     return runs, best, series
 
 
-def _yardsticks(name: str, spot: list[Path] | None, params: PlanParams) -> list[str]:
+def _yardsticks(
+    name: str, spot: list[Path] | None, params: PlanParams, quota: int | None
+) -> list[str]:
     """Window level only: what any causal policy can reach.  The optimum launches each window's
     fleet at the window's start, so at this level it misses the start-up of every rise; the
     same perfect-knowledge schedule launched a window early (the max of this window's and the
-    next's) is the cheapest that pays for start-up.  And the SLO of every pool at its quota:
-    no policy can do better on this catalogue."""
+    next's) is the cheapest that pays for start-up.  And, given a quota, the SLO of every pool
+    at it: no policy can do better within those quotas."""
     workload = load_trace(name)
     if not isinstance(workload, RateSeries) or spot is not None:
         return []
-    pools = load_catalogue().pools(MODEL, None, (CapacityClass.ON_DEMAND, CapacityClass.SPOT))
+    pools = _pools(quota)
     best = offline_optimum(workload, pools, params)
     early = np.maximum(best.targets, np.vstack([best.targets[1:], best.targets[-1:]]))
     plans = [dict(zip(best.pool_names, map(int, row), strict=True)) for row in early]
     lead = simulate_fluid(workload, pools, schedule(plans, workload.window_s), params)
-    full = {p.name: p.offering.quota for p in pools}
-    most = simulate_fluid(workload, pools, lambda s, st, pr: (Plan(full), None), params)
-    return [
+    line = (
         f"perfect knowledge launched a window early: {lead.total_cost / best.total_cost:.2f} × "
-        f"optimum, SLO {_pct(lead.slo_attainment)}; every pool at its quota "
-        f"({pools[0].offering.quota}): SLO {_pct(most.slo_attainment)} (the most any policy gets)"
-    ]
+        f"optimum, SLO {_pct(lead.slo_attainment)}"
+    )
+    if quota is not None:
+        full = {p.name: quota for p in pools}
+        most = simulate_fluid(workload, pools, lambda s, st, pr: (Plan(full), None), params)
+        line += (
+            f"; every pool at its quota ({quota}): SLO {_pct(most.slo_attainment)} "
+            "(the most any policy gets)"
+        )
+    return [line]
 
 
-def _hedged_floor(name: str, params: PlanParams) -> str:
+def _hedged_floor(name: str, params: PlanParams, quota: int | None) -> str:
     """Perfect knowledge *with* the spot-loss hedge: ``plan_mix`` per window at the window's
     demand (``safety`` 1, the hedge at that demand too), no start-up, no forecast error.  The
     optimum has no hedge, so this is what the hedge alone costs over it; a policy that keeps
     the hedge cannot get much below it."""
     workload = load_trace(name)
     series = workload if isinstance(workload, RateSeries) else windows_of(workload, 600.0)
-    pools = load_catalogue().pools(MODEL, None, (CapacityClass.ON_DEMAND, CapacityClass.SPOT))
+    pools = _pools(quota)
     best = offline_optimum(series, pools, params)
     floor_params = replace(params, safety=1.0)
     cost = 0.0
@@ -243,23 +259,26 @@ def main() -> None:
         help="also print perfect knowledge with the spot-loss hedge (~20 s a 14-day trace)",
     )
     ap.add_argument("--speed-steps", type=int, default=240)
+    ap.add_argument("--quota", type=int, default=None, help="replicas per pool (default: none)")
     args = ap.parse_args()
     extra = {k: float(v) for k, v in (s.split("=", 1) for s in args.set)}
     params = PlanParams(extra=extra)
     if extra:
         print(f"planner knobs: {extra}\n")
+    if args.quota is not None:
+        print(f"quota: {args.quota} replicas per pool\n")
     for name in (t.strip() for t in args.traces.split(",") if t.strip()):
         t0 = time.process_time()
         spot = [Path(s.strip()) for s in args.spot.split(",") if s.strip()] if args.spot else None
-        runs, optimum, series = _run(name, spot, params)
+        runs, optimum, series = _run(name, spot, params, args.quota)
         mode = runs[0].mode
         print("\n".join(_table(name, runs, optimum, mode)))
         print()
         print(_forecast_line(series))
-        for line in _yardsticks(name, spot, params):
+        for line in _yardsticks(name, spot, params, args.quota):
             print(line)
         if args.hedged_floor:
-            print(_hedged_floor(name, params))
+            print(_hedged_floor(name, params, args.quota))
         print(f"(simulated in {time.process_time() - t0:.0f} s CPU)\n")
     if not args.no_speed:
         print(_speed_line(args.speed_steps, params))
