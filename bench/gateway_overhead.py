@@ -616,18 +616,23 @@ class _Bench:
     up_port: int
     console: Console
 
-    def point(self, label: str, port: int, headers: dict[str, str], **kw: Any) -> dict[str, Any]:
-        a = self.args
-        spec = {"port": port, "headers": headers, "warmup": a.warmup, "duration": a.duration}
-        spec |= {"grace": 30.0, "prefill": 128} | kw
-        if a.quiet_wait > 0:
-            load = self.sampler.wait_quiet(0.1, a.quiet_wait)
+    def _run(self, label: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Once the cores are quiet (or ``--quiet-wait`` ran out), one measurement by the client."""
+        if self.args.quiet_wait > 0:
+            load = self.sampler.wait_quiet(0.1, self.args.quiet_wait)
             if load is not None and load >= 0.1:
                 self.console.print(f"  [yellow]other processes use {load:.2f} cores; going on")
         self.client.send(spec)
         res: dict[str, Any] = self.client.recv()
         if "failed" in res:
             raise RuntimeError(f"{label}: the load generator failed: {res['failed']}")
+        return res
+
+    def point(self, label: str, port: int, headers: dict[str, str], **kw: Any) -> dict[str, Any]:
+        a = self.args
+        spec = {"port": port, "headers": headers, "warmup": a.warmup, "duration": a.duration}
+        spec |= {"grace": 30.0, "prefill": 128} | kw
+        res = self._run(label, spec)
         for name in self.sampler.watch:
             res[f"cpu_{name}"] = self.sampler.cpu_share(name, *res["window"])
         res["cpu_others"] = others = self.sampler.foreign(*res["window"])
@@ -646,14 +651,7 @@ class _Bench:
         a = self.args
         spec = {"mode": "paired", "ways": ways, "stream": stream, "grace": 30.0}
         spec |= {"warmup": a.warmup, "duration": a.paired_duration}
-        if a.quiet_wait > 0:
-            load = self.sampler.wait_quiet(0.1, a.quiet_wait)
-            if load is not None and load >= 0.1:
-                self.console.print(f"  [yellow]other processes use {load:.2f} cores; going on")
-        self.client.send(spec)
-        res: dict[str, Any] = self.client.recv()
-        if "failed" in res:
-            raise RuntimeError(f"{label}: the load generator failed: {res['failed']}")
+        res = self._run(label, spec)
         others = self.sampler.foreign(*res["paired"][0]["window"])
         for way, r in zip(("direct", "via"), res["paired"], strict=True):
             for name in self.sampler.watch:

@@ -23,12 +23,10 @@ behaviour, aiohttp's, written once in :mod:`fleetpilot.gateway.server`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import http
 import json
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from aiohttp import web
 
 from fleetpilot.errors import ApiError, BadRequest
 from fleetpilot.gateway.appkeys import CONFIG, FLEET, PROXY
+from fleetpilot.gateway.http1 import no_delay
 from fleetpilot.gateway.intake import parse
 from fleetpilot.gateway.proxy import Reply
 
@@ -111,10 +110,7 @@ class FastLane(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        no_delay(transport)
         self.listening.lanes.add(self)
         self._arm(_KEEPALIVE_S, "idle")
 

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["BadResponse", "Http1Client", "Http1Response", "ServerDisconnected"]
+__all__ = ["BadResponse", "Http1Client", "Http1Response", "ServerDisconnected", "no_delay"]
 
 _MAX_HEAD = 64 * 1024
 _MAX_LINE = 4 * 1024 * 1024  # one SSE line; far above any token chunk
@@ -42,6 +42,14 @@ _LOW_WATER = 64 * 1024
 # response states: no request out; waiting for the head; a body framed by Content-Length or
 # chunks; a body that ends when the connection does; the response is complete
 _IDLE, _HEAD, _BODY, _CLOSE, _DONE = range(5)
+
+
+def no_delay(transport: asyncio.BaseTransport) -> None:
+    """Send small writes at once (no Nagle): every answer here is one write, wanted now."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class ServerDisconnected(ConnectionError):
@@ -80,10 +88,7 @@ class _Conn(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        no_delay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
