@@ -236,3 +236,24 @@ async def test_a_body_that_never_comes_gets_400_and_a_client_gone_leaks_nothing(
         await conn.send(post(CHAT))
         assert (await conn.response()).status == 200
         conn.close()
+
+
+async def test_bytes_sent_while_an_answer_is_pending_are_bounded(emulators: Emulators) -> None:
+    emu = emulators.start("A10G", time_scale=0.5)
+    async with serve_gateway(fleet([pool([emu.url])], max_body_bytes=4096)) as gw:
+        listening = gw.listening
+        conn = await Conn.open(gw.url)
+        await conn.send(post({**CHAT, "max_tokens": 40}))  # takes a while at the replica
+        await asyncio.sleep(0.05)
+        junk = b"x" * (2 * 1024 * 1024)
+        conn.writer.write(junk)  # not drained: the gateway stops reading instead
+        await asyncio.sleep(0.5)
+        (lane,) = listening.lanes
+        assert lane.busy and not lane.reading
+        assert len(lane.buf) <= listening.max_buffer + 256 * 1024
+        r = await conn.response(timeout=20)
+        assert r.status == 200 and r.json()["usage"]["completion_tokens"] == 40  # type: ignore[index]
+        # the junk is not a request: aiohttp takes it and answers 400
+        r = await conn.response(timeout=10)
+        assert r.status == 400
+        conn.close()

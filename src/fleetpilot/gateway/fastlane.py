@@ -122,7 +122,7 @@ class FastLane(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if self.busy:
+        if self.busy or not self.writable:  # answer first; what comes meanwhile waits, bounded
             if len(self.buf) > self.listening.max_buffer and self.reading:
                 self._pause_reading()
             return
@@ -146,6 +146,8 @@ class FastLane(asyncio.Protocol):
         if self.closing or not self.writable:
             return
         buf = self.buf
+        if not self.reading and len(buf) <= self.listening.max_buffer:
+            self._resume_reading()
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             if len(buf) > _MAX_HEAD:
@@ -177,8 +179,6 @@ class FastLane(asyncio.Protocol):
         if len(buf) < need:
             if self.timer_for != "body":
                 self._arm(self.listening.body_timeout_s, "body")
-            if not self.reading:
-                self._resume_reading()
             return
         body = bytes(buf[end + 4 : need])
         try:
@@ -209,8 +209,6 @@ class FastLane(asyncio.Protocol):
         if not keep_alive or self.eof or self.listening.stopping:
             self._close()
             return
-        if not self.reading:
-            self._resume_reading()
         self._next()
 
     def _write(self, reply: Reply, keep_alive: bool) -> None:
