@@ -45,7 +45,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -76,6 +75,7 @@ from fleetpilot.core.model import (
 )
 from fleetpilot.core.policies import reactive
 from fleetpilot.core.workload import LengthDist, TraceRequest, synthetic_trace
+from fleetpilot.gateway.fastlane import listen
 from fleetpilot.gateway.server import FLEET, METRICS, create_app
 from fleetpilot.loadgen import LoadSummary, Outcome, replay
 from fleetpilot.procs import ChildFailed
@@ -401,8 +401,7 @@ async def run_day(settings: DaySettings, *, console: Console) -> DayResult:
         "cooldown_s": 0.5,
     }
     app = create_app(FleetConfig.model_validate({"gateway": gateway, "pools": []}), clock=clock)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    listening = await listen(app, HOST, 0)  # the front door ``fleetpilot gateway`` has
     columns = (
         TextColumn("{task.description:<14}"),
         BarColumn(bar_width=20),
@@ -411,8 +410,7 @@ async def run_day(settings: DaySettings, *, console: Console) -> DayResult:
         TimeElapsedColumn(),
     )
     try:
-        await web.TCPSite(runner, HOST, 0).start()
-        url = f"http://{HOST}:{runner.addresses[0][1]}"
+        url = f"http://{HOST}:{listening.port}"
         live = app[FLEET]
         membership = FleetMembership(live)
         with Progress(*columns, console=console, transient=False) as progress:
@@ -462,7 +460,7 @@ async def run_day(settings: DaySettings, *, console: Console) -> DayResult:
                 closing = clock.now()
             sums = _sums(app[METRICS].render().decode("utf-8", "replace"))
     finally:
-        await runner.cleanup()
+        await listening.stop(grace_s=5.0)
     return DayResult(
         settings=settings,
         pools=pools,
