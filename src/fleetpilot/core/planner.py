@@ -32,7 +32,20 @@
    (7200 s), so a fleet grown far past any plausible rebound is not paid for days.  And a
    model that had requests lately but counts none in a step (an upstream outage, a gap in
    the metrics: no signal rather than no demand) removes nothing for ``silent_hold_s``
-   (7200 s), as Kubernetes' HPA holds scale-down on missing metrics.
+   (7200 s), as Kubernetes' HPA holds scale-down on missing metrics;
+5. (applied to the demand of step 3) keeps a *surge floor* (``surge_learn``, 1 by default:
+   on): the planned demand is raised so that the capacity at the SLO carries ``ratio`` × the
+   largest rate of the last ``reserve_s``, ``ratio`` the largest surge seen so far: a step's
+   observed rate over the peak known a control interval plus the lead earlier, when the capacity
+   that met the start of that step's window was decided.  The ServeGen series' misses were all
+   such surges, 1.6-3.2× the last window and up to 2.45× the two-hour peak within one or two
+   10-minute windows (no seasonal precursor), met by whatever the slow drain had left: the floor
+   took m-large from 99.79% to 99.97% in target (+7.5% cost) and m-small from 99.79% to 99.91%
+   (+9.6%).  What is left is each series' largest surge, the first of its size (1.70× on m-large,
+   2.45× on m-small), which nothing learnt from the past covers; ``surge_min`` (0), a ratio kept
+   from the start, covers it at 2.5: 100% on both, at 1.6× / 1.5× the cost (still 77% / 80% below
+   ``static_peak``).  Nothing is learnt in the first ``reserve_s``: the peak of a shorter history
+   is no reference (an hour's Azure trace learnt noise, +11% cost for no SLO).
 
 The mix (:func:`plan_mix`).  ``cap[p, c]`` is what one replica of pool ``p`` carries of demand
 class ``c`` (a model, or one size class of it): ``slo_capacity(...)`` at the class's mean
@@ -738,6 +751,8 @@ class PlannerState:
     short_at: Mapping[str, float] = field(default_factory=dict)  # spot pool → last seen short
     seen_at: Mapping[str, float] = field(default_factory=dict)  # model → last step with requests
     observed: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    surge: Mapping[str, float] = field(default_factory=dict)  # model → largest surge seen
+    peaks: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
 
 
 def _demand_keys(models: Sequence[str], observed: Mapping[str, Demand]) -> dict[str, list[str]]:
@@ -854,15 +869,27 @@ def adaptive(
     silent_s = _extra(params, "silent_hold_s", 7200.0)
     demand: dict[str, list[Demand]] = {}
     expected: dict[str, list[Demand]] = {}  # what the fleet carries after losing a spot pool
+    surge = dict(state.surge)
+    peaks = dict(state.peaks)
+    floor: dict[str, float] = {}  # model → SLO capacity kept for a surge like the largest seen
     for model, model_keys in keys.items():
         if any(snapshot.demand[k].rps > 0 for k in model_keys):
             seen_at[model] = now
         elif now - seen_at.get(model, -math.inf) <= silent_s:
             silent = True
         seen = sum(snapshot.demand[k].rps for k in model_keys)
-        observed[model], peak = hold_demand(observed.get(model, ()), now, seen, reserve_s)
-        reserve[model] = _extra(params, "drain_reserve", 2.2) * peak
         lead = max((p.offering.startup_s for p in pools if p.model == model), default=0.0)
+        cutoff = now - interval - lead
+        past = [e for e in peaks.get(model, ()) if e[0] <= cutoff]
+        newer = [e for e in peaks.get(model, ()) if e[0] > cutoff]
+        warm = state.started is not None and now - state.started >= reserve_s
+        if warm and past and past[-1][1] > 0 and _extra(params, "surge_learn", 1.0) > 0:
+            surge[model] = max(surge.get(model, 0.0), seen / past[-1][1])
+        observed[model], peak = hold_demand(observed.get(model, ()), now, seen, reserve_s)
+        peaks[model] = (*past[-1:], *newer, (now, peak))
+        reserve[model] = _extra(params, "drain_reserve", 2.2) * peak
+        ratio = max(surge.get(model, 0.0), _extra(params, "surge_min", 0.0))
+        floor[model] = ratio * peak
         horizon = lead + interval
         for key in model_keys:
             obs = snapshot.demand[key]
@@ -887,6 +914,10 @@ def adaptive(
             )
             demand.setdefault(model, []).append(shape)
             expected.setdefault(model, []).append(replace(shape, rps=max(fc.rps, obs.rps)))
+        total = sum(d.rps for d in demand.get(model, ()))
+        need = floor[model] * params.utilisation / max(params.safety, _TOL)
+        if total > 0 and need > total:
+            demand[model] = [replace(d, rps=d.rps * need / total) for d in demand[model]]
 
     short_at = _spot_short(snapshot, state.short_at)
     cooldown = _extra(params, "spot_cooldown_s", 1800.0)
@@ -926,4 +957,6 @@ def adaptive(
         short_at=short_at,
         seen_at=seen_at,
         observed=observed,
+        surge=surge,
+        peaks=peaks,
     )
