@@ -30,7 +30,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httptools
 from aiohttp import web
@@ -38,7 +37,7 @@ from aiohttp import web
 from fleetpilot.errors import ApiError, BadRequest
 from fleetpilot.gateway.appkeys import CONFIG, FLEET, PROXY
 from fleetpilot.gateway.http1 import no_delay
-from fleetpilot.gateway.intake import parse
+from fleetpilot.gateway.intake import Inbound, parse
 from fleetpilot.gateway.proxy import Reply
 
 __all__ = ["FastLane", "Listening", "listen"]
@@ -76,6 +75,10 @@ class _Head:
             self.length = int(value)  # llhttp has checked it is digits
 
 
+# (lane, head, its parser, where the body starts in buf)
+_Front = tuple[str, _Head, httptools.HttpRequestParser, int]
+
+
 class _Date:
     """The ``Date`` header, formatted once a second."""
 
@@ -106,6 +109,7 @@ class FastLane(asyncio.Protocol):
         self.writable = True
         self.timer: asyncio.TimerHandle | None = None
         self.timer_for: str = ""
+        self.front: _Front | None = None  # the head of the request at the front of buf
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,6 +152,35 @@ class FastLane(asyncio.Protocol):
         buf = self.buf
         if not self.reading and len(buf) <= self.listening.max_buffer:
             self._resume_reading()
+        front = self.front or self._read_head()
+        if front is None:
+            return
+        kind, head, parser, body_at = front
+        need = body_at + (head.length or 0)
+        if len(buf) < need:
+            if self.timer_for != "body":
+                self._arm(self.listening.body_timeout_s, "body")
+            return
+        try:
+            inbound = parse(kind, bytes(buf[body_at:need]), head.headers)
+        except ApiError:
+            self._hand_over()  # its error answer is aiohttp's to give, written once
+            return
+        if inbound.stream or not self.app[FLEET].serves(inbound.model):
+            self._hand_over()
+            return
+        del buf[:need]
+        self.front = None
+        self._disarm()
+        self.busy = True
+        self.listening.served += 1
+        keep_alive = parser.should_keep_alive()
+        asyncio.get_running_loop().create_task(self._serve(inbound, keep_alive))
+
+    def _read_head(self) -> _Front | None:
+        """The head at the front of ``buf``, read once per request (a body may take many
+        reads); None when it is not whole yet, or when aiohttp took the connection."""
+        buf = self.buf
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             if len(buf) > _MAX_HEAD:
@@ -159,44 +192,25 @@ class FastLane(asyncio.Protocol):
                 self._close()
             else:
                 self._arm(_KEEPALIVE_S, "idle")
-            return
-        line = buf.find(b"\r\n")
-        kind = _LANES.get(bytes(buf[:line]))
+            return None
+        kind = _LANES.get(bytes(buf[: buf.find(b"\r\n")]))
         if kind is None or end + 4 > _MAX_HEAD:
             self._hand_over()
-            return
+            return None
         head = _Head()
         parser = httptools.HttpRequestParser(head)
         try:
             parser.feed_data(bytes(buf[: end + 4]))
         except (httptools.HttpParserError, _Handover, ValueError):
             self._hand_over()
-            return
+            return None
         if head.length is None or head.length > self.listening.max_body:
             self._hand_over()  # no length, or over the limit: aiohttp answers 411 / 413
-            return
-        need = end + 4 + head.length
-        if len(buf) < need:
-            if self.timer_for != "body":
-                self._arm(self.listening.body_timeout_s, "body")
-            return
-        body = bytes(buf[end + 4 : need])
-        try:
-            inbound = parse(kind, body, head.headers)
-        except ApiError:
-            self._hand_over()  # its error answer is aiohttp's to give, written once
-            return
-        if inbound.stream or not self.app[FLEET].serves(inbound.model):
-            self._hand_over()
-            return
-        del buf[:need]
-        self._disarm()
-        self.busy = True
-        self.listening.served += 1
-        keep_alive = parser.should_keep_alive()
-        asyncio.get_running_loop().create_task(self._serve(inbound, keep_alive))
+            return None
+        self.front = (kind, head, parser, end + 4)
+        return self.front
 
-    async def _serve(self, inbound: Any, keep_alive: bool) -> None:
+    async def _serve(self, inbound: Inbound, keep_alive: bool) -> None:
         try:
             reply = await self.app[PROXY].unary(inbound)
         except ApiError as exc:
