@@ -50,9 +50,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from fleetpilot.catalogue import load_catalogue
-from fleetpilot.core.capacity import Plan, PlanParams
+from fleetpilot.core.capacity import Plan, PlanParams, check_knobs
 from fleetpilot.core.forecast import evaluate
 from fleetpilot.core.model import CapacityClass, Demand, Pool
 from fleetpilot.core.planner import plan_mix
@@ -138,28 +139,53 @@ def _yardsticks(
     return [line]
 
 
-def _hedged_floor(name: str, params: PlanParams, quota: int | None) -> str:
+def _hedged_floor(name: str, params: PlanParams, quota: int | None) -> list[str]:
     """Perfect knowledge *with* the spot-loss hedge: ``plan_mix`` per window at the window's
     demand (``safety`` 1, the hedge at that demand too), no start-up, no forecast error.  The
     optimum has no hedge, so this is what the hedge alone costs over it; a policy that keeps
-    the hedge cannot get much below it."""
+    the hedge cannot get much below it.
+
+    Window level, also the price of matching ``static_peak``'s attainment without knowing the
+    future: a surge that reaches ``R`` × the peak of the two hours before it (the reserve
+    window, ``reserve_s``) is met only by capacity kept ready before it is seen, so a causal
+    policy that misses none keeps ``R`` × that peak, ``R`` the largest such surge of the
+    series.  The same perfect-knowledge plan holding that floor too is what parity costs."""
     workload = load_trace(name)
     series = workload if isinstance(workload, RateSeries) else windows_of(workload, 600.0)
     pools = _pools(quota)
     best = offline_optimum(series, pools, params)
     floor_params = replace(params, safety=1.0)
-    cost = 0.0
-    for w, rps in enumerate(series.rps):
-        d = Demand(
-            rps=rps,
-            mean_prompt_tokens=series.mean_prompt_tokens[w],
-            mean_output_tokens=series.mean_output_tokens[w],
-        )
-        cost += plan_mix(pools, d, floor_params).cost_per_hour * series.window_s / 3600.0
-    return (
+    rps = np.asarray(series.rps, dtype=np.float64)
+    back = max(round(float(params.extra.get("reserve_s", 7200.0)) / series.window_s), 1)
+    prior = np.array([rps[w - back : w].max() if w >= back else 0.0 for w in range(len(rps))])
+    known = prior > 0
+    surge = float((rps[known] / prior[known]).max()) if known.any() else 0.0
+
+    def cost(floor: npt.NDArray[np.float64]) -> float:
+        total = 0.0
+        for w in range(len(rps)):
+            d = Demand(
+                rps=max(float(rps[w]), float(floor[w])),
+                mean_prompt_tokens=series.mean_prompt_tokens[w],
+                mean_output_tokens=series.mean_output_tokens[w],
+            )
+            total += plan_mix(pools, d, floor_params).cost_per_hour * series.window_s / 3600.0
+        return total
+
+    hedged = cost(np.zeros_like(rps))
+    lines = [
         f"perfect knowledge with the spot-loss hedge (plan_mix per window at its demand, "
-        f"safety 1, no start-up): {cost / best.total_cost:.2f} × optimum"
-    )
+        f"safety 1, no start-up): {hedged / best.total_cost:.2f} × optimum"
+    ]
+    if isinstance(workload, RateSeries) and known.any():
+        # the floor is SLO capacity: planned capacity (× utilisation) at surge × the peak
+        parity = cost(surge * prior * params.utilisation)
+        lines.append(
+            f"largest surge over the {back * series.window_s / 3600:g} h peak before it: "
+            f"{surge:.2f}×; the same plan also holding that × the peak ready (what a causal "
+            f"policy that misses none needs): {parity / best.total_cost:.2f} × optimum"
+        )
+    return lines
 
 
 def _pct(x: float | None) -> str:
@@ -262,6 +288,7 @@ def main() -> None:
     ap.add_argument("--quota", type=int, default=None, help="replicas per pool (default: none)")
     args = ap.parse_args()
     extra = {k: float(v) for k, v in (s.split("=", 1) for s in args.set)}
+    check_knobs(extra)
     params = PlanParams(extra=extra)
     if extra:
         print(f"planner knobs: {extra}\n")
@@ -278,7 +305,7 @@ def main() -> None:
         for line in _yardsticks(name, spot, params, args.quota):
             print(line)
         if args.hedged_floor:
-            print(_hedged_floor(name, params, args.quota))
+            print("\n".join(_hedged_floor(name, params, args.quota)))
         print(f"(simulated in {time.process_time() - t0:.0f} s CPU)\n")
     if not args.no_speed:
         print(_speed_line(args.speed_steps, params))

@@ -16,7 +16,14 @@ from fleetpilot.core.calibration import (
     profile_key,
 )
 from fleetpilot.core.calibration_data import TABLE
-from fleetpilot.core.capacity import PlanParams, planned_capacity, slo_capacity
+from fleetpilot.core.capacity import (
+    KNOBS,
+    PlanParams,
+    check_knobs,
+    knob,
+    planned_capacity,
+    slo_capacity,
+)
 from fleetpilot.core.model import Demand, Pool, Profile
 from fleetpilot.core.planner import replica_capacity
 from fleetpilot.core.policies import pool_capacity
@@ -144,3 +151,14 @@ def test_a_pool_without_a_measured_profile_is_planned_analytically() -> None:
     pool = Pool("c", MODEL, catalogue().offering(MODEL, "A10G", "on_demand"), 0, custom)
     d = Demand(rps=1.0, mean_prompt_tokens=800.0, mean_output_tokens=200.0)
     assert pool_capacity(pool, d, PlanParams()) == pytest.approx(0.8 * analytic(custom, 800, 200))
+
+
+def test_knobs_are_one_list_and_a_name_outside_it_is_refused() -> None:
+    params = PlanParams(extra={"surge_min": 0.0})
+    assert knob(params, "surge_min", 2.5) == 0.0
+    assert knob(PlanParams(), "surge_min", 2.5) == 2.5
+    with pytest.raises(ValueError, match="not in KNOBS"):
+        knob(params, "surge_mim", 2.5)
+    check_knobs(dict.fromkeys(KNOBS, 1.0))
+    with pytest.raises(ValueError, match=r"unknown planner knob\(s\) \['holds'\]"):
+        check_knobs({"hold_s": 1.0, "holds": 1.0})

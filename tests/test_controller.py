@@ -574,6 +574,23 @@ async def test_controller_service_wires_settings_to_a_running_loop(tmp_path: Any
         capacity_policy("test_controller:nothing_here")
 
 
+def test_controller_plan_knobs_reach_the_planner_and_a_misspelt_one_is_an_error(
+    tmp_path: Any,
+) -> None:
+    from fleetpilot.controller.service import load_controller_settings
+
+    head = "gateway_url: http://127.0.0.1:1\nmodels: [llama-3.1-8b]\n"
+    good = tmp_path / "good.yaml"
+    good.write_text(head + "plan: {ttft_slo_s: 1.5, knobs: {surge_min: 0, hold_s: 120}}\n")
+    params = load_controller_settings(good).plan.params()
+    assert params.ttft_slo_s == 1.5
+    assert params.extra == {"surge_min": 0.0, "hold_s": 120.0}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(head + "plan: {knobs: {surge_mim: 0}}\n")
+    with pytest.raises(ConfigError, match=r"unknown planner knob.*surge_mim"):
+        load_controller_settings(bad)
+
+
 async def test_every_shared_capacity_policy_runs_under_the_controller() -> None:
     """The controller's contract with ``core.policies`` and ``core.planner.adaptive``: a
     snapshot in, a Plan over its pools out."""

@@ -502,6 +502,21 @@ def test_a_surge_seen_is_kept_as_a_floor_once_the_reserve_window_is_full() -> No
     assert final(early, 1.0) == final(early, 0.0)
 
 
+def test_the_default_surge_floor_holds_surge_min_times_the_reserve_peak_once_warm() -> None:
+    pools = pools_of("L4", classes=(CapacityClass.ON_DEMAND,))
+    name = pools[0].name
+    extra = {"hold_s": 60.0, "max_remove_per_step": 4, "reserve_s": 600.0}
+    params = PlanParams(extra=extra)
+    one = replica_capacity(pools[0], Demand(10.0, 800, 150), params) / params.utilisation
+    rates = [10.0] * 40
+    floored = [p.targets[name] for p in run_policy(pools, rates, params)]
+    plain = run_policy(pools, rates, replace(params, extra={**extra, "surge_min": 0.0}))
+    sizes = [p.targets[name] for p in plain]
+    assert floored[:10] == sizes[:10]  # the first reserve_s: no reference peak, no floor
+    assert all(n * one >= 2.5 * 10.0 - 1e-6 for n in floored[10:])  # then 2.5 × the peak
+    assert sizes[-1] * one < 2.5 * 10.0  # without it the fleet carries the demand only
+
+
 def test_no_requests_after_traffic_removes_nothing_for_silent_hold_s() -> None:
     pools = pools_of("L4", classes=(CapacityClass.ON_DEMAND,))
     name = pools[0].name

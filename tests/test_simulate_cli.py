@@ -52,6 +52,22 @@ def test_simulate_rejects_unknown_policy_and_trace(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unknown policy 'nope'" in bad.stderr
     missing = run_cli("--trace", str(tmp_path / "none.csv"), cwd=tmp_path)
     assert missing.returncode == 2 and "no such trace" in missing.stderr
+    knob = run_cli("--set", "surge_mim=0", "--hours", "0.1", cwd=tmp_path)
+    assert knob.returncode == 2 and "unknown planner knob(s) ['surge_mim']" in knob.stderr
+    value = run_cli("--set", "surge_min=none", "--hours", "0.1", cwd=tmp_path)
+    assert value.returncode == 2 and "expected KNOB=VALUE" in value.stderr
+
+
+def test_simulate_set_passes_planner_knobs(tmp_path: Path) -> None:
+    args = ("--hours", "0.5", "--policy", "adaptive", "--accelerators", "L4", "--mode", "window")
+    costs = []
+    for safety in ("1.0", "3.0"):  # spot_loss_safety: how much survives losing a spot zone
+        out = tmp_path / safety
+        run = run_cli(*args, "--set", f"spot_loss_safety={safety}", "--out", str(out), cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        rows = json.loads((out / "summary.json").read_text())["policies"]
+        costs.append(next(r["cost"] for r in rows if r["policy"] == "adaptive"))
+    assert costs[1] > costs[0]  # the knob reached the planner: a stronger hedge costs more
 
 
 def test_window_mode_never_beats_the_optimum_and_agrees_with_request_level() -> None:

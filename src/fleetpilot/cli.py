@@ -83,6 +83,27 @@ def demo(
     raise typer.Exit(run_demo(duration=duration, policies=policies.split(","), seed=seed))
 
 
+def _knobs(pairs: list[str]) -> dict[str, float]:
+    """``KNOB=VALUE`` options as ``PlanParams.extra``, each name checked against ``KNOBS``."""
+    from fleetpilot.core.capacity import check_knobs
+    from fleetpilot.errors import ConfigError
+
+    out: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigError(f"--set {pair!r}: expected KNOB=VALUE with a number")
+    try:
+        check_knobs(out)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return out
+
+
 @app.command()
 def simulate(
     trace: Annotated[
@@ -108,6 +129,12 @@ def simulate(
         bool, typer.Option(help="also run the window mode on a request trace and compare")
     ] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", metavar="KNOB=VALUE", help="planner knob, e.g. surge_min=0 (repeatable)"
+        ),
+    ] = None,
 ) -> None:
     """Replay a trace through capacity policies; cost and tail latency per policy."""
     from rich.console import Console
@@ -135,6 +162,7 @@ def simulate(
         seed=seed,
         out=out,
         check_agreement=agreement,
+        extra=_guard(_knobs, set_ or []),
     )
     console = Console(width=max(Console().width, 170))
     with Progress(console=console, transient=True) as bar:

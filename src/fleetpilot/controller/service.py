@@ -13,7 +13,7 @@ and drives the chosen actuator until SIGTERM or SIGINT.  Example::
     actuator: kubernetes            # local | kubernetes | dry-run
     kubernetes: {namespace: serving, image: vllm/vllm-openai:latest}
     lease: {redis_url: redis://redis:6379/0, ttl_s: 30}
-    plan: {ttft_slo_s: 2.0, spend_cap_per_hour: 400}
+    plan: {ttft_slo_s: 2.0, spend_cap_per_hour: 400, knobs: {surge_min: 2.5}}
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import signal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleetpilot.catalogue import load_catalogue
 from fleetpilot.clock import SystemClock
@@ -42,7 +42,7 @@ from fleetpilot.controller.actuators.local import LocalActuator, SpotPlay
 from fleetpilot.controller.lease import InProcessLease, Lease, RedisLease
 from fleetpilot.controller.loop import Controller, capacity_policy
 from fleetpilot.controller.observe import HttpMembership, MetricsObserver
-from fleetpilot.core.capacity import PlanParams
+from fleetpilot.core.capacity import PlanParams, check_knobs
 from fleetpilot.core.model import CapacityClass, Pool
 from fleetpilot.errors import ConfigError
 
@@ -89,6 +89,18 @@ class PlanSettings(_Frozen):
     safety: float = Field(default=1.2, ge=1)
     spend_cap_per_hour: float = Field(default=float("inf"), gt=0)
     min_replicas: int = Field(default=1, ge=0)
+    # PlanParams.extra: the planner's knobs by name (core.capacity.KNOBS), e.g. surge_min: 0
+    knobs: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("knobs")
+    @classmethod
+    def _known(cls, knobs: dict[str, float]) -> dict[str, float]:
+        check_knobs(knobs)
+        return knobs
+
+    def params(self) -> PlanParams:
+        fields = self.model_dump(exclude={"knobs"})
+        return PlanParams(**fields, extra=dict(self.knobs))
 
 
 class ControllerSettings(_Frozen):
@@ -168,7 +180,7 @@ async def serve_controller(
     clock = SystemClock(settings.time_scale)
     pools = _pools(settings)
     policy = capacity_policy(settings.policy)
-    params = PlanParams(**settings.plan.model_dump())
+    params = settings.plan.params()
     actuator = _actuator(settings, clock)
     lease = _lease(settings, clock)
     controller = Controller(

@@ -26,13 +26,35 @@ from fleetpilot.core.model import Demand, Profile, ServiceClass
 from fleetpilot.core.perf import step_time
 
 __all__ = [
+    "KNOBS",
     "Demand",
     "Plan",
     "PlanParams",
     "SloCapacity",
+    "check_knobs",
+    "knob",
     "planned_capacity",
     "slo_capacity",
 ]
+
+# Every name a capacity policy reads from ``PlanParams.extra``: the adaptive planner's
+# (:mod:`fleetpilot.core.planner`, where each is explained with its default and why), the
+# baselines' (:mod:`fleetpilot.core.policies`), and the trace extent the engines pass to the
+# static policies.  One list, so a misspelt knob in a config is an error, not a default.
+KNOBS = frozenset(
+    {
+        # adaptive
+        "drain_reserve", "hold_s", "max_remove_per_step", "max_remove_share", "mip_rel_gap",
+        "reserve_s", "silent_hold_s", "size_threshold_tokens", "spot_cooldown_s",
+        "spot_loss_safety", "spot_max_share", "surge_learn", "surge_min", "time_limit_s",
+        "upper_credit",
+        # baselines
+        "downscale_delay_s", "fallback_downscale_delay_s", "spot_extra", "spot_spread",
+        "target_ongoing_requests", "upscale_delay_s",
+        # the engines, for static_peak / static_mean
+        "peak_rps", "mean_rps",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,3 +159,17 @@ def planned_capacity(
             mean_output_tokens=mean_output_tokens,
         )
     return planned_rate(analytic_rps, params.utilisation, ratio)
+
+
+def check_knobs(extra: Mapping[str, float]) -> None:
+    """Raise ``ValueError`` naming any key of ``extra`` that no policy reads."""
+    unknown = sorted(set(extra) - KNOBS)
+    if unknown:
+        raise ValueError(f"unknown planner knob(s) {unknown}; known: {sorted(KNOBS)}")
+
+
+def knob(params: PlanParams, name: str, default: float) -> float:
+    """``params.extra[name]`` as a float, else ``default``; ``name`` must be in :data:`KNOBS`."""
+    if name not in KNOBS:
+        raise ValueError(f"{name!r} is not in KNOBS: add it there")
+    return float(params.extra.get(name, default))

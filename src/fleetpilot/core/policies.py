@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fleetpilot.core.capacity import Plan, PlanParams, planned_capacity
+from fleetpilot.core.capacity import Plan, PlanParams, knob, planned_capacity
 from fleetpilot.core.model import (
     CapacityClass,
     Demand,
@@ -408,10 +408,6 @@ def _of_class(snapshot: Snapshot, cls: CapacityClass) -> list[Pool]:
     return [p for p in snapshot.pools if p.offering.capacity_class is cls and p.profile is not None]
 
 
-def _extra(params: PlanParams, name: str, default: float) -> float:
-    return float(params.extra.get(name, default))
-
-
 def _finish(
     targets: Mapping[str, int],
     snapshot: Snapshot,
@@ -510,7 +506,7 @@ def reactive(
     best = ranked[0]
     assert best.profile is not None
     if "target_ongoing_requests" in params.extra:
-        per_replica = _extra(params, "target_ongoing_requests", 1.0)
+        per_replica = knob(params, "target_ongoing_requests", 1.0)
     else:
         batch, _ = _slo_point(
             best.profile,
@@ -529,8 +525,8 @@ def reactive(
             desired,
             state.hold,
             snapshot.now,
-            up_delay_s=_extra(params, "upscale_delay_s", 30.0),
-            down_delay_s=_extra(params, "downscale_delay_s", 600.0),
+            up_delay_s=knob(params, "upscale_delay_s", 30.0),
+            down_delay_s=knob(params, "downscale_delay_s", 600.0),
             observed_since=state.last_now,
         )
     note = f"in_flight={demand.in_flight} target/replica={per_replica:.3g} desired={desired}"
@@ -599,7 +595,7 @@ def spot_hedge(
     need = demand.rps * params.safety
     spot = _by_value(_of_class(snapshot, CapacityClass.SPOT), demand, params)
     on_demand = _by_value(_of_class(snapshot, CapacityClass.ON_DEMAND), demand, params)
-    cooldown = _extra(params, "spot_cooldown_s", 1800.0)
+    cooldown = knob(params, "spot_cooldown_s", 1800.0)
 
     live: dict[str, list[str]] = {p.name: [] for p in spot}
     ready: dict[str, int] = {p.name: 0 for p in spot}
@@ -629,8 +625,8 @@ def spot_hedge(
         eligible,
         demand,
         params,
-        int(_extra(params, "spot_spread", 2)),
-        int(_extra(params, "spot_extra", 1)) if need > 0 else 0,
+        int(knob(params, "spot_spread", 2)),
+        int(knob(params, "spot_extra", 1)) if need > 0 else 0,
     )
     targets.update(spread)
 
@@ -650,7 +646,7 @@ def spot_hedge(
             state.hold,
             now,
             up_delay_s=0.0,
-            down_delay_s=_extra(params, "fallback_downscale_delay_s", 300.0),
+            down_delay_s=knob(params, "fallback_downscale_delay_s", 300.0),
             observed_since=state.last_now,
         )
     targets.update(_fill_count(fallback, on_demand))
