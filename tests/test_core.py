@@ -23,7 +23,7 @@ from fleetpilot.core.model import (
     Snapshot,
 )
 from fleetpilot.core.perf import BatchEngine, Sequence, marginal_cost, predict, step_time
-from fleetpilot.core.routing import DEFAULT_PARAMS, ROUTERS, RoutingParams, cost_slo
+from fleetpilot.core.routing import DEFAULT_PARAMS, ROUTERS, RoutingParams, cost_slo, tune_headroom
 from fleetpilot.errors import ConfigError
 
 CAT = load_catalogue()
@@ -334,3 +334,26 @@ def test_core_imports_no_io_network_or_async_package() -> None:
                 ):
                     offenders.append(f"{path.name}: {n}")
     assert not offenders, offenders
+
+
+def test_learnt_headroom_moves_down_on_a_miss_up_on_a_hit_and_settles_at_target_miss() -> None:
+    p = RoutingParams()
+    assert tune_headroom(0.5, False, p) == pytest.approx(0.5 - p.headroom_step)
+    assert tune_headroom(0.5, True, p) == pytest.approx(0.5 + p.headroom_up)
+    assert tune_headroom(p.headroom, True, p) == p.headroom  # the start is the most
+    assert tune_headroom(p.min_headroom, False, p) == p.min_headroom
+    assert tune_headroom(0.5, False, replace(p, target_miss=0.0)) == 0.5  # fixed
+    # one miss in every 1 / target_miss requests is no drift
+    h = 0.5
+    for k in range(round(10 / p.target_miss)):
+        h = tune_headroom(h, k % round(1 / p.target_miss) != 0, p)
+    assert h == pytest.approx(0.5, abs=1e-9)
+    with pytest.raises(ValueError):
+        RoutingParams(min_headroom=0.9)
+    # the router fills only the learnt share of the budget
+    slow = replica("L4", "spot")
+    fast = replica("H100")
+    need = predict(slow.profile, slow.load, 200, 100).ttft
+    req = request(deadline=need / 0.5)  # slow meets it at 0.75 of the budget, not at 0.3
+    assert cost_slo(req, Snapshot(0.0, (fast, slow))).replica_id == slow.id
+    assert cost_slo(req, Snapshot(0.0, (fast, slow), headroom=0.3)).replica_id == fast.id

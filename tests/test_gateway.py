@@ -306,3 +306,35 @@ async def test_thousand_concurrent_requests_no_errors_no_leaks(emulators: Emulat
         assert gw.app[PROXY].upstream.client.in_use == 0  # every upstream conn returned
         # the server holds no client connection any more
         assert gw.listening.connections == 0
+
+
+async def test_router_headroom_learns_from_streamed_first_tokens(emulators: Emulators) -> None:
+    emu = emulators.start("A10G")
+    # shed_factor so high that a request no replica can serve in time is still routed
+    async with serve_gateway(fleet([pool("p", [emu.url])], shed_factor=1e6)) as gw:
+        client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+        msgs = [{"role": "user", "content": "hello"}]
+
+        async def stream(**headers: str) -> None:
+            chunks = await client.chat.completions.create(
+                model=MODEL, messages=msgs, max_tokens=3, stream=True, extra_headers=headers
+            )
+            async for _ in chunks:
+                pass
+
+        async def headroom() -> float:
+            async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
+                return metric(await r.text(), "fleetpilot_router_headroom", model=MODEL)
+
+        params = gw.app[PROXY].params
+        assert await headroom() == params.headroom  # nothing learnt yet
+        for _ in range(5):  # a budget of 1 µs: every first token misses it
+            await stream(**{"x-fleetpilot-ttft-slo": "0.000001"})
+        missed = await headroom()
+        assert missed == pytest.approx(params.headroom - 5 * params.headroom_step)
+        await client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=3)
+        assert await headroom() == missed  # a non-streamed answer shows no first token
+        for _ in range(4):  # the default 2 s budget: met
+            await stream()
+        assert await headroom() == pytest.approx(missed + 4 * params.headroom_up)
+        await client.close()

@@ -44,6 +44,9 @@ class GatewayConfig(_Frozen):
     ttft_slo_s: float = Field(default=2.0, gt=0, description="interactive TTFT target")
     batch_slo_s: float = Field(default=600.0, gt=0, description="batch TTFT target")
     shed_factor: float = Field(default=3.0, ge=1)
+    target_miss: float = Field(
+        default=0.005, ge=0, lt=1, description="share of first tokens the router lets miss"
+    )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_attempts: int = Field(default=3, ge=1, description="replicas tried before failing")
     max_continuations: int = Field(default=3, ge=0, description="mid-stream resumptions")

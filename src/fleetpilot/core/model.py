@@ -217,7 +217,9 @@ class Snapshot:
     """The fleet as a policy sees it at ``now``.
 
     ``tick`` counts routing calls; stateless policies that need rotation or randomness derive
-    it from ``tick`` so that they stay pure and replayable.
+    it from ``tick`` so that they stay pure and replayable.  ``headroom`` is the share of a
+    TTFT budget the router may fill, as the engine learnt it from realised first tokens
+    (:func:`~fleetpilot.core.routing.tune_headroom`; ``None``: the routing params' own).
     """
 
     now: float
@@ -225,6 +227,7 @@ class Snapshot:
     tick: int = 0
     pools: tuple[Pool, ...] = ()
     demand: dict[str, Demand] = field(default_factory=dict)  # observed, per model
+    headroom: float | None = None
 
 
 class Action(enum.StrEnum):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from fleetpilot.clock import Clock
 from fleetpilot.core.model import Pool, Replica, ReplicaLoad, ReplicaState, Snapshot
+from fleetpilot.core.routing import RoutingParams, tune_headroom
 
 __all__ = ["Lease", "LiveFleet", "LiveReplica"]
 
@@ -146,6 +147,7 @@ class LiveFleet:
         self._by_id: dict[str, LiveReplica] = {}
         self._by_model: dict[str, list[LiveReplica]] = {}
         self._tick = 0
+        self._headroom: dict[str, float] = {}  # model → the router's learnt headroom
         self._change = asyncio.Event()
         for r in replicas:
             self.add(r)
@@ -199,7 +201,17 @@ class LiveFleet:
         now = self.clock.now()
         self._tick += 1
         reps = tuple(r.frozen(now) for r in self._by_model.get(model, ()))
-        return Snapshot(now=now, replicas=reps, tick=self._tick)
+        return Snapshot(now=now, replicas=reps, tick=self._tick, headroom=self._headroom.get(model))
+
+    def first_token(self, model: str, met: bool, params: RoutingParams) -> None:
+        """An interactive request's first token came within its TTFT budget (``met``) or not:
+        the router's headroom for ``model`` learns from it (:func:`tune_headroom`).  Only
+        streamed answers show a first token; a non-streamed one arrives whole."""
+        learnt = self._headroom.get(model, params.headroom)
+        self._headroom[model] = tune_headroom(learnt, met, params)
+
+    def headroom(self, model: str, params: RoutingParams) -> float:
+        return self._headroom.get(model, params.headroom)
 
     def next_recovery(self, model: str) -> float | None:
         """When the earliest cooling-down, non-draining replica of ``model`` is back."""

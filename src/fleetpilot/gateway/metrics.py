@@ -63,6 +63,12 @@ class GatewayMetrics:
             registry=r,
         )
         self.in_flight = Gauge("fleetpilot_in_flight", "Requests in flight", ["pool"], registry=r)
+        self.headroom = Gauge(
+            "fleetpilot_router_headroom",
+            "Share of a TTFT budget the router fills, learnt from first tokens",
+            ["model"],
+            registry=r,
+        )
         self.retries = Counter(
             "fleetpilot_retries", "Attempts moved to another replica", ["model"], registry=r
         )

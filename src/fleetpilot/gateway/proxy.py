@@ -72,6 +72,7 @@ class _Stream:
     first_at: float | None = None
     last_at: float | None = None
     segments: int = 0
+    deadline: float = float("inf")  # of the first token (learns the router's headroom)
 
     @property
     def text(self) -> str:
@@ -94,7 +95,7 @@ class Proxy:
         self.upstream = upstream
         self.metrics = metrics
         self.router = router
-        self.params = RoutingParams(shed_factor=config.shed_factor)
+        self.params = RoutingParams(shed_factor=config.shed_factor, target_miss=config.target_miss)
         self.clock = clock
         self._headers: dict[str, dict[str, str]] = {}
         self._rename: dict[str, str] = {}
@@ -269,7 +270,7 @@ class Proxy:
         request = self.request_of(inbound)
         arrival = request.arrival
         model = request.model
-        state = _Stream()
+        state = _Stream(deadline=request.deadline)
         out: web.StreamResponse | None = None
         attempts = failures = 0
         budget = self.config.max_attempts + self.config.max_continuations
@@ -431,6 +432,8 @@ class Proxy:
                     if state.first_at is None:
                         state.first_at = now
                         lease.first_token()
+                        if inbound.service_class is ServiceClass.INTERACTIVE:
+                            self.fleet.first_token(model, now <= state.deadline, self.params)
                     elif state.last_at is not None:
                         itl.observe(now - state.last_at)
                     state.last_at = now

@@ -120,6 +120,9 @@ async def _metrics(request: web.Request) -> web.Response:
         metrics.in_flight.labels(r.base.pool).set(0)
     for r in request.app[FLEET].replicas:
         metrics.in_flight.labels(r.base.pool).inc(r.in_flight)
+    params = request.app[PROXY].params
+    for model in request.app[FLEET].models:
+        metrics.headroom.labels(model).set(request.app[FLEET].headroom(model, params))
     return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
 

@@ -430,6 +430,12 @@ class _Sim:
             self.slo if r.service_class is ServiceClass.INTERACTIVE else batch_slo_s for r in trace
         ]
         self.deadline = [a + b for a, b in zip(self.arrival, self.budget, strict=True)]
+        # the router's learnt headroom, as the gateway learns it: from interactive first tokens
+        learning = routing_params.target_miss > 0
+        self.learns = [learning and r.service_class is ServiceClass.INTERACTIVE for r in trace]
+        self.headroom = routing_params.headroom
+        rp = routing_params
+        self.headroom_moves = (rp.headroom_up, rp.headroom_step, rp.headroom, rp.min_headroom)
         self.ttft = [_NAN] * n
         self.e2e = [_NAN] * n
         self.status = [_PENDING] * n
@@ -513,7 +519,7 @@ class _Sim:
             tr.service_class,
             now,
         )
-        snapshot = Snapshot(now, views, self.ticks)
+        snapshot = Snapshot(now, views, self.ticks, headroom=self.headroom)
         decision = self.route_fn(request, snapshot, self.routing_params)
         self.ticks += 1
         action = decision.action
@@ -602,11 +608,20 @@ class _Sim:
                 finished = engine.finish_step()
                 if admitted:
                     # First tokens; NaN means none yet (a continuation keeps its first).
-                    ttft, arrival = self.ttft, self.arrival
+                    ttft, arrival, budget = self.ttft, self.arrival, self.budget
+                    learns = self.learns
+                    up, down, top, bottom = self.headroom_moves
                     for sid in admitted:
                         i = int(sid)
                         if ttft[i] != ttft[i]:
                             ttft[i] = b - arrival[i]
+                            if learns[i]:  # tune_headroom, written out: the hot path
+                                h = self.headroom
+                                self.headroom = (
+                                    (h + up if h + up < top else top)
+                                    if ttft[i] <= budget[i]
+                                    else (h - down if h - down > bottom else bottom)
+                                )
                 if finished:
                     self._finished(finished, b)
             if engine.running or engine.waiting:
