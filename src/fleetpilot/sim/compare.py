@@ -106,15 +106,17 @@ def compare_requests(
     preemptions: Mapping[str, Sequence[float]] | Literal["rate"] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    replay_optimum: bool = True,
 ) -> tuple[list[PolicyRun], float]:
     """Every policy through the request-level simulator; returns the runs and the optimum's
-    cost (the bound), with the optimum schedule itself replayed as the run ``optimum``."""
+    cost (the bound), with the optimum schedule itself replayed as the run ``optimum`` unless
+    ``replay_optimum`` is False."""
     series = windows_of(trace, window_s)
     params = _with_extent(params, series)
     table = all_policies()
     best, best_policy = _optimum_schedule(series, pools, params)
     runs: list[PolicyRun] = []
-    for name in [*policies, OPTIMUM]:
+    for name in [*policies, OPTIMUM] if replay_optimum else policies:
         if progress:
             progress(name)
         policy = best_policy if name == OPTIMUM else _lookup(table, name)
