@@ -484,33 +484,36 @@ def test_surplus_above_the_reserve_goes_at_once_and_the_rest_drains_slowly() -> 
     assert sizes[-1] < sizes[2] / 4
 
 
-def test_a_surge_seen_is_kept_as_a_floor_once_the_reserve_window_is_full() -> None:
+FLOOR = {"hold_s": 60.0, "max_remove_per_step": 4, "reserve_s": 600.0}
+
+
+def floor_fleet() -> tuple[tuple[Pool, ...], str, float]:
+    """One L4 on-demand pool, its name, and what one replica carries at the SLO."""
     pools = pools_of("L4", classes=(CapacityClass.ON_DEMAND,))
-    name = pools[0].name
-    extra = {"hold_s": 60.0, "max_remove_per_step": 4, "reserve_s": 600.0}
-    params = PlanParams(extra=extra)
+    params = PlanParams(extra=FLOOR)
     one = replica_capacity(pools[0], Demand(10.0, 800, 150), params) / params.utilisation
+    return pools, pools[0].name, one
+
+
+def test_a_surge_seen_is_kept_as_a_floor_once_the_reserve_window_is_full() -> None:
+    pools, name, one = floor_fleet()
 
     def final(rates: list[float], learn: float) -> int:
-        plans = run_policy(pools, rates, replace(params, extra={**extra, "surge_learn": learn}))
+        plans = run_policy(pools, rates, PlanParams(extra={**FLOOR, "surge_learn": learn}))
         return plans[-1].targets[name]
 
     late = [10.0] * 12 + [30.0] + [10.0] * 40  # a 3× surge after the 600 s warm-up
     assert final(late, 1.0) * one >= 3.0 * 10.0 - 1e-6  # kept for a surge like it
-    assert final(late, 0.0) * one < 3.0 * 10.0  # without the floor the fleet drains below it
+    assert final(late, 0.0) * one < 3.0 * 10.0  # the default 2.5 × lets the fleet drain below
     early = [10.0] * 3 + [30.0] + [10.0] * 40  # within the first reserve_s: not learnt
     assert final(early, 1.0) == final(early, 0.0)
 
 
 def test_the_default_surge_floor_holds_surge_min_times_the_reserve_peak_once_warm() -> None:
-    pools = pools_of("L4", classes=(CapacityClass.ON_DEMAND,))
-    name = pools[0].name
-    extra = {"hold_s": 60.0, "max_remove_per_step": 4, "reserve_s": 600.0}
-    params = PlanParams(extra=extra)
-    one = replica_capacity(pools[0], Demand(10.0, 800, 150), params) / params.utilisation
+    pools, name, one = floor_fleet()
     rates = [10.0] * 40
-    floored = [p.targets[name] for p in run_policy(pools, rates, params)]
-    plain = run_policy(pools, rates, replace(params, extra={**extra, "surge_min": 0.0}))
+    floored = [p.targets[name] for p in run_policy(pools, rates, PlanParams(extra=FLOOR))]
+    plain = run_policy(pools, rates, PlanParams(extra={**FLOOR, "surge_min": 0.0}))
     sizes = [p.targets[name] for p in plain]
     assert floored[:10] == sizes[:10]  # the first reserve_s: no reference peak, no floor
     assert all(n * one >= 2.5 * 10.0 - 1e-6 for n in floored[10:])  # then 2.5 × the peak
