@@ -232,11 +232,13 @@ def _hedged_floor(name: str, params: PlanParams, quota: int | None) -> list[str]
         total = 0.0
         for w in range(len(rps)):
             d = Demand(
-                rps=max(float(rps[w]), float(floor[w])),
+                rps=float(rps[w]),
                 mean_prompt_tokens=series.mean_prompt_tokens[w],
                 mean_output_tokens=series.mean_output_tokens[w],
             )
-            total += plan_mix(pools, d, floor_params).cost_per_hour * series.window_s / 3600.0
+            held = replace(d, rps=max(d.rps, float(floor[w])))  # the spot hedge: of d only
+            plan = plan_mix(pools, held, floor_params, expected=d)
+            total += plan.cost_per_hour * series.window_s / 3600.0
         return total
 
     hedged = cost(np.zeros_like(rps))
@@ -278,7 +280,8 @@ def _table(name: str, runs: list[PolicyRun], optimum: float, mode: str) -> list[
             f"{_pct(s['slo_attainment'])} | {s['shed']:,.0f} | {lost} |"
         )
     lines += ["", "| target | measured | |", "|---|---|---|"]
-    lost: tuple[str, str, bool | None] = ("lost = 0", f"{a['lost']}", a["lost"] == 0)
+    played = f"{a['lost']} ({a['preemptions']} pre-emptions, {a['continued']} continued)"
+    lost: tuple[str, str, bool | None] = ("lost = 0", played, a["lost"] == 0)
     if mode == "window":  # a fluid model has no requests in flight to lose
         lost = ("lost = 0", "not modelled at window level (--request-check counts it)", None)
     rows: list[tuple[str, str, bool | None]] = [

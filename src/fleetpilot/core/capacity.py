@@ -46,8 +46,8 @@ KNOBS = frozenset(
         # adaptive
         "drain_reserve", "hold_s", "max_remove_per_step", "max_remove_share", "mip_rel_gap",
         "reserve_s", "silent_hold_s", "size_threshold_tokens", "spot_cooldown_s",
-        "spot_loss_safety", "spot_max_share", "surge_learn", "surge_min", "time_limit_s",
-        "upper_credit",
+        "spot_loss_market", "spot_loss_safety", "spot_max_share", "surge_learn", "surge_min",
+        "time_limit_s", "upper_credit",
         # baselines
         "downscale_delay_s", "fallback_downscale_delay_s", "spot_extra", "spot_spread",
         "target_ongoing_requests", "upscale_delay_s",

@@ -64,7 +64,7 @@ which one replica was measured to hold p99 TTFT within target; see
     minimise   Σ price[p] x[p]                     (reserved: 0, their cost is sunk)
     subject to Σ_c y[p, c] ≤ x[p]
                Σ_p cap[p, c] y[p, c] ≥ safety × D[c]                    (SLO capacity)
-               z[c] ≥ cap[p, c] (y[p, c] − k[p, c])  for every spot p   (largest spot zone)
+               z[c] ≥ Σ_spot p cap[p, c] (y[p, c] − k[p, c])      (a market event, below)
                Σ_p cap[p, c] y[p, c] − z[c] ≥ spot_loss_safety × E[c]   (lose it, still hold)
                zones[p] s[p] ≤ (zones[p] − 1) x[p],  Σ_c k[p, c] ≤ s[p]  (s[p] integer)
                spot capacity of p ≤ spot_max_share × all spot capacity  (spread)
@@ -81,6 +81,18 @@ conservative with several classes.  With one zone ``s`` is 0 and the rows are th
 hedge, unchanged (no ``s`` or ``k`` columns are made).  The LP rounding of ``solve`` fixes
 the rounded ``x`` and re-solves for ``s`` (a small program), so it still needs no branching
 on large fleets.
+
+Market events.  The issue's hedge is "losing the largest spot pool"; with
+``spot_loss_market`` 0, ``z[c]`` is that (``z ≥`` each pool's fullest zone, one row a pool).
+But reclaims come as market events: the SkyPilot pre-emption traces that play any within the
+Azure trace's hour take replicas in two zones within 102 s, and one trace applied to every
+spot pool takes one replica of each at once.  With the one-pool hedge the adaptive policy's
+three spot replicas (two L40S, one A100) lost two at once and held 92.1-95.2% in target; so by
+default (``spot_loss_market`` 1) ``z[c]`` is the fullest zone of *every* spot pool together.
+On those traces: 99.59% (one trace for every pool), 98.22% (the same with us-east-1c's), and
+98.22% (three zones, two of them reclaimed within two minutes, more than any one-zone hedge
+covers), for 22% more on the Azure trace ($2.55 → $3.12, still 53% below ``static_peak``);
+on the ServeGen series, whose fleets spread over many pools and zones, it costs 0.2%.
 
 ``D[c]`` is the planned demand (the held upper quantile, step 2); ``E[c]`` the demand
 expected while a lost pool's replacements start (``plan_mix``'s ``expected``; the policy
@@ -518,7 +530,11 @@ def _class_rows(
     if rps > 0:
         largest: dict[int, float] = {}
         if spot:
-            z = prog.var(0.0, 0.0, np.inf)  # ≥ what losing any spot zone takes: the largest
+            # z ≥ what one spot event takes: the largest zone of any one pool, or with
+            # spot_loss_market the largest zone of every pool at once (a market-wide event)
+            market = knob(params, "spot_loss_market", 1.0) > 0
+            z = prog.var(0.0, 0.0, np.inf)
+            together: dict[int, float] = {z: 1.0}
             for name in spot:
                 col, cap = ys[name]
                 row = {z: 1.0, col: -cap}  # z ≥ cap · (y - k): k of the zone's survivors kept
@@ -526,7 +542,14 @@ def _class_rows(
                     k = prog.var(0.0, 0.0, np.inf)
                     kept.setdefault(survivors[name], []).append(k)
                     row[k] = cap
-                prog.row(row, lb=0.0)
+                if market:
+                    for col_, coef in row.items():
+                        if col_ != z:
+                            together[col_] = together.get(col_, 0.0) + coef
+                else:
+                    prog.row(row, lb=0.0)
+            if market:
+                prog.row(together, lb=0.0)
             largest = {z: -1.0}
         loss_safety = knob(params, "spot_loss_safety", params.utilisation)
         at_least({**supply, **largest}, loss_safety * loss_share)
