@@ -89,10 +89,11 @@ Azure trace's hour take replicas in two zones within 102 s, and one trace applie
 spot pool takes one replica of each at once.  With the one-pool hedge the adaptive policy's
 three spot replicas (two L40S, one A100) lost two at once and held 92.1-95.2% in target; so by
 default (``spot_loss_market`` 1) ``z[c]`` is the fullest zone of *every* spot pool together.
-On those traces: 99.59% (one trace for every pool), 98.22% (the same with us-east-1c's), and
-98.22% (three zones, two of them reclaimed within two minutes, more than any one-zone hedge
-covers), for 22% more on the Azure trace ($2.55 → $3.12, still 53% below ``static_peak``);
-on the ServeGen series, whose fleets spread over many pools and zones, it costs 0.2%.
+With it and ``spot_loss_safety`` 1 (below), on those traces: 99.59% (us-east-1b's trace for
+every pool), 99.63% (us-east-1c's), and 97.83% (three zones, two of them reclaimed within two
+minutes, more than any one-zone hedge covers), for 30% more on the Azure trace ($2.55 →
+$3.31, still 50% below ``static_peak``); on the ServeGen series, whose fleets spread over many
+pools and zones, both cost 0.3%.
 
 ``D[c]`` is the planned demand (the held upper quantile, step 2); ``E[c]`` the demand
 expected while a lost pool's replacements start (``plan_mix``'s ``expected``; the policy
@@ -123,11 +124,13 @@ planned at no more than what it has for ``spot_cooldown_s`` (1800) since it was 
 short (SpotHedge's rule), so the rest moves to other pools or on-demand.
 
 Knobs beyond :class:`~fleetpilot.core.capacity.PlanParams`' fields, in ``params.extra``:
-``upper_credit`` (1.0), ``spot_loss_safety`` (default ``utilisation``: after losing the
-largest spot pool the planned capacity still carries ``utilisation`` × the expected demand
-``E``, so the capacity at the SLO itself, planned / ``utilisation``, still carries all of it
-while replacements start; 1.0 kept the whole planning headroom too and cost ~1.4× more on the
-traces), ``spot_max_share`` (2/3; at least an equal split when there are fewer spot pools;
+``upper_credit`` (1.0), ``spot_loss_safety`` (1.0: after a spot event the planned capacity
+still carries the expected demand ``E``, planning headroom included, while replacements start.
+With ``utilisation`` (0.8), the capacity at the SLO itself carried exactly ``E``, and the two
+single-trace Azure runs that play pre-emptions held 99.59% and 98.22% in target; with 1.0,
+99.59% and 99.63%, for 7.5% more on Azure and 0.1% on ServeGen, where the surge floor already
+holds more; it cost ~1.4× more before that floor and the market hedge),
+``spot_max_share`` (2/3; at least an equal split when there are fewer spot pools;
 0.5 left quota-bound peaks short: ServeGen m-small 98.3% instead of 98.7% of requests in
 target), ``hold_s`` (300; 600 cost ~6% more on the Azure trace for no SLO),
 ``max_remove_per_step`` (2) and ``max_remove_share`` (0: removals per step are at most the
@@ -551,7 +554,7 @@ def _class_rows(
             if market:
                 prog.row(together, lb=0.0)
             largest = {z: -1.0}
-        loss_safety = knob(params, "spot_loss_safety", params.utilisation)
+        loss_safety = knob(params, "spot_loss_safety", 1.0)
         at_least({**supply, **largest}, loss_safety * loss_share)
     return ys
 
