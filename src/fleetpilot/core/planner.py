@@ -535,24 +535,20 @@ def _class_rows(
         if spot:
             # z ≥ what one spot event takes: the largest zone of any one pool, or with
             # spot_loss_market the largest zone of every pool at once (a market-wide event)
-            market = knob(params, "spot_loss_market", 1.0) > 0
             z = prog.var(0.0, 0.0, np.inf)
-            together: dict[int, float] = {z: 1.0}
+            losses = []  # per spot pool, cap · (y - k): k of its zone's survivors kept
             for name in spot:
                 col, cap = ys[name]
-                row = {z: 1.0, col: -cap}  # z ≥ cap · (y - k): k of the zone's survivors kept
+                loss = {col: -cap}
                 if name in survivors:
                     k = prog.var(0.0, 0.0, np.inf)
                     kept.setdefault(survivors[name], []).append(k)
-                    row[k] = cap
-                if market:
-                    for col_, coef in row.items():
-                        if col_ != z:
-                            together[col_] = together.get(col_, 0.0) + coef
-                else:
-                    prog.row(row, lb=0.0)
-            if market:
-                prog.row(together, lb=0.0)
+                    loss[k] = cap
+                losses.append(loss)
+            if knob(params, "spot_loss_market", 1.0) > 0:
+                losses = [{col: v for loss in losses for col, v in loss.items()}]  # all at once
+            for loss in losses:
+                prog.row({z: 1.0, **loss}, lb=0.0)
             largest = {z: -1.0}
         loss_safety = knob(params, "spot_loss_safety", 1.0)
         at_least({**supply, **largest}, loss_safety * loss_share)
