@@ -14,7 +14,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleetpilot.core.model import Action, Decision, Replica, Request, ServiceClass, Snapshot
+from fleetpilot.core.model import (
+    Action,
+    Decision,
+    Replica,
+    ReplicaState,
+    Request,
+    ServiceClass,
+    Snapshot,
+)
 from fleetpilot.core.perf import marginal_cost, predict, ttft_and_batch
 
 
@@ -101,8 +109,9 @@ def cost_slo(
     best: Replica | None = None
     fastest: Replica | None = None
     best_cost = best_ttft = fastest_ttft = fastest_cost = math.inf
+    ready = ReplicaState.READY
     for r in snapshot.replicas:
-        if r.model != model or not r.routable:
+        if r.model != model or r.state is not ready or not r.healthy:  # Replica.routable, inlined
             continue
         profile = r.profile
         ttft, b = ttft_and_batch(profile, r.load, prompt)
