@@ -78,7 +78,7 @@ from fleetpilot.core.model import (
 )
 from fleetpilot.core.perf import BatchEngine
 from fleetpilot.core.perf import Sequence as EngineSequence
-from fleetpilot.core.routing import DEFAULT_PARAMS, ROUTERS, RoutingParams
+from fleetpilot.core.routing import DEFAULT_PARAMS, ROUTERS, RoutingParams, tune_headroom
 from fleetpilot.core.workload import TraceRequest
 from fleetpilot.sim.events import EventLoop
 
@@ -434,8 +434,6 @@ class _Sim:
         learning = routing_params.target_miss > 0
         self.learns = [learning and r.service_class is ServiceClass.INTERACTIVE for r in trace]
         self.headroom = routing_params.headroom
-        rp = routing_params
-        self.headroom_moves = (rp.headroom_up, rp.headroom_step, rp.headroom, rp.min_headroom)
         self.ttft = [_NAN] * n
         self.e2e = [_NAN] * n
         self.status = [_PENDING] * n
@@ -610,17 +608,13 @@ class _Sim:
                     # First tokens; NaN means none yet (a continuation keeps its first).
                     ttft, arrival, budget = self.ttft, self.arrival, self.budget
                     learns = self.learns
-                    up, down, top, bottom = self.headroom_moves
                     for sid in admitted:
                         i = int(sid)
                         if ttft[i] != ttft[i]:
                             ttft[i] = b - arrival[i]
-                            if learns[i]:  # tune_headroom, written out: the hot path
-                                h = self.headroom
-                                self.headroom = (
-                                    (h + up if h + up < top else top)
-                                    if ttft[i] <= budget[i]
-                                    else (h - down if h - down > bottom else bottom)
+                            if learns[i]:
+                                self.headroom = tune_headroom(
+                                    self.headroom, ttft[i] <= budget[i], self.routing_params
                                 )
                 if finished:
                     self._finished(finished, b)
