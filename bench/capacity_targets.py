@@ -73,7 +73,7 @@ from fleetpilot.traces import load_spot_market, load_trace
 MODEL = "llama-3.1-8b"
 POLICIES = ("static_peak", "reactive", "adaptive")
 DEFAULT_TRACES = ("azure-conv", "servegen-m-large", "servegen-m-small")
-REQUEST_CHECK_MAX = 5e6  # requests --request-check replays (m-large's slice: 3.5 M, ~5 min)
+REQUEST_CHECK_MAX = 5e6  # requests --request-check replays (m-large's: 3.5 M, ~8 min a policy)
 
 
 def _pools(quota: int | None) -> tuple[Pool, ...]:
