@@ -32,6 +32,7 @@ from fleetpilot.core.planner import (
     drain_to_reserve,
     enforce_spend_cap,
     hold_demand,
+    keep_mix,
     plan_mix,
     replica_capacity,
     size_key,
@@ -808,3 +809,85 @@ def test_zone_survivors_round_exactly_even_when_a_quota_stops_growing_the_pool()
     sol = prog.solve(0.02, 1.0, round_up=True)
     assert sol is not None
     assert (round(sol[x]), round(sol[s]), sol[w]) == (3, 2, pytest.approx(0.5))
+
+
+def demo_pools() -> tuple[Pool, ...]:
+    """The demo's four pools: A10G and L40S spot, L4 and L40S on demand."""
+    od, spot = CapacityClass.ON_DEMAND, CapacityClass.SPOT
+    wanted = {("A10G", spot), ("L40S", spot), ("L4", od), ("L40S", od)}
+    pools = pools_of("A10G", "L40S", "L4", classes=(od, spot))
+    return tuple(p for p in pools if (p.offering.accelerator, p.offering.capacity_class) in wanted)
+
+
+def running(pools: tuple[Pool, ...], targets: dict[str, int]) -> tuple[Pool, ...]:
+    return tuple(replace(p, target=targets.get(p.name, 0)) for p in pools)
+
+
+def test_a_mix_that_opens_a_pool_to_save_a_little_is_not_taken() -> None:
+    # Near a tie the cheapest mix flips with small changes of demand: the demo's fleet went
+    # from spot replicas to one on-demand L40S and back.  The running pools are kept while
+    # re-planned on them they cost at most mix_hysteresis more.
+    pools = demo_pools()
+    d = Demand(rps=2.0, mean_prompt_tokens=800, mean_output_tokens=150)
+    params = PlanParams()
+    best = plan_mix(pools, d, params)
+    on_spot = {p.name: 2 for p in pools if p.offering.capacity_class is CapacityClass.SPOT}
+    opened = [n for n, k in best.targets.items() if k > 0 and n not in on_spot]
+    assert opened  # the cheapest mix leaves the spot pools: the case this is for
+
+    def again(within: tuple[Pool, ...]) -> Plan:
+        return plan_mix(within, d, params)
+
+    kept = keep_mix(best, pools, on_spot, 0.05, again)
+    assert {n for n, k in kept.targets.items() if k > 0} <= set(on_spot)
+    assert best.cost_per_hour <= kept.cost_per_hour <= best.cost_per_hour * 1.05
+    assert capacity(pools, kept, d, params) >= d.rps * params.safety * (1 - 1e-9)
+    assert after_a_market_event(pools, kept, d, params) >= d.rps * (1 - 1e-9)
+    assert "mix kept" in kept.note
+    # without the band (0) or with a band the saving exceeds, the cheapest mix is taken
+    assert keep_mix(best, pools, on_spot, 0.0, again) == best
+    saving = 1 - best.cost_per_hour / kept.cost_per_hour
+    assert keep_mix(best, pools, on_spot, saving * 0.5, again) == best
+
+
+def test_a_running_pool_that_cannot_hold_the_fleet_lets_the_mix_change() -> None:
+    # The fleet runs one L4 on demand; demand grew past what L4s do cheaply (and a spot
+    # market gone is a pool at quota 0): the new mix goes ahead.
+    pools = demo_pools()
+    l4 = next(p.name for p in pools if p.offering.accelerator == "L4")
+    d = Demand(rps=12.0, mean_prompt_tokens=800, mean_output_tokens=150)
+    params = PlanParams()
+    best = plan_mix(pools, d, params)
+    assert best.targets[l4] == 0
+    kept = keep_mix(best, pools, {l4: 1}, 0.05, lambda within: plan_mix(within, d, params))
+    assert kept == best
+    gone = tuple(
+        replace(p, offering=replace(p.offering, quota=0)) if p.name == l4 else p for p in pools
+    )
+    best = plan_mix(gone, d, params)
+    assert keep_mix(best, gone, {l4: 1}, 0.05, lambda w: plan_mix(w, d, params)) == best
+
+
+def test_adaptive_holds_its_mix_through_a_near_tie() -> None:
+    # Demand rising through the band where one on-demand L40S is a hair cheaper than the
+    # spot mix: with the default band the fleet stays on spot; with none it moves and back.
+    pools = demo_pools()
+    rates = [1.0] * 4 + [2.0] * 4 + [3.2] * 4
+    moved = {}
+    for band in (0.0, 0.05):
+        params = PlanParams(extra={"mix_hysteresis": band})
+        state: PlannerState | None = None
+        current = {p.name: 0 for p in pools}
+        opened = 0
+        for i, rps in enumerate(rates):
+            demand = {MODEL: Demand(rps=rps, mean_prompt_tokens=800, mean_output_tokens=150)}
+            snap = Snapshot(now=i * 60.0, replicas=(), pools=running(pools, current), demand=demand)
+            plan, state = adaptive(snap, state, params)
+            if i:
+                opened += sum(1 for n, k in plan.targets.items() if k > 0 and current[n] == 0)
+            current = dict(plan.targets)
+            d = demand[MODEL]
+            assert capacity(pools, plan, d, PlanParams()) >= rps * PlanParams().safety * 0.999
+        moved[band] = opened
+    assert moved[0.0] > 0
+    assert moved[0.05] == 0

@@ -45,7 +45,7 @@ KNOBS = frozenset(
     {
         # adaptive
         "drain_reserve", "hold_s", "max_remove_per_step", "max_remove_share", "mip_rel_gap",
-        "reserve_s", "silent_hold_s", "size_threshold_tokens", "spot_cooldown_s",
+        "mix_hysteresis", "reserve_s", "silent_hold_s", "size_threshold_tokens", "spot_cooldown_s",
         "spot_loss_market", "spot_loss_safety", "spot_max_share", "surge_learn", "surge_min",
         "time_limit_s", "upper_credit",
         # baselines

@@ -19,7 +19,10 @@
    of the last ``hold_s`` seconds, so the fleet grows at once but shrinks only after demand
    stayed low that long (:func:`hold_demand`);
 3. chooses replicas per pool with :func:`plan_mix`, a mixed-integer program (HiGHS through
-   ``scipy.optimize.milp``);
+   ``scipy.optimize.milp``), and holds the mix (:func:`keep_mix`): a mix that opens pools the
+   fleet does not run is taken only if it saves more than ``mix_hysteresis`` (0.05) against
+   the best plan on the pools already running.  Without it the demo's fleet of 1-6 replicas
+   moved from four spot replicas to one on-demand L40S and back within a tenth of its day;
 4. shapes the answer (:func:`bound_churn`): additions at once, at most ``max_remove_per_step``
    replicas removed per step (the engine drains a removed replica), and none unless the
    ready replicas that stay carry the planned demand (make before break: when the mix
@@ -166,7 +169,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -193,6 +196,7 @@ __all__ = [
     "bound_churn",
     "enforce_spend_cap",
     "hold_demand",
+    "keep_mix",
     "plan_mix",
     "replica_capacity",
     "size_key",
@@ -713,6 +717,40 @@ def bound_churn(
     return out
 
 
+def keep_mix(
+    best: Plan,
+    pools: Sequence[Pool],
+    current: Mapping[str, int],
+    band: float,
+    plan_again: Callable[[Sequence[Pool]], Plan],
+) -> Plan:
+    """Hysteresis on the mix: when ``best`` opens a pool the fleet does not run, re-plan on
+    the pools it runs (``plan_again`` over them, the others at quota 0) and keep that plan if
+    it costs at most ``band`` more and sheds no more.
+
+    Why: the MILP is re-solved every step, and near a tie a small change of demand flips the
+    cheapest mix.  On a fleet of a few replicas that is the whole fleet moving, say from four
+    spot replicas to one on-demand L40S and back within minutes: every move pays for the new
+    replicas' start-up while the old ones still serve (make before break), and the spot
+    pre-emptions the hedge was sized for hit a fleet in transit.  Only mixes that add pools
+    are held back; growing or shrinking the pools in use, and leaving a pool, are not.  A pool
+    the fleet runs but that can no longer hold it (a spot market gone, a quota) makes the
+    re-plan dearer or shed, so the switch then goes ahead."""
+    opens = [p for p in pools if best.targets.get(p.name, 0) > 0 and current.get(p.name, 0) <= 0]
+    running = [p for p in pools if current.get(p.name, 0) > 0]
+    if band <= 0 or not opens or not running:
+        return best
+    closed = tuple(
+        p if current.get(p.name, 0) > 0 else replace(p, offering=replace(p.offering, quota=0))
+        for p in pools
+    )
+    kept = plan_again(closed)
+    if set(kept.shed) - set(best.shed) or kept.cost_per_hour > best.cost_per_hour * (1 + band):
+        return best
+    saving = 1.0 - best.cost_per_hour / kept.cost_per_hour if kept.cost_per_hour else 0.0
+    return replace(kept, note=f"{kept.note}; mix kept (a switch would save {saving:.0%})")
+
+
 def drain_to_reserve(
     shaped: Mapping[str, int],
     wanted: Mapping[str, int],
@@ -948,10 +986,15 @@ def adaptive(
         _capped_at_live(p, snapshot) if now - short_at.get(p.name, -math.inf) < cooldown else p
         for p in pools
     )
+
+    def plan_again(within: Sequence[Pool]) -> Plan:
+        return plan_mix(within, demand, params, expected=expected)
+
     raw = plan_mix(pools, demand, params, expected=expected)
     price = {p.name: p.offering.price_per_hour for p in pools}
     # replicas beyond a pool's quota (a spot market gone: quota 0) go at once, uncounted
     current = {p.name: p.offering.within_quota(p.target) for p in pools}
+    raw = keep_mix(raw, pools, current, knob(params, "mix_hysteresis", 0.05), plan_again)
     share = knob(params, "max_remove_share", 0.0)
     max_remove = max(
         int(knob(params, "max_remove_per_step", 2)), math.floor(share * sum(current.values()))
