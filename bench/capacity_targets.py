@@ -12,9 +12,10 @@ simulate`` does).  The table puts each target beside the measured figure:
   no pre-emption hedge).
 
 Traces: ``azure-conv`` (request level, one hour, spot pre-emptions at the catalogue's rates
-or from ``--spot``), ``servegen-m-large`` and ``servegen-m-small`` (14 days, window level;
-with ``--spot`` the market's availability caps every spot pool, without it no pre-emption is
-played at this level).  ``--spot`` takes one trace, which hits every spot pool whole, or
+or from ``--spot``), ``servegen-m-large`` and ``servegen-m-small`` (14 days, window level, the
+policies stepped every ``--control-s`` seconds, 60 by default as at request level; with
+``--spot`` the market's availability caps every spot pool, without it no pre-emption is played
+at this level).  ``--spot`` takes one trace, which hits every spot pool whole, or
 several, comma-separated, one per availability zone: zone ``k`` of each spot pool spread over
 zones (``offering.zones``, from the catalogue) follows the ``k``-th trace, so a drop takes one
 zone's share (window level: :func:`~fleetpilot.sim.fluid.spot_zones_per_window`; request
@@ -32,7 +33,7 @@ gap between the two is the hedge's price, which the 1.15 × optimum target leave
     FLEETPILOT_DATA=/work/shared/data .venv/bin/python bench/capacity_targets.py \
         [--traces azure-conv,servegen-m-large,servegen-m-small] [--spot PATH[,PATH...]] \
         [--set hold_s=600 --set spot_loss_safety=0.8 ...] [--no-speed] [--hedged-floor] \
-        [--request-check] [--quota N]
+        [--request-check] [--quota N] [--control-s 60]
 
 ``--request-check`` replays a window-level series' hardest stretch (its largest surge, with
 the two hours before it) request by request, where lost requests and the router's packing
@@ -73,6 +74,11 @@ from fleetpilot.traces import load_spot_market, load_trace
 MODEL = "llama-3.1-8b"
 POLICIES = ("static_peak", "reactive", "adaptive")
 DEFAULT_TRACES = ("azure-conv", "servegen-m-large", "servegen-m-small")
+# The request level steps the policies every 60 s (as the live controller, every few seconds,
+# at least does); at window level a policy stepped once per 10-minute ServeGen window is blind
+# to a jump for 10 minutes, which no deployed controller is.  The window level steps at the
+# same cadence (each window cut into equal 1-minute windows: no more than the series knows).
+CONTROL_S = 60.0
 REQUEST_CHECK_MAX = 5e6  # requests --request-check replays (m-large's: 3.5 M, ~8 min a policy)
 
 
@@ -83,7 +89,7 @@ def _pools(quota: int | None) -> tuple[Pool, ...]:
 
 
 def _run(
-    name: str, spot: list[Path] | None, params: PlanParams, quota: int | None
+    name: str, spot: list[Path] | None, params: PlanParams, quota: int | None, control_s: float
 ) -> tuple[list[PolicyRun], float, Any]:
     pools = _pools(quota)
     spot_pools = [p for p in pools if p.offering.capacity_class is CapacityClass.SPOT]
@@ -99,8 +105,9 @@ def _run(
             per_window = list(spot_capacity_per_window(markets[0], series.window_s, n))
             available = {p.name: per_window for p in spot_pools if p.name not in zones}
         runs, best = compare_windows(
-            series, pools, POLICIES, params, spot_available=available, spot_zones=zones or None
-        )
+            series, pools, POLICIES, params, spot_available=available,
+            spot_zones=zones or None, control_s=min(control_s, series.window_s),
+        )  # fmt: skip
         return runs, best, series
     series = windows_of(workload, 60.0)  # for the forecast error: one-minute rates
     pre: Any = "rate"
@@ -156,7 +163,9 @@ def _surges(
     return back, prior, ratio
 
 
-def _request_check(name: str, params: PlanParams, quota: int | None, seed: int = 0) -> str:
+def _request_check(
+    name: str, params: PlanParams, quota: int | None, control_s: float, seed: int = 0
+) -> str:
     """The window level's figures at request level, where it matters most: the series' largest
     surge, with the reserve window before it (the surge floor's history) and an hour after,
     replayed request by request (arrivals with each window's cv and mean lengths,
@@ -185,7 +194,7 @@ def _request_check(name: str, params: PlanParams, quota: int | None, seed: int =
     pools = _pools(quota)
     trace = synthesise(part, seed)
     policies = ("adaptive", "static_peak")
-    win, _ = compare_windows(part, pools, policies, params)
+    win, _ = compare_windows(part, pools, policies, params, control_s=control_s)
     t0 = time.process_time()
     req, _ = compare_requests(
         trace, pools, policies, params, preemptions="rate", seed=seed, replay_optimum=False
@@ -365,6 +374,13 @@ def main() -> None:
     )
     ap.add_argument("--speed-steps", type=int, default=240)
     ap.add_argument("--quota", type=int, default=None, help="replicas per pool (default: none)")
+    ap.add_argument(
+        "--control-s",
+        type=float,
+        default=CONTROL_S,
+        help="window level: step the policies every this many seconds (default %(default)g, "
+        "the request level's control interval; 600 = once per ServeGen window)",
+    )
     args = ap.parse_args()
     extra = {k: float(v) for k, v in (s.split("=", 1) for s in args.set)}
     check_knobs(extra)
@@ -376,7 +392,7 @@ def main() -> None:
     for name in (t.strip() for t in args.traces.split(",") if t.strip()):
         t0 = time.process_time()
         spot = [Path(s.strip()) for s in args.spot.split(",") if s.strip()] if args.spot else None
-        runs, optimum, series = _run(name, spot, params, args.quota)
+        runs, optimum, series = _run(name, spot, params, args.quota, args.control_s)
         mode = runs[0].mode
         print("\n".join(_table(name, runs, optimum, mode)))
         print()
@@ -386,7 +402,7 @@ def main() -> None:
         if args.hedged_floor:
             print("\n".join(_hedged_floor(name, params, args.quota)))
         if args.request_check and mode == "window" and spot is None:
-            print(_request_check(name, params, args.quota))
+            print(_request_check(name, params, args.quota, args.control_s))
         print(f"(simulated in {time.process_time() - t0:.0f} s CPU)\n")
     if not args.no_speed:
         print(_speed_line(args.speed_steps, params))

@@ -369,3 +369,40 @@ def test_two_weeks_of_ten_minute_windows_run_in_seconds() -> None:
     assert opt.feasible.all() and len(result.cost) == n
     assert solved < 10.0 and simulated < 10.0  # about 0.2 s and 0.5 s on one core
     assert result.total_cost >= opt.total_cost
+
+
+# -- control cadence --------------------------------------------------------------------------
+
+
+def test_refined_series_repeats_each_window_and_keeps_every_request() -> None:
+    s = replace(series([5.0, 20.0, 0.0]), start_s=1200.0)
+    fine = s.refined(10)
+    assert fine.window_s == 60.0 and len(fine) == 30 and fine.start_s == 1200.0
+    assert fine.rps[:10] == (5.0,) * 10 and fine.rps[10:20] == (20.0,) * 10
+    assert math.isclose(fine.total_requests, s.total_requests)
+    assert fine.duration_s == s.duration_s
+    assert s.refined(1) is s
+    with pytest.raises(ValueError):
+        s.refined(0)
+
+
+def test_a_policy_stepped_every_minute_meets_a_jump_a_window_stepped_one_misses() -> None:
+    # Three calm hours, then demand quadruples for two windows.  Stepped once per 10-minute
+    # window, the adaptive policy sees the jump only at the next window; stepped every minute
+    # (the request level's and the live controller's cadence) it adds replicas a start-up
+    # after the first minute.  The optimum is the same at both cadences.
+    from fleetpilot.sim.compare import compare_windows
+
+    s = series([10.0] * 18 + [40.0] * 2 + [10.0] * 3, cv=1.0)
+    pools = pools_of("L40S", "A10G")
+    params = PlanParams(extra={"surge_min": 0.0})
+    slow, best_slow = compare_windows(s, pools, ["adaptive"], params)
+    fast, best_fast = compare_windows(s, pools, ["adaptive"], params, control_s=60.0)
+    assert best_slow == pytest.approx(best_fast)
+    miss_slow = 1 - slow[0].summary["slo_attainment"]
+    miss_fast = 1 - fast[0].summary["slo_attainment"]
+    assert miss_slow > 0.05
+    assert miss_fast < miss_slow / 2
+    assert len(fast[0].timeline) == 10 * len(slow[0].timeline)
+    with pytest.raises(ValueError, match="divide"):
+        compare_windows(s, pools, ["adaptive"], params, control_s=70.0)

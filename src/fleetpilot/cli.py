@@ -122,6 +122,10 @@ def simulate(
     time_scale: Annotated[float, typer.Option(help="stretch trace time by this factor")] = 1.0,
     rate_scale: Annotated[float, typer.Option(help="multiply the request rate")] = 1.0,
     window: Annotated[float, typer.Option(help="window length, seconds")] = 600.0,
+    control_s: Annotated[
+        float | None,
+        typer.Option(help="window level: step the policies every N s (must divide the window)"),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="first N requests of a request trace")] = None,
     catalogue: Annotated[Path | None, typer.Option(help="catalogue YAML (the fleet)")] = None,
     out: Annotated[Path, typer.Option(help="report folder")] = Path("fleetpilot-out"),
@@ -158,6 +162,7 @@ def simulate(
         time_scale=time_scale,
         rate_scale=rate_scale,
         window_s=window,
+        control_s=control_s,
         limit=limit,
         seed=seed,
         out=out,

@@ -130,6 +130,28 @@ class RateSeries:
             start_s=self.start_s * time,
         )
 
+    def refined(self, k: int) -> RateSeries:
+        """Each window cut into ``k`` windows of ``window_s / k`` with the same rate, lengths and
+        cv: no more than the series knows, at the cadence of a controller that looks every
+        ``window_s / k`` seconds (a policy stepped once per window is blind to a jump for a
+        whole window; a live controller is not)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        if k == 1:
+            return self
+
+        def rep(xs: tuple[float, ...]) -> tuple[float, ...]:
+            return tuple(x for x in xs for _ in range(k))
+
+        return RateSeries(
+            window_s=self.window_s / k,
+            rps=rep(self.rps),
+            mean_prompt_tokens=rep(self.mean_prompt_tokens),
+            mean_output_tokens=rep(self.mean_output_tokens),
+            cv=rep(self.cv),
+            start_s=self.start_s,
+        )
+
     def slice(self, start_s: float, end_s: float = math.inf) -> RateSeries:
         """The whole windows that overlap ``[start_s, end_s)``; ``start_s`` of the result is
         that of its first window (times on the series' own axis)."""

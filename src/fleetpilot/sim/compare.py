@@ -161,10 +161,18 @@ def compare_windows(
     spot_available: Mapping[str, Sequence[int]] | None = None,
     spot_zones: Mapping[str, Sequence[Sequence[int]]] | None = None,
     progress: Callable[[str], None] | None = None,
+    control_s: float | None = None,
 ) -> tuple[list[PolicyRun], float]:
     """Every policy through the window-level (fluid) simulator, and the optimum (which sees a
-    zoned pool's availability as the most its zones can hold, :func:`~.fluid.zone_bounds`)."""
+    zoned pool's availability as the most its zones can hold, :func:`~.fluid.zone_bounds`).
+
+    ``control_s`` (default: the series' window) steps the policies that often: each window is
+    cut into ``window_s / control_s`` equal windows (:meth:`RateSeries.refined`; it must
+    divide the window), as a controller that observes every ``control_s`` sees the series.
+    The optimum is the same at either cadence (its windows only repeat), so it is solved on
+    the series as given."""
     params = _with_extent(params, series)
+    k = 1 if control_s is None else _cuts(series.window_s, control_s)
     table = all_policies()
     bound = dict(spot_available or {})
     for name, most in zone_bounds(pools, spot_zones or {}).items():
@@ -174,20 +182,45 @@ def compare_windows(
         bound[name] = most
     best = offline_optimum(series, pools, params, spot_available=bound or None)
     lead = max((p.offering.startup_s for p in pools), default=0.0)
+    window_s, start_s = series.window_s, series.start_s
+    if k > 1:
+        series = series.refined(k)
+        spot_available = _repeat(spot_available, k)
+        spot_zones = {n: [_repeat_list(z, k) for z in zs] for n, zs in (spot_zones or {}).items()}
     runs: list[PolicyRun] = []
     for name in [*policies, OPTIMUM]:
         if progress:
             progress(name)
         if name == OPTIMUM:
-            policy = schedule(best.plans(), series.window_s, start_s=series.start_s, lead_s=lead)
+            policy = schedule(best.plans(), window_s, start_s=start_s, lead_s=lead)
         else:
             policy = _lookup(table, name)
         res = simulate_fluid(
             series, pools, policy, params, preemptions=preemptions,
-            spot_available=spot_available, spot_zones=spot_zones,
+            spot_available=spot_available, spot_zones=spot_zones or None,
         )  # fmt: skip
         runs.append(PolicyRun(name, "window", _fluid_summary(res), _fluid_timeline(res)))
     return runs, best.total_cost
+
+
+def _cuts(window_s: float, control_s: float) -> int:
+    """How many control steps one window holds; they must fit it a whole number of times."""
+    if not (math.isfinite(control_s) and control_s > 0):
+        raise ValueError(f"control_s must be positive, not {control_s}")
+    k = max(round(window_s / control_s), 1)
+    if abs(k * control_s - window_s) > 1e-6 * window_s:
+        raise ValueError(f"control_s {control_s:g} must divide the window ({window_s:g} s)")
+    return k
+
+
+def _repeat_list(xs: Sequence[int], k: int) -> list[int]:
+    return [x for x in xs for _ in range(k)]
+
+
+def _repeat(per_window: Mapping[str, Sequence[int]] | None, k: int) -> dict[str, list[int]] | None:
+    if per_window is None:
+        return None
+    return {name: _repeat_list(xs, k) for name, xs in per_window.items()}
 
 
 def _fluid_summary(res: Any) -> dict[str, Any]:

@@ -50,6 +50,7 @@ class SimOptions:
     time_scale: float = 1.0
     rate_scale: float = 1.0
     window_s: float = 600.0
+    control_s: float | None = None  # window level: step the policies this often (default: a window)
     limit: int | None = None
     start_s: float = 0.0
     end_s: float = float("inf")
@@ -133,13 +134,18 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
             notes.append("Window mode without --spot: no spot pre-emptions are played.")
         runs, optimum = compare_windows(
             series, pools, policies, params, preemptions=pre_w, spot_available=available,
-            progress=progress,
+            progress=progress, control_s=opts.control_s,
         )  # fmt: skip
     notes.insert(
         0,
         f"Trace: {name}; mode: {mode} level; model {opts.model}; pools: "
         f"{', '.join(p.name for p in pools)}; TTFT target {opts.ttft_slo_s:g} s; "
-        f"windows {series.window_s:g} s.",
+        f"windows {series.window_s:g} s"
+        + (
+            f", policies stepped every {opts.control_s:g} s."
+            if opts.control_s and mode == "window"
+            else "."
+        ),
     )
     agree: list[dict[str, Any]] = []
     if opts.check_agreement and mode == "request":
