@@ -13,7 +13,7 @@ and drives the chosen actuator until SIGTERM or SIGINT.  Example::
     actuator: kubernetes            # local | kubernetes | dry-run
     kubernetes: {namespace: serving, image: vllm/vllm-openai:latest}
     lease: {redis_url: redis://redis:6379/0, ttl_s: 30}
-    plan: {ttft_slo_s: 2.0, spend_cap_per_hour: 400, knobs: {surge_min: 2.5}}
+    plan: {ttft_slo_s: 2.0, spend_cap_per_hour: 400, knobs: {surge_min: 2.0}}
 """
 
 from __future__ import annotations
