@@ -216,7 +216,7 @@ def _request_check(
     return "\n".join(lines)
 
 
-def _hedged_floor(name: str, params: PlanParams, quota: int | None) -> list[str]:
+def _hedged_floor(name: str, params: PlanParams, quota: int | None, adaptive: float) -> list[str]:
     """Perfect knowledge *with* the spot-loss hedge: ``plan_mix`` per window at the window's
     demand (``safety`` 1, the hedge at that demand too), no start-up, no forecast error.  The
     optimum has no hedge, so this is what the hedge alone costs over it; a policy that keeps
@@ -226,7 +226,8 @@ def _hedged_floor(name: str, params: PlanParams, quota: int | None) -> list[str]
     future: a surge that reaches ``R`` × the peak of the two hours before it (the reserve
     window, ``reserve_s``) is met only by capacity kept ready before it is seen, so a causal
     policy that misses none keeps ``R`` × that peak, ``R`` the largest such surge of the
-    series.  The same perfect-knowledge plan holding that floor too is what parity costs."""
+    series.  The same perfect-knowledge plan holding that floor too is what parity costs.
+    Each line gives ``adaptive``'s cost (in $) over it as well."""
     workload = load_trace(name)
     series = workload if isinstance(workload, RateSeries) else windows_of(workload, 600.0)
     pools = _pools(quota)
@@ -253,7 +254,8 @@ def _hedged_floor(name: str, params: PlanParams, quota: int | None) -> list[str]
     hedged = cost(np.zeros_like(rps))
     lines = [
         f"perfect knowledge with the spot-loss hedge (plan_mix per window at its demand, "
-        f"safety 1, no start-up): {hedged / best.total_cost:.2f} × optimum"
+        f"safety 1, no start-up): {hedged / best.total_cost:.2f} × optimum; adaptive costs "
+        f"{adaptive / hedged:.2f} × this"
     ]
     if isinstance(workload, RateSeries) and known.any():
         # the floor is SLO capacity: planned capacity (× utilisation) at surge × the peak
@@ -261,7 +263,8 @@ def _hedged_floor(name: str, params: PlanParams, quota: int | None) -> list[str]
         lines.append(
             f"largest surge over the {back * series.window_s / 3600:g} h peak before it: "
             f"{surge:.2f}×; the same plan also holding that × the peak ready (at least what a "
-            f"causal policy that misses none needs): {parity / best.total_cost:.2f} × optimum"
+            f"causal policy that misses none needs): {parity / best.total_cost:.2f} × optimum; "
+            f"adaptive costs {adaptive / parity:.2f} × this"
         )
     return lines
 
@@ -400,7 +403,8 @@ def main() -> None:
         for line in _yardsticks(name, spot, params, args.quota):
             print(line)
         if args.hedged_floor:
-            print("\n".join(_hedged_floor(name, params, args.quota)))
+            cost = next(r.summary["cost"] for r in runs if r.policy == "adaptive")
+            print("\n".join(_hedged_floor(name, params, args.quota, cost)))
         if args.request_check and mode == "window" and spot is None:
             print(_request_check(name, params, args.quota, args.control_s))
         print(f"(simulated in {time.process_time() - t0:.0f} s CPU)\n")
