@@ -70,6 +70,21 @@ def test_simulate_set_passes_planner_knobs(tmp_path: Path) -> None:
     assert costs[1] > costs[0]  # the knob reached the planner: a stronger hedge costs more
 
 
+def test_control_s_steps_window_mode_policies_that_often(tmp_path: Path) -> None:
+    args = ("--hours", "1", "--policy", "adaptive", "--accelerators", "L4", "--mode", "window")
+    rows = {}
+    for step in ("600", "60"):
+        out = tmp_path / step
+        run = run_cli(*args, "--control-s", step, "--out", str(out), cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        lines = (out / "windows.csv").read_text().splitlines()
+        rows[step] = sum(1 for line in lines if line.startswith("adaptive,"))
+        assert f"policies stepped every {step} s" in (out / "report.md").read_text()
+    assert rows["60"] == 10 * rows["600"] > 0
+    bad = run_cli(*args, "--control-s", "70", "--out", str(tmp_path / "bad"), cwd=tmp_path)
+    assert bad.returncode == 2 and "must divide the window" in bad.stderr
+
+
 def test_window_mode_never_beats_the_optimum_and_agrees_with_request_level() -> None:
     pools = load_catalogue().pools(MODEL, ["A10G", "L40S"])
     trace = synthetic_trace(2 * 3600.0, 3.0, seed=3)
