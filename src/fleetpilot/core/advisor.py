@@ -32,13 +32,13 @@ demand the quotas cannot hold are counted in ``short_windows`` (their cost is th
 capacity the quotas allow, so it understates).  The per-accelerator on-demand figures ignore
 quotas (the classic rule has none).
 
-Measured on the 14-day ServeGen series (llama-3.1-8b at Azure-conversation mean lengths,
-1,020 / 129 tokens; default catalogue, which sets no quotas; ~6 s each): with spot at 17-51% of the
-on-demand price and reserved at 60%, the advice is to commit nothing — hedged spot with
-on-demand fallback costs 59% less than on-demand (m-large $21.0k vs $51.4k over the 14 days;
-m-small $125k vs $308k), and no commitment beats it.  Against on-demand alone, the classic
-rule on the cheapest accelerator (L40S) commits 59 (m-large) / 378 (m-small) replicas and
-saves 26% / 28%.
+Measured on the 14-day ServeGen series (``fleetpilot advise``, llama-3.1-8b, default
+catalogue, which sets no quotas; the planner's default hedge, which covers a market event):
+with spot at 17-51% of the on-demand price and reserved at 60%, the advice is to commit
+nothing — hedged spot with on-demand fallback costs 61% less than on-demand (m-large $29.7k vs
+$75.3k over the 14 days; m-small $177k vs $450k), and no commitment beats it.  Against
+on-demand alone, the classic rule on the cheapest accelerator (L40S) commits 86 (m-large) /
+553 (m-small) replicas and saves 26% / 28%.
 """
 
 from __future__ import annotations
