@@ -435,20 +435,32 @@ async def test_fidelity_staggered_arrivals(timed_replica: EmulatorProcess) -> No
         by_formula = predict(L4, ReplicaLoad(running=j), P, N_TOKENS).ttft
         assert plan.ttft(j, arrivals) == pytest.approx(by_formula)
 
-    c = client_for(timed_replica.url)
-    await timed_chat(c, "warm up", 1)
-    t0 = time.perf_counter() + 0.01
-    got: list[Timed] = await asyncio.gather(
-        *(timed_chat(c, PROMPT, N_TOKENS, at=t0 + a.at) for a in arrivals)
-    )
-    await c.close()
+    # Up to three tries: a stall of the client or the replica (a 160 ms one was seen once in
+    # a fresh-clone run, on two cores shared with the rest of the suite) moves an arrival
+    # across a step boundary, which no model of the engine predicts.  Every try checks it all;
+    # a model that is wrong fails all three.
+    failures: list[str] = []
+    for _ in range(3):
+        c = client_for(timed_replica.url)
+        await timed_chat(c, "warm up", 1)
+        t0 = time.perf_counter() + 0.01
+        got: list[Timed] = await asyncio.gather(
+            *(timed_chat(c, PROMPT, N_TOKENS, at=t0 + a.at) for a in arrivals)
+        )
+        await c.close()
 
-    actual = [Arrival(g.sent - got[0].sent, P, N_TOKENS) for g in got]
-    model = replay(L4, actual)
-    for j, g in enumerate(got):
-        assert g.text == words(0, N_TOKENS)
-        _check(f"staggered #{j} TTFT", g.ttft, model.ttft(j, actual))
-        _check(f"staggered #{j} ITL", g.itl, model.itl(j))
+        actual = [Arrival(g.sent - got[0].sent, P, N_TOKENS) for g in got]
+        model = replay(L4, actual)
+        try:
+            for j, g in enumerate(got):
+                assert g.text == words(0, N_TOKENS)
+                _check(f"staggered #{j} TTFT", g.ttft, model.ttft(j, actual))
+                _check(f"staggered #{j} ITL", g.itl, model.itl(j))
+        except AssertionError as exc:
+            failures.append(str(exc).splitlines()[0])
+            continue
+        return
+    pytest.fail("every try missed the model: " + "; ".join(failures))
 
 
 # ---------------------------------------------------------------------------------------------
