@@ -33,7 +33,14 @@ from fleetpilot.sim.fluid import zone_bounds
 from fleetpilot.sim.optimum import OptimumResult, offline_optimum
 from fleetpilot.sim.request_level import simulate as simulate_requests
 
-__all__ = ["PolicyRun", "agreement", "all_policies", "compare_requests", "compare_windows"]
+__all__ = [
+    "PolicyRun",
+    "agreement",
+    "all_policies",
+    "compare_requests",
+    "compare_windows",
+    "control_steps",
+]
 
 Mode = Literal["request", "window"]
 OPTIMUM = "optimum"
@@ -172,7 +179,7 @@ def compare_windows(
     The optimum is the same at either cadence (its windows only repeat), so it is solved on
     the series as given."""
     params = _with_extent(params, series)
-    k = 1 if control_s is None else _cuts(series.window_s, control_s)
+    k = 1 if control_s is None else control_steps(series.window_s, control_s)
     table = all_policies()
     bound = dict(spot_available or {})
     for name, most in zone_bounds(pools, spot_zones or {}).items():
@@ -203,8 +210,9 @@ def compare_windows(
     return runs, best.total_cost
 
 
-def _cuts(window_s: float, control_s: float) -> int:
-    """How many control steps one window holds; they must fit it a whole number of times."""
+def control_steps(window_s: float, control_s: float) -> int:
+    """How many control steps one window holds; they must fit it a whole number of times
+    (a ValueError says so otherwise)."""
     if not (math.isfinite(control_s) and control_s > 0):
         raise ValueError(f"control_s must be positive, not {control_s}")
     k = max(round(window_s / control_s), 1)

@@ -26,6 +26,7 @@ from fleetpilot.sim.compare import (
     all_policies,
     compare_requests,
     compare_windows,
+    control_steps,
 )
 from fleetpilot.sim.fluid import spot_capacity_per_window
 
@@ -76,11 +77,6 @@ def _trace(opts: SimOptions) -> Any:
     from fleetpilot.traces import load_trace
 
     return load_trace(opts.trace, limit=opts.limit, start_s=opts.start_s, end_s=opts.end_s)
-
-
-def _divides(step: float, window: float) -> bool:
-    k = round(window / step) if step > 0 else 0
-    return k >= 1 and abs(k * step - window) <= 1e-6 * window
 
 
 def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = None) -> SimOutcome:
@@ -137,10 +133,11 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
             notes.append(f"Spot availability per window from {opts.spot}.")
         else:
             notes.append("Window mode without --spot: no spot pre-emptions are played.")
-        if opts.control_s is not None and not _divides(opts.control_s, series.window_s):
-            raise ConfigError(
-                f"--control-s {opts.control_s:g} must divide the window ({series.window_s:g} s)"
-            )
+        if opts.control_s is not None:
+            try:
+                control_steps(series.window_s, opts.control_s)
+            except ValueError as exc:
+                raise ConfigError(f"--control-s: {exc}") from None
         runs, optimum = compare_windows(
             series, pools, policies, params, preemptions=pre_w, spot_available=available,
             progress=progress, control_s=opts.control_s,
