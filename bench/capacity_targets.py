@@ -177,12 +177,9 @@ def _request_check(
     back, _, ratio = _surges(series, params)
     top = int(np.argmax(ratio))
     a, b = max(top - back - 1, 0), min(top + 7, len(series.rps))
-    part = RateSeries(
-        window_s=series.window_s,
-        rps=series.rps[a:b],
-        mean_prompt_tokens=series.mean_prompt_tokens[a:b],
-        mean_output_tokens=series.mean_output_tokens[a:b],
-        cv=series.cv[a:b],
+    window = series.window_s
+    part = replace(
+        series.slice(series.start_s + a * window, series.start_s + b * window), start_s=0.0
     )
     expected = sum(part.rps) * part.window_s
     if expected > REQUEST_CHECK_MAX:
@@ -286,10 +283,10 @@ def _table(name: str, runs: list[PolicyRun], optimum: float, mode: str) -> list[
     lines.append("|---|---|---|---|---|---|")
     for r in runs:
         s = r.summary
-        lost = "–" if mode == "window" else s["lost"]  # no requests in flight in a fluid model
+        gone = "–" if mode == "window" else s["lost"]  # no requests in flight in a fluid model
         lines.append(
             f"| {r.policy} | {s['cost']:,.2f} | {s['cost'] / optimum:.2f} | "
-            f"{_pct(s['slo_attainment'])} | {s['shed']:,.0f} | {lost} |"
+            f"{_pct(s['slo_attainment'])} | {s['shed']:,.0f} | {gone} |"
         )
     lines += ["", "| target | measured | |", "|---|---|---|"]
     played = f"{a['lost']} ({a['preemptions']} pre-emptions, {a['continued']} continued)"

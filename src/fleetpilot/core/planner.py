@@ -741,13 +741,12 @@ def keep_mix(
     are held back; growing or shrinking the pools in use, and leaving a pool, are not.  A pool
     the fleet runs but that can no longer hold it (a spot market gone, a quota) makes the
     re-plan dearer or shed, so the switch then goes ahead."""
-    opens = [p for p in pools if best.targets.get(p.name, 0) > 0 and current.get(p.name, 0) <= 0]
-    running = [p for p in pools if current.get(p.name, 0) > 0]
+    running = {p.name for p in pools if current.get(p.name, 0) > 0}
+    opens = any(best.targets.get(p.name, 0) > 0 and p.name not in running for p in pools)
     if band <= 0 or not opens or not running:
         return best
     closed = tuple(
-        p if current.get(p.name, 0) > 0 else replace(p, offering=replace(p.offering, quota=0))
-        for p in pools
+        p if p.name in running else replace(p, offering=replace(p.offering, quota=0)) for p in pools
     )
     kept = plan_again(closed)
     if set(kept.shed) - set(best.shed) or kept.cost_per_hour > best.cost_per_hour * (1 + band):
@@ -995,7 +994,7 @@ def adaptive(
     def plan_again(within: Sequence[Pool]) -> Plan:
         return plan_mix(within, demand, params, expected=expected)
 
-    raw = plan_mix(pools, demand, params, expected=expected)
+    raw = plan_again(pools)
     price = {p.name: p.offering.price_per_hour for p in pools}
     # replicas beyond a pool's quota (a spot market gone: quota 0) go at once, uncounted
     current = {p.name: p.offering.within_quota(p.target) for p in pools}

@@ -35,6 +35,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import TypeVar
 
 from fleetpilot.core.model import ServiceClass
 from fleetpilot.core.workload import TraceRequest
@@ -42,11 +43,19 @@ from fleetpilot.core.workload import TraceRequest
 __all__ = [
     "RateSeries",
     "SpotMarket",
+    "repeat_each",
     "scale_trace",
     "spot_market_from_rate",
     "synthesise",
     "windows_of",
 ]
+
+T = TypeVar("T")
+
+
+def repeat_each(xs: Sequence[T], k: int) -> list[T]:
+    """Each item ``k`` times in a row: per-window values at ``k`` times the resolution."""
+    return [x for x in xs for _ in range(k)]
 
 
 def _finite_at_least(values: tuple[float, ...], low: float, strict: bool) -> bool:
@@ -139,16 +148,12 @@ class RateSeries:
             raise ValueError(f"k must be at least 1, not {k}")
         if k == 1:
             return self
-
-        def rep(xs: tuple[float, ...]) -> tuple[float, ...]:
-            return tuple(x for x in xs for _ in range(k))
-
         return RateSeries(
             window_s=self.window_s / k,
-            rps=rep(self.rps),
-            mean_prompt_tokens=rep(self.mean_prompt_tokens),
-            mean_output_tokens=rep(self.mean_output_tokens),
-            cv=rep(self.cv),
+            rps=tuple(repeat_each(self.rps, k)),
+            mean_prompt_tokens=tuple(repeat_each(self.mean_prompt_tokens, k)),
+            mean_output_tokens=tuple(repeat_each(self.mean_output_tokens, k)),
+            cv=tuple(repeat_each(self.cv, k)),
             start_s=self.start_s,
         )
 

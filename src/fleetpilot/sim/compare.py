@@ -26,7 +26,7 @@ from typing import Any, Literal
 from fleetpilot.core.capacity import PlanParams
 from fleetpilot.core.model import CapacityClass, Demand, Pool, Snapshot
 from fleetpilot.core.policies import CAPACITY_POLICIES, CapacityPolicy, schedule
-from fleetpilot.core.series import RateSeries, windows_of
+from fleetpilot.core.series import RateSeries, repeat_each, windows_of
 from fleetpilot.core.workload import TraceRequest
 from fleetpilot.sim.fluid import simulate as simulate_fluid
 from fleetpilot.sim.fluid import zone_bounds
@@ -192,8 +192,9 @@ def compare_windows(
     window_s, start_s = series.window_s, series.start_s
     if k > 1:
         series = series.refined(k)
-        spot_available = _repeat(spot_available, k)
-        spot_zones = {n: [_repeat_list(z, k) for z in zs] for n, zs in (spot_zones or {}).items()}
+        if spot_available is not None:
+            spot_available = {n: repeat_each(xs, k) for n, xs in spot_available.items()}
+        spot_zones = {n: [repeat_each(z, k) for z in zs] for n, zs in (spot_zones or {}).items()}
     runs: list[PolicyRun] = []
     for name in [*policies, OPTIMUM]:
         if progress:
@@ -219,16 +220,6 @@ def control_steps(window_s: float, control_s: float) -> int:
     if abs(k * control_s - window_s) > 1e-6 * window_s:
         raise ValueError(f"control_s {control_s:g} must divide the window ({window_s:g} s)")
     return k
-
-
-def _repeat_list(xs: Sequence[int], k: int) -> list[int]:
-    return [x for x in xs for _ in range(k)]
-
-
-def _repeat(per_window: Mapping[str, Sequence[int]] | None, k: int) -> dict[str, list[int]] | None:
-    if per_window is None:
-        return None
-    return {name: _repeat_list(xs, k) for name, xs in per_window.items()}
 
 
 def _fluid_summary(res: Any) -> dict[str, Any]:
