@@ -43,6 +43,7 @@ from fleetpilot.controller import (
 from fleetpilot.controller.observe import DemandEstimator, GatewayCounters
 from fleetpilot.core.capacity import Plan, PlanParams
 from fleetpilot.core.model import CapacityClass, Demand, Pool, Replica, ReplicaState, Snapshot
+from fleetpilot.core.policies import CAPACITY_POLICIES
 from fleetpilot.errors import ConfigError
 from fleetpilot.gateway.fleet import LiveFleet
 from fleetpilot.gateway.server import FLEET, METRICS, create_app
@@ -451,7 +452,6 @@ async def redis_url(tmp_path: Any) -> AsyncIterator[str]:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
         pytest.skip("redis-server is not installed")
-    pytest.importorskip("redis")
     port = free_port()
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
@@ -594,7 +594,7 @@ def test_controller_plan_knobs_reach_the_planner_and_a_misspelt_one_is_an_error(
 async def test_every_shared_capacity_policy_runs_under_the_controller() -> None:
     """The controller's contract with ``core.policies`` and ``core.planner.adaptive``: a
     snapshot in, a Plan over its pools out."""
-    names = sorted(pytest.importorskip("fleetpilot.core.policies").CAPACITY_POLICIES)
+    names = sorted(CAPACITY_POLICIES)
     with contextlib.suppress(ConfigError):
         names.append("adaptive" if capacity_policy("adaptive") else "")
     pools = load_catalogue().pools(MODEL, ["A10G", "L4"])
