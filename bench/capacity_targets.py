@@ -8,8 +8,12 @@ simulate`` does).  The table puts each target beside the measured figure:
 * adaptive holds ≥ 99% of interactive requests within the TTFT target (2 s) and loses none;
 * it costs ≥ 40% less than ``static_peak`` and ≥ 20% less than ``reactive``, at equal or
   better SLO attainment (both parts are checked: a cheaper policy that misses more is a MISS);
-* it costs within 15% of the offline optimum (a lower bound: perfect knowledge, no start-up,
-  no pre-emption hedge).
+* it costs within 15% of the offline optimum.  The optimum (perfect knowledge, no start-up)
+  keeps no spot-loss hedge: it runs the cheapest spot pool alone.  The issue also asks every
+  plan to keep "enough on-demand fallback that losing the largest spot pool still leaves the
+  SLO met", so the table has a second row: adaptive over perfect knowledge that keeps the
+  same hedge (:func:`~fleetpilot.sim.optimum.hedged_optimum`), and a line gives what the
+  issue's hedge costs at its least, with perfect knowledge, over the optimum.
 
 Traces: ``azure-conv`` (request level, one hour, spot pre-emptions at the catalogue's rates
 or from ``--spot``), ``servegen-m-large`` and ``servegen-m-small`` (14 days, window level, the
@@ -26,13 +30,12 @@ The forecast error on each trace's rate series (10-minute windows, 30 minutes ah
 start-up lead plus a window), yardsticks at window level (the optimum's schedule launched a
 window early, i.e. perfect knowledge that pays for start-up; and, with ``--quota``, the SLO
 with every pool at its quota, the most any policy can reach) and the planner's step
-time on the 50-offering fleet of ``planner_speed.py`` are printed too; with ``--hedged-floor``
-also what perfect knowledge costs when it keeps the spot-loss hedge (the optimum does not: the
-gap between the two is the hedge's price, which the 1.15 × optimum target leaves no room for).
+time on the 50-offering fleet of ``planner_speed.py`` are printed too, and (unless
+``--no-hedged``) what perfect knowledge costs when it keeps the spot-loss hedge (:func:`_hedged`).
 
     FLEETPILOT_DATA=/work/shared/data .venv/bin/python bench/capacity_targets.py \
         [--traces azure-conv,servegen-m-large,servegen-m-small] [--spot PATH[,PATH...]] \
-        [--set hold_s=600 --set spot_loss_safety=0.8 ...] [--no-speed] [--hedged-floor] \
+        [--set hold_s=600 --set spot_loss_safety=0.8 ...] [--no-speed] [--no-hedged] \
         [--request-check] [--quota N] [--control-s 60]
 
 ``--request-check`` replays a window-level series' hardest stretch (its largest surge, with
@@ -50,7 +53,7 @@ import argparse
 import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +63,13 @@ import numpy.typing as npt
 from fleetpilot.catalogue import load_catalogue
 from fleetpilot.core.capacity import Plan, PlanParams, check_knobs
 from fleetpilot.core.forecast import evaluate
-from fleetpilot.core.model import CapacityClass, Demand, Pool
-from fleetpilot.core.planner import plan_mix
+from fleetpilot.core.model import CapacityClass, Pool
 from fleetpilot.core.policies import schedule
 from fleetpilot.core.series import RateSeries, synthesise, windows_of
 from fleetpilot.sim.compare import PolicyRun, compare_requests, compare_windows
 from fleetpilot.sim.fluid import simulate as simulate_fluid
 from fleetpilot.sim.fluid import spot_capacity_per_window, spot_zones_per_window
-from fleetpilot.sim.optimum import offline_optimum
+from fleetpilot.sim.optimum import hedged_optimum, offline_optimum
 from fleetpilot.sim.run import NOTICE_S
 from fleetpilot.traces import load_spot_market, load_trace
 
@@ -213,55 +215,73 @@ def _request_check(
     return "\n".join(lines)
 
 
-def _hedged_floor(name: str, params: PlanParams, quota: int | None, adaptive: float) -> list[str]:
-    """Perfect knowledge *with* the spot-loss hedge: ``plan_mix`` per window at the window's
-    demand (``safety`` 1, the hedge at that demand too), no start-up, no forecast error.  The
-    optimum has no hedge, so this is what the hedge alone costs over it; a policy that keeps
-    the hedge cannot get much below it.
+@dataclass(frozen=True)
+class Hedged:
+    """Perfect knowledge that keeps the spot-loss hedge (:func:`hedged_optimum`), in $."""
 
-    Window level, also the price of matching ``static_peak``'s attainment without knowing the
-    future: a surge that reaches ``R`` × the peak of the two hours before it (the reserve
-    window, ``reserve_s``) is met only by capacity kept ready before it is seen, so a causal
-    policy that misses none keeps ``R`` × that peak, ``R`` the largest such surge of the
-    series.  The same perfect-knowledge plan holding that floor too is what parity costs.
-    Each line gives ``adaptive``'s cost (in $) over it as well."""
+    same: float  # with the policies' own hedge knobs
+    least: float  # with the issue's hedge at its least: one pool, the SLO capacity, no spread
+    parity: float | None  # ``same``, also holding the largest surge × the peak before it ready
+    surge: float  # that surge, over the peak of the reserve window before it
+    back_h: float  # the reserve window, hours
+
+
+def _hedged(name: str, params: PlanParams, quota: int | None) -> Hedged:
+    """What perfect knowledge costs when it keeps the spot-loss hedge, three ways.
+
+    ``same`` keeps the hedge the policies plan with: the cheapest any policy that keeps it can
+    hope for, so adaptive's cost over it is the price of not knowing the future.
+
+    ``least`` keeps the issue's hedge ("losing the largest spot pool still leaves the SLO
+    met") at its cheapest reading: the largest pool's fullest zone, not every pool's
+    (``spot_loss_market`` 0), met at the capacity at the SLO itself, not the planned
+    capacity (``spot_loss_safety`` = ``utilisation``), and no spread beyond what that forces
+    (``spot_max_share`` 1).  No schedule that keeps the hedge costs less, whatever it knows.
+
+    ``parity`` (window level): a surge that reaches ``R`` × the peak of the reserve window
+    before it (``reserve_s``) is met only by capacity kept ready before it is seen, so a
+    causal policy that misses none, as ``static_peak`` misses none, keeps ``R`` × that peak
+    ready, ``R`` the series' largest such surge.  ``same`` holding that floor too is what
+    equal attainment costs."""
     workload = load_trace(name)
     series = workload if isinstance(workload, RateSeries) else windows_of(workload, 600.0)
     pools = _pools(quota)
-    best = offline_optimum(series, pools, params)
-    floor_params = replace(params, safety=1.0)
-    rps = np.asarray(series.rps, dtype=np.float64)
+    same = hedged_optimum(series, pools, params).total_cost
+    least_knobs = {"spot_loss_market": 0.0, "spot_max_share": 1.0}
+    least_knobs["spot_loss_safety"] = params.utilisation
+    least = hedged_optimum(
+        series, pools, replace(params, extra={**params.extra, **least_knobs})
+    ).total_cost
     back, prior, ratio = _surges(series, params)
-    known = prior > 0
-    surge = float(ratio.max()) if known.any() else 0.0
-
-    def cost(floor: npt.NDArray[np.float64]) -> float:
-        total = 0.0
-        for w in range(len(rps)):
-            d = Demand(
-                rps=float(rps[w]),
-                mean_prompt_tokens=series.mean_prompt_tokens[w],
-                mean_output_tokens=series.mean_output_tokens[w],
-            )
-            held = replace(d, rps=max(d.rps, float(floor[w])))  # the spot hedge: of d only
-            plan = plan_mix(pools, held, floor_params, expected=d)
-            total += plan.cost_per_hour * series.window_s / 3600.0
-        return total
-
-    hedged = cost(np.zeros_like(rps))
-    lines = [
-        f"perfect knowledge with the spot-loss hedge (plan_mix per window at its demand, "
-        f"safety 1, no start-up): {hedged / best.total_cost:.2f} × optimum; adaptive costs "
-        f"{adaptive / hedged:.2f} × this"
-    ]
-    if isinstance(workload, RateSeries) and known.any():
+    surge = float(ratio.max()) if (prior > 0).any() else 0.0
+    parity = None
+    if isinstance(workload, RateSeries) and surge > 0:
         # the floor is SLO capacity: planned capacity (× utilisation) at surge × the peak
-        parity = cost(surge * prior * params.utilisation)
+        ready = [float(x) for x in surge * prior * params.utilisation]
+        parity = hedged_optimum(series, pools, params, ready=ready).total_cost
+    return Hedged(same, least, parity, surge, back * series.window_s / 3600)
+
+
+def _hedged_lines(h: Hedged, optimum: float, adaptive: float) -> list[str]:
+    lines = [
+        f"perfect knowledge keeping the policies' spot-loss hedge (plan_mix per window at its "
+        f"demand, safety 1, no start-up): {h.same / optimum:.2f} × optimum; adaptive costs "
+        f"{adaptive / h.same:.2f} × this",
+        f"perfect knowledge keeping the issue's hedge at its least (the largest spot pool's "
+        f"fullest zone lost, the SLO capacity itself carrying the demand, no spread): "
+        f"{h.least / optimum:.2f} × optimum: "
+        + (
+            "no schedule that keeps the hedge gets within 1.15 × the optimum"
+            if h.least > 1.15 * optimum
+            else "within 1.15 × the optimum"
+        ),
+    ]
+    if h.parity is not None:
         lines.append(
-            f"largest surge over the {back * series.window_s / 3600:g} h peak before it: "
-            f"{surge:.2f}×; the same plan also holding that × the peak ready (at least what a "
-            f"causal policy that misses none needs): {parity / best.total_cost:.2f} × optimum; "
-            f"adaptive costs {adaptive / parity:.2f} × this"
+            f"largest surge over the {h.back_h:g} h peak before it: {h.surge:.2f}×; perfect "
+            f"knowledge with the policies' hedge also holding that × the peak ready (at least "
+            f"what a causal policy that misses none needs): {h.parity / optimum:.2f} × "
+            f"optimum; adaptive costs {adaptive / h.parity:.2f} × this"
         )
     return lines
 
@@ -274,7 +294,9 @@ def _check(ok: bool | None) -> str:
     return "–" if ok is None else "PASS" if ok else "MISS"
 
 
-def _table(name: str, runs: list[PolicyRun], optimum: float, mode: str) -> list[str]:
+def _table(
+    name: str, runs: list[PolicyRun], optimum: float, mode: str, hedged: Hedged | None
+) -> list[str]:
     by = {r.policy: r.summary for r in runs}
     a, peak, rea, opt = by["adaptive"], by["static_peak"], by["reactive"], by["optimum"]
     slo = a["slo_attainment"] or 0.0
@@ -312,11 +334,20 @@ def _table(name: str, runs: list[PolicyRun], optimum: float, mode: str) -> list[
     ratio = a["cost"] / optimum
     rows.append(
         (
-            "cost ≤ 1.15 × optimum",
+            "cost ≤ 1.15 × optimum (no hedge)",
             f"{ratio:.2f} × (optimum ${optimum:,.2f}; replayed SLO {_pct(opt['slo_attainment'])})",
             ratio <= 1.15,
         )
     )
+    if hedged is not None:
+        ratio = a["cost"] / hedged.same
+        rows.append(
+            (
+                "cost ≤ 1.15 × optimum keeping the same spot-loss hedge",
+                f"{ratio:.2f} × (${hedged.same:,.2f}, {hedged.same / optimum:.2f} × optimum)",
+                ratio <= 1.15,
+            )
+        )
     lines += [f"| {t} | {m} | {_check(ok)} |" for t, m, ok in rows]
     return lines
 
@@ -363,9 +394,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument(
-        "--hedged-floor",
+        "--no-hedged",
         action="store_true",
-        help="also print perfect knowledge with the spot-loss hedge (~20 s a 14-day trace)",
+        help="skip perfect knowledge with the spot-loss hedge (~1.5 min on 14-day m-large)",
     )
     ap.add_argument(
         "--request-check",
@@ -394,14 +425,15 @@ def main() -> None:
         spot = [Path(s.strip()) for s in args.spot.split(",") if s.strip()] if args.spot else None
         runs, optimum, series = _run(name, spot, params, args.quota, args.control_s)
         mode = runs[0].mode
-        print("\n".join(_table(name, runs, optimum, mode)))
+        hedged = None if args.no_hedged or spot else _hedged(name, params, args.quota)
+        print("\n".join(_table(name, runs, optimum, mode, hedged)))
         print()
         print(_forecast_line(series))
         for line in _yardsticks(name, spot, params, args.quota):
             print(line)
-        if args.hedged_floor:
+        if hedged is not None:
             cost = next(r.summary["cost"] for r in runs if r.policy == "adaptive")
-            print("\n".join(_hedged_floor(name, params, args.quota, cost)))
+            print("\n".join(_hedged_lines(hedged, optimum, cost)))
         if args.request_check and mode == "window" and spot is None:
             print(_request_check(name, params, args.quota, args.control_s))
         print(f"(simulated in {time.process_time() - t0:.0f} s CPU)\n")

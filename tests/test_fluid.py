@@ -17,7 +17,7 @@ from fleetpilot.core.capacity import PlanParams
 from fleetpilot.core.model import CapacityClass, Demand, Pool
 from fleetpilot.core.policies import CAPACITY_POLICIES, CapacityPolicy, pool_capacity, schedule
 from fleetpilot.core.series import RateSeries, SpotMarket
-from fleetpilot.sim import FluidResult, offline_optimum, simulate_fluid
+from fleetpilot.sim import FluidResult, hedged_optimum, offline_optimum, simulate_fluid
 from fleetpilot.sim.fluid import (
     NO_LIMIT,
     capacity_table,
@@ -345,6 +345,50 @@ def test_the_optimum_schedule_replayed_with_lead_time_serves_everything() -> Non
     assert result.slo_attainment > 0.999
     cheapest = simulate_fluid(s, pools, schedule(opt.plans(), 600.0))
     assert cheapest.total_cost == pytest.approx(opt.total_cost, rel=1e-12)
+
+
+def _left_after_market_event(
+    targets: np.ndarray, planned: np.ndarray, pools: tuple[Pool, ...]
+) -> np.ndarray:
+    """Planned capacity per window once the fullest zone of every spot pool is gone."""
+    lost = np.zeros_like(targets)
+    for j, p in enumerate(pools):
+        if p.offering.capacity_class is CapacityClass.SPOT:
+            lost[:, j] = -(-targets[:, j] // p.offering.zones)  # ceil: the fullest zone
+    return np.asarray((planned * (targets - lost)).sum(axis=1))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_hedged_optimum_keeps_the_spot_loss_hedge_the_optimum_does_not(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pools = pools_of("A10G", "L4", "L40S", "A100-80G", quota=32)
+    n = 36
+    t = np.arange(n) * 600.0
+    rps = 30 * (1 - 0.7 * np.cos(2 * np.pi * t / (n * 600))) * rng.lognormal(0, 0.3, n)
+    s = series([float(x) for x in rps])
+    params = PlanParams()
+    opt = offline_optimum(s, pools, params)
+    hedged = hedged_optimum(s, pools, params)
+    planned = capacity_table(s, pools, params)
+    assert hedged.feasible.all()
+    assert np.all((planned * hedged.targets).sum(axis=1) >= rps - 1e-9)
+    # losing the fullest zone of every spot pool at once, the rest still carries the demand
+    assert np.all(_left_after_market_event(hedged.targets, planned, pools) >= rps - 1e-9)
+    # the optimum keeps no such insurance, and insurance is never free
+    assert np.any(_left_after_market_event(opt.targets, planned, pools) < rps - 1e-9)
+    assert np.all(hedged.cost_per_hour >= opt.cost_per_hour - 1e-9)
+    assert hedged.total_cost > 1.2 * opt.total_cost
+    # the premium is the hedge's: without it the same program is the optimum, to within the
+    # planner's MILP gap and its discount of spot capacity for pre-emptions
+    bare = replace(params, extra={"spot_loss_safety": 0.0, "spot_max_share": 1.0})
+    unhedged = hedged_optimum(s, pools, bare)
+    assert unhedged.total_cost <= 1.05 * opt.total_cost
+    # capacity kept ready for a surge that never comes is planned, and paid for
+    floor = hedged_optimum(s, pools, params, ready=[2.0 * float(rps.max())] * n)
+    assert np.all((planned * floor.targets).sum(axis=1) >= 2.0 * rps.max() - 1e-9)
+    assert floor.total_cost > hedged.total_cost
+    with pytest.raises(ValueError, match="windows"):
+        hedged_optimum(s, pools, params, ready=[1.0])
 
 
 def test_two_weeks_of_ten_minute_windows_run_in_seconds() -> None:

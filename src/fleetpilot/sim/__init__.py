@@ -7,6 +7,13 @@ with; :mod:`~fleetpilot.sim.request_level` replays request by request.
 
 from fleetpilot.sim.fluid import FluidResult, WindowSeries
 from fleetpilot.sim.fluid import simulate as simulate_fluid
-from fleetpilot.sim.optimum import OptimumResult, offline_optimum
+from fleetpilot.sim.optimum import OptimumResult, hedged_optimum, offline_optimum
 
-__all__ = ["FluidResult", "OptimumResult", "WindowSeries", "offline_optimum", "simulate_fluid"]
+__all__ = [
+    "FluidResult",
+    "OptimumResult",
+    "WindowSeries",
+    "hedged_optimum",
+    "offline_optimum",
+    "simulate_fluid",
+]

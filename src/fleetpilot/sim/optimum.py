@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -47,10 +47,11 @@ import numpy.typing as npt
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from fleetpilot.core.capacity import PlanParams
-from fleetpilot.core.model import CapacityClass, Pool
-from fleetpilot.sim.fluid import WindowSeries, capacity_table, upper_bounds
+from fleetpilot.core.model import CapacityClass, Demand, Pool
+from fleetpilot.core.planner import plan_mix
+from fleetpilot.sim.fluid import NO_LIMIT, WindowSeries, capacity_table, upper_bounds
 
-__all__ = ["OptimumResult", "offline_optimum", "solve_window"]
+__all__ = ["OptimumResult", "hedged_optimum", "offline_optimum", "solve_window"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -274,4 +275,79 @@ def offline_optimum(
         demand_rps=demand,
         feasible=feasible,
         solved=solved,
+    )
+
+
+def hedged_optimum(
+    series: WindowSeries,
+    pools: Sequence[Pool],
+    params: PlanParams | None = None,
+    *,
+    spot_available: Mapping[str, Sequence[int]] | None = None,
+    ready: Sequence[float] | None = None,
+) -> OptimumResult:
+    """Perfect knowledge that keeps the spot-loss hedge: per window, the adaptive planner's own
+    mix program (:func:`~fleetpilot.core.planner.plan_mix`) at the window's actual demand.
+
+    :func:`offline_optimum` bounds what any schedule pays, but it keeps no insurance: it puts
+    the fleet in the cheapest spot pool, so losing that pool loses the service.  The issue
+    that asks for the 1.15 × optimum target also asks every plan to keep "enough on-demand
+    fallback that losing the largest spot pool still leaves the SLO met" and to spread spot
+    over pools; this is the cheapest schedule that does, with ``params``' hedge knobs
+    (``spot_loss_market``, ``spot_loss_safety``, ``spot_max_share``, ...) and no forecast
+    error, no surge floor, no start-up and ``safety`` 1.  So a policy's cost splits into the
+    optimum × the hedge's premium (this over the optimum: a choice of insurance) × the price
+    of not knowing the future (the policy over this).
+
+    Each window's program is solved as the planner solves it (``mip_rel_gap``, 2% by
+    default: solving to 0.1% moved ServeGen m-small's total by 0.2% and took 15× as long),
+    and windows with the same demand, lengths and bounds share one solve.  ``feasible`` is
+    False where the hedged program cannot carry the window within the bounds (the plan sheds;
+    its cost is still counted).  1.5-3 ms a window: 3 s for 14 days of m-small's 10-minute
+    windows.
+
+    ``ready`` (requests/s per window, planned capacity) is demand each window must also be
+    planned for although it does not come, e.g. a surge floor a causal policy keeps; the
+    hedge still covers only the demand that comes.
+    """
+    params = params or PlanParams()
+    if not pools:
+        raise ValueError("no pools")
+    yardstick = replace(params, safety=1.0, spend_cap_per_hour=math.inf)
+    windows = len(series.rps)
+    upper = upper_bounds(pools, windows, spot_available)
+    names = [p.name for p in pools]
+    targets = np.zeros((windows, len(pools)), dtype=np.int64)
+    feasible = np.ones(windows, dtype=np.bool_)
+    if ready is not None and len(ready) != windows:
+        raise ValueError(f"ready has {len(ready)} windows, the series {windows}")
+    solved: dict[tuple[float, float, float, float, bytes], tuple[list[int], bool]] = {}
+    for w in range(windows):
+        d = Demand(
+            rps=float(series.rps[w]),
+            mean_prompt_tokens=float(series.mean_prompt_tokens[w]),
+            mean_output_tokens=float(series.mean_output_tokens[w]),
+        )
+        held = max(d.rps, float(ready[w])) if ready is not None else d.rps
+        key = (d.rps, held, d.mean_prompt_tokens, d.mean_output_tokens, upper[w].tobytes())
+        if key not in solved:
+            within = [
+                replace(p, offering=replace(p.offering, quota=int(min(u, NO_LIMIT))))
+                if u < NO_LIMIT
+                else p
+                for p, u in zip(pools, upper[w], strict=True)
+            ]
+            plan = plan_mix(within, replace(d, rps=held), yardstick, expected=d)
+            solved[key] = ([plan.targets.get(n, 0) for n in names], not plan.shed)
+        targets[w], feasible[w] = solved[key]
+    return OptimumResult(
+        pool_names=tuple(names),
+        capacity_classes=tuple(p.offering.capacity_class for p in pools),
+        window_s=float(series.window_s),
+        targets=targets,
+        capacity=capacity_table(series, pools, params),
+        price_per_hour=np.asarray([p.offering.price_per_hour for p in pools], dtype=np.float64),
+        demand_rps=np.asarray(series.rps, dtype=np.float64),
+        feasible=feasible,
+        solved=len(solved),
     )
