@@ -41,6 +41,12 @@ def test_simulate_default_style_run_writes_a_deterministic_report(tmp_path: Path
     for r in rows.values():
         assert r["lost"] == 0 and r["requests"] > 0 and r["cost"] > 0
     assert rows["static_peak"]["replica_hours_by_class"]["spot"] == 0  # on-demand only
+    # the second yardstick keeps the spot-loss hedge the optimum leaves out, so costs more
+    hedged = summary["hedged_optimum_cost"]
+    assert hedged > 1.2 * summary["optimum_cost"]
+    for r in rows.values():
+        assert r["vs_hedged"] == pytest.approx(r["cost"] / hedged)
+    assert "× hedged" in a.stdout
     report = (tmp_path / "a" / "report.md").read_text()
     assert "| policy |" in report and "spot_hedge.png" in report
     assert (tmp_path / "a" / "spot_hedge.png").stat().st_size > 10_000

@@ -177,7 +177,9 @@ def simulate(
             bar.update(task, description=f"simulating {name}")
 
         outcome = _guard(run_simulation, opts, progress)
-    console.print(comparison_table(outcome.runs, outcome.optimum_cost, outcome.title))
+    console.print(
+        comparison_table(outcome.runs, outcome.optimum_cost, outcome.title, outcome.hedged_cost)
+    )
     console.print(f"report: {outcome.report}")
 
 

@@ -60,12 +60,11 @@ class PolicyRun:
     summary: dict[str, Any]
     timeline: list[dict[str, Any]]
 
-    def row(self, optimum_cost: float | None) -> dict[str, Any]:
+    def row(self, optimum_cost: float | None, hedged_cost: float | None = None) -> dict[str, Any]:
         s = dict(self.summary)
         s["policy"] = self.policy
-        s["vs_optimum"] = (
-            s["cost"] / optimum_cost if optimum_cost and s.get("cost") is not None else None
-        )
+        for key, bound in (("vs_optimum", optimum_cost), ("vs_hedged", hedged_cost)):
+            s[key] = s["cost"] / bound if bound and s.get("cost") is not None else None
         return s
 
 

@@ -26,6 +26,7 @@ _COLUMNS = (
     ("cost", "$ total", "{:,.2f}"),
     ("cost_per_million_tokens", "$/M tok", "{:,.3f}"),
     ("vs_optimum", "× optimum", "{:.2f}"),
+    ("vs_hedged", "× hedged", "{:.2f}"),
     ("rh_reserved", "res h", "{:,.0f}"),
     ("rh_on_demand", "OD h", "{:,.0f}"),
     ("rh_spot", "spot h", "{:,.0f}"),
@@ -42,10 +43,12 @@ _COLUMNS = (
 )
 
 
-def _rows(runs: Sequence[PolicyRun], optimum_cost: float) -> list[dict[str, Any]]:
+def _rows(
+    runs: Sequence[PolicyRun], optimum_cost: float, hedged_cost: float | None
+) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
-        r = run.row(optimum_cost)
+        r = run.row(optimum_cost, hedged_cost)
         hours = r.get("replica_hours_by_class") or {}
         for cls in CapacityClass:
             r[f"rh_{cls.value}"] = hours.get(cls.value, 0.0)
@@ -62,11 +65,16 @@ def _fmt(value: Any, fmt: str) -> str:
         return str(value)
 
 
-def comparison_table(runs: Sequence[PolicyRun], optimum_cost: float, title: str) -> Table:
+def comparison_table(
+    runs: Sequence[PolicyRun], optimum_cost: float, title: str, hedged_cost: float | None = None
+) -> Table:
+    """``× optimum`` divides by the offline optimum (no hedge: a lower bound); ``× hedged`` by
+    perfect knowledge that keeps the spot-loss hedge (:func:`~.optimum.hedged_optimum`), so a
+    policy's excess over it is what not knowing the future costs."""
     table = Table(title=title)
     for i, (_, label, _) in enumerate(_COLUMNS):
         table.add_column(label, justify="left" if i == 0 else "right")
-    for r in _rows(runs, optimum_cost):
+    for r in _rows(runs, optimum_cost, hedged_cost):
         table.add_row(*(_fmt(r.get(k), f) for k, _, f in _COLUMNS))
     return table
 
@@ -136,16 +144,18 @@ def write_report(
     ttft_slo_s: float,
     notes: Sequence[str] = (),
     agreement: Sequence[dict[str, Any]] = (),
+    hedged_cost: float | None = None,
 ) -> Path:
     """Write report.md, one PNG per policy, summary.json and windows.csv under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = _rows(runs, optimum_cost)
+    rows = _rows(runs, optimum_cost, hedged_cost)
     images = _plot(runs, out, ttft_slo_s)
     (out / "summary.json").write_text(
         json.dumps(
             {
                 "title": title,
                 "optimum_cost": optimum_cost,
+                "hedged_optimum_cost": hedged_cost,
                 "policies": rows,
                 "agreement": list(agreement),
             },
@@ -161,7 +171,13 @@ def write_report(
             for row in run.timeline:
                 writer.writerow({"policy": run.policy, **row})
     lines = [f"# {title}", "", *notes, "", _markdown(rows), ""]
-    lines.append(f"Offline optimum (lower bound): ${optimum_cost:,.2f}.")
+    lines.append(f"Offline optimum (lower bound, no spot-loss hedge): ${optimum_cost:,.2f}.")
+    if hedged_cost is not None:
+        lines.append(
+            f"Perfect knowledge keeping the planner's spot-loss hedge: ${hedged_cost:,.2f} "
+            f"({hedged_cost / optimum_cost:.2f} × the optimum, the hedge's price); a policy's "
+            "`× hedged` is what not knowing the future costs it."
+        )
     if agreement:
         lines += ["", "## Window level vs request level on the same trace", ""]
         lines.append("| policy | request $ | window $ | cost error | request SLO | window SLO |")

@@ -29,6 +29,7 @@ from fleetpilot.sim.compare import (
     control_steps,
 )
 from fleetpilot.sim.fluid import spot_capacity_per_window
+from fleetpilot.sim.optimum import hedged_optimum
 
 __all__ = ["SimOptions", "run_simulation"]
 
@@ -65,6 +66,7 @@ class SimOptions:
 class SimOutcome:
     runs: list[PolicyRun]
     optimum_cost: float
+    hedged_cost: float  # perfect knowledge that keeps the spot-loss hedge (hedged_optimum)
     title: str
     report: Path
     agreement: list[dict[str, Any]]
@@ -110,6 +112,7 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
         mode = "request" if opts.mode in ("auto", "request") else "window"
         series = windows_of(trace, opts.window_s)
 
+    available: dict[str, list[int]] | None = None
     if mode == "request":
         if market is not None:
             times = [max(t - NOTICE_S, 0.0) for t in market.preemptions()]
@@ -124,7 +127,6 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
         )  # fmt: skip
     else:
         pre_w = None
-        available = None
         if market is not None:
             n = len(series.rps)
             available = {
@@ -153,6 +155,11 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
             else "."
         ),
     )
+    if progress:
+        progress("optimum with the spot-loss hedge")
+    hedged = hedged_optimum(
+        series, pools, params, spot_available=available if mode == "window" else None
+    ).total_cost
     agree: list[dict[str, Any]] = []
     if opts.check_agreement and mode == "request":
         if progress:
@@ -163,9 +170,9 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
 
     report = write_report(
         runs, optimum, opts.out, title=title, ttft_slo_s=opts.ttft_slo_s, notes=notes,
-        agreement=agree,
+        agreement=agree, hedged_cost=hedged,
     )  # fmt: skip
-    return SimOutcome(runs, optimum, title, report, agree)
+    return SimOutcome(runs, optimum, hedged, title, report, agree)
 
 
 def policy_names(values: Sequence[str]) -> tuple[str, ...]:
