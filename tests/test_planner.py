@@ -26,6 +26,7 @@ from fleetpilot.core.model import (
     Snapshot,
 )
 from fleetpilot.core.planner import (
+    SURGE_MIN,
     PlannerState,
     adaptive,
     bound_churn,
@@ -536,7 +537,7 @@ def test_a_surge_seen_is_kept_as_a_floor_once_the_reserve_window_is_full() -> No
 
     late = [10.0] * 12 + [30.0] + [10.0] * 40  # a 3× surge after the 600 s warm-up
     assert final(late, 1.0) * one >= 3.0 * 10.0 - 1e-6  # kept for a surge like it
-    assert final(late, 0.0) * one < 3.0 * 10.0  # the default 2 × lets the fleet drain below
+    assert final(late, 0.0) * one < 3.0 * 10.0  # the default SURGE_MIN lets it drain below
     early = [10.0] * 3 + [30.0] + [10.0] * 40  # within the first reserve_s: not learnt
     assert final(early, 1.0) == final(early, 0.0)
 
@@ -548,8 +549,8 @@ def test_the_default_surge_floor_holds_surge_min_times_the_reserve_peak_once_war
     plain = run_policy(pools, rates, PlanParams(extra={**FLOOR, "surge_min": 0.0}))
     sizes = [p.targets[name] for p in plain]
     assert floored[:10] == sizes[:10]  # the first reserve_s: no reference peak, no floor
-    assert all(n * one >= 2.0 * 10.0 - 1e-6 for n in floored[10:])  # then 2 × the peak
-    assert sizes[-1] * one < 2.0 * 10.0  # without it the fleet carries the demand only
+    assert all(n * one >= SURGE_MIN * 10.0 - 1e-6 for n in floored[10:])  # then × the peak
+    assert sizes[-1] * one < SURGE_MIN * 10.0  # without it the fleet carries the demand only
 
 
 def test_no_requests_after_traffic_removes_nothing_for_silent_hold_s() -> None:
