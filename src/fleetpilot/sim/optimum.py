@@ -33,6 +33,12 @@ covering knapsack per window (one variable per pool).  Two exact shortcuts keep 
 
 ``method="highs"`` solves each window with ``scipy.optimize.milp`` instead (same program, same
 shortcuts): tests check the two agree, and against brute force on tiny instances.
+
+The bound keeps no insurance: it runs the cheapest spot pool alone, and losing that pool loses
+the service.  :func:`hedged_optimum` is the second yardstick: perfect knowledge that keeps the
+planner's spot-loss hedge and spread, i.e. the planner's own program per window at the actual
+demand.  The first is what no schedule beats; the second what no schedule that keeps the
+hedge beats, so a policy's cost over it is the price of not knowing the future alone.
 """
 
 from __future__ import annotations
