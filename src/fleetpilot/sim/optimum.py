@@ -38,7 +38,8 @@ The bound keeps no insurance: it runs the cheapest spot pool alone, and losing t
 the service.  :func:`hedged_optimum` is the second yardstick: perfect knowledge that keeps the
 planner's spot-loss hedge and spread, i.e. the planner's own program per window at the actual
 demand.  The first is what no schedule beats; the second what no schedule that keeps the
-hedge beats, so a policy's cost over it is the price of not knowing the future alone.
+hedge beats (to within the planner's MILP gap), so a policy's cost over it is the price of not
+knowing the future alone.
 """
 
 from __future__ import annotations
