@@ -292,6 +292,7 @@ def hedged_optimum(
     *,
     spot_available: Mapping[str, Sequence[int]] | None = None,
     ready: Sequence[float] | None = None,
+    mip_rel_gap: float = 1e-3,
 ) -> OptimumResult:
     """Perfect knowledge that keeps the spot-loss hedge: per window, the adaptive planner's own
     mix program (:func:`~fleetpilot.core.planner.plan_mix`) at the window's actual demand.
@@ -306,12 +307,12 @@ def hedged_optimum(
     optimum × the hedge's premium (this over the optimum: a choice of insurance) × the price
     of not knowing the future (the policy over this).
 
-    Each window's program is solved as the planner solves it (``mip_rel_gap``, 2% by
-    default: solving to 0.1% moved ServeGen m-small's total by 0.2% and took 15× as long),
-    and windows with the same demand, lengths and bounds share one solve.  ``feasible`` is
-    False where the hedged program cannot carry the window within the bounds (the plan sheds;
-    its cost is still counted).  1.5-3 ms a window: 3 s for 14 days of m-small's 10-minute
-    windows.
+    Each window's program is solved to ``mip_rel_gap`` (0.1%), not the planner's 2%: a
+    yardstick solved loosely reads high and flatters the policy (at 2% it read 0.6% higher on
+    ServeGen m-large, 0.2% on m-small).  Windows with the same demand, lengths and bounds share
+    one solve.  ``feasible`` is False where the hedged program cannot carry the window within
+    the bounds (the plan sheds; its cost is still counted).  About 30-45 s for 14 days of
+    10-minute windows (m-large, m-small); 3-13 s at 2%.
 
     ``ready`` (requests/s per window, planned capacity) is demand each window must also be
     planned for although it does not come, e.g. a surge floor a causal policy keeps; the
@@ -320,7 +321,8 @@ def hedged_optimum(
     params = params or PlanParams()
     if not pools:
         raise ValueError("no pools")
-    yardstick = replace(params, safety=1.0, spend_cap_per_hour=math.inf)
+    extra = {**params.extra, "mip_rel_gap": mip_rel_gap}
+    yardstick = replace(params, safety=1.0, spend_cap_per_hour=math.inf, extra=extra)
     windows = len(series.rps)
     upper = upper_bounds(pools, windows, spot_available)
     names = [p.name for p in pools]
