@@ -49,14 +49,14 @@
    perfect knowledge that keeps the same spot-loss hedge on both
    (:func:`~fleetpilot.sim.optimum.hedged_optimum`); 1.85 and 1.9 cost 0.5-2% more (1.15×,
    1.16×), 2.0 (the default until then: 15% over that surge) 1.19× and 1.17×, and 2.5 18-20%
-   more again, all at 100.00%; 1.5 leaves m-large at 99.986%.  A series with larger surges needs a larger
-   ``surge_min`` (the bench prints each series' largest surge).  Stepped once per 10-minute
-   window, a policy is blind to a jump for the whole window and needs 2.5 (1.8-2.2 left
-   m-small at 99.90-99.96%).  Where the contract is the 99% SLO, ``surge_min`` 0 holds 99.95%
-   on m-large for a tenth less again.  A one-hour reference (``reserve_s`` 3600) at 2.5 cost
-   7% less and left m-large 0.02 requests short.  Nothing is kept in the first ``reserve_s``:
-   the peak of a shorter history is no reference (on the one-hour Azure trace, 1-minute
-   rates, the floor cost 56% more for 0.05 points).
+   more again, all at 100.00%; 1.5 leaves m-large at 99.986%.  A series with larger surges
+   needs a larger ``surge_min`` (the bench prints each series' largest surge).  Stepped once
+   per 10-minute window, a policy is blind to a jump for the whole window and needs 2.5
+   (1.8-2.2 left m-small at 99.90-99.96%).  Where the contract is the 99% SLO,
+   ``surge_min`` 0 holds 99.95% on m-large for a tenth less again.  A one-hour reference
+   (``reserve_s`` 3600) at 2.5 cost 7% less and left m-large 0.02 requests short.  Nothing is
+   kept in the first ``reserve_s``: the peak of a shorter history is no reference (on the
+   one-hour Azure trace, 1-minute rates, the floor cost 56% more for 0.05 points).
    ``surge_learn`` (0: off) raises the ratio to the largest surge seen so far (a step's
    observed rate over the peak known a control interval plus the lead earlier, when the
    capacity that met the start of that step's window was decided), for series whose surges
