@@ -311,8 +311,8 @@ def hedged_optimum(
     yardstick solved loosely reads high and flatters the policy (at 2% it read 0.6% higher on
     ServeGen m-large, 0.2% on m-small).  Windows with the same demand, lengths and bounds share
     one solve.  ``feasible`` is False where the hedged program cannot carry the window within
-    the bounds (the plan sheds; its cost is still counted).  About 30-45 s for 14 days of
-    10-minute windows (m-large, m-small); 3-13 s at 2%.
+    the bounds (the plan sheds; its cost is still counted).  About 35 s for 14 days of
+    10-minute windows (ServeGen m-large or m-small); 3-13 s at 2%.
 
     ``ready`` (requests/s per window, planned capacity) is demand each window must also be
     planned for although it does not come, e.g. a surge floor a causal policy keeps; the

@@ -112,7 +112,7 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
         mode = "request" if opts.mode in ("auto", "request") else "window"
         series = windows_of(trace, opts.window_s)
 
-    available: dict[str, list[int]] | None = None
+    available: dict[str, list[int]] | None = None  # window level with --spot only
     if mode == "request":
         if market is not None:
             times = [max(t - NOTICE_S, 0.0) for t in market.preemptions()]
@@ -157,9 +157,7 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
     )
     if progress:
         progress("optimum with the spot-loss hedge")
-    hedged = hedged_optimum(
-        series, pools, params, spot_available=available if mode == "window" else None
-    ).total_cost
+    hedged = hedged_optimum(series, pools, params, spot_available=available).total_cost
     agree: list[dict[str, Any]] = []
     if opts.check_agreement and mode == "request":
         if progress:
