@@ -340,10 +340,8 @@ def hedged_optimum(
         held = max(d.rps, float(ready[w])) if ready is not None else d.rps
         key = (d.rps, held, d.mean_prompt_tokens, d.mean_output_tokens, upper[w].tobytes())
         if key not in solved:
-            within = [
-                replace(p, offering=replace(p.offering, quota=int(min(u, NO_LIMIT))))
-                if u < NO_LIMIT
-                else p
+            within = [  # this window's bound (quota, spot availability) as the pool's quota
+                replace(p, offering=replace(p.offering, quota=int(u))) if u < NO_LIMIT else p
                 for p, u in zip(pools, upper[w], strict=True)
             ]
             plan = plan_mix(within, replace(d, rps=held), yardstick, expected=d)
