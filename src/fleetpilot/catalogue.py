@@ -41,6 +41,7 @@ class _Prof(_Strict):
     count: int = Field(default=1, ge=1)
     prefill_rate: float = Field(gt=0)
     max_batch: int = Field(ge=1)
+    context_tokens: int = Field(default=8192, ge=1)
     step_points: list[tuple[int, float]]
     startup_s: float = Field(default=180.0, ge=0)
 
@@ -93,6 +94,7 @@ class Catalogue:
             step_points=tuple((int(b), float(t)) for b, t in p.step_points),
             max_batch=p.max_batch,
             count=p.count,
+            context_tokens=p.context_tokens,
         )
 
     def offering(

@@ -18,19 +18,89 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fleetpilot.catalogue import Catalogue
 from fleetpilot.core.model import CapacityClass, Pool, Replica
 from fleetpilot.core.routing import ROUTERS
 from fleetpilot.errors import ConfigError
 
-__all__ = ["FleetConfig", "GatewayConfig", "PoolConfig", "load_fleet"]
+__all__ = [
+    "PRIVATE_NETWORKS",
+    "FleetConfig",
+    "GatewayConfig",
+    "PoolConfig",
+    "in_networks",
+    "load_fleet",
+    "replica_url",
+]
+
+# Where replicas live by default: loopback and the private ranges clusters and VPCs use.  A
+# replica URL that a controller registers must resolve inside ``replica_networks``; a fleet
+# serving from public addresses lists them.
+PRIVATE_NETWORKS = (
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "::1/128",
+    "fc00::/7",
+)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def replica_url(url: str) -> str:
+    """``url`` as a replica's base URL (scheme, host and port, nothing else), or ValueError.
+
+    A path, query, fragment or user name would let whoever registers a replica point the
+    gateway's requests (and health checks) at any endpoint of any server: an SSRF.
+    """
+    if not isinstance(url, str):
+        raise ValueError("a replica URL must be a string")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"replica URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"replica URL must start with http:// or https://: {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"replica URL has no host: {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"replica URL must not carry a user or password: {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError(f"replica URL must be scheme://host:port only, no path or query: {url!r}")
+    if port == 0:
+        raise ValueError(f"replica URL has port 0: {url!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def in_networks(addresses: list[str], networks: list[IPvAnyNetwork]) -> bool:
+    """Every one of ``addresses`` (IP literals) lies in one of ``networks``."""
+    if not addresses:
+        return False
+    for a in addresses:
+        ip = ipaddress.ip_address(a.split("%", 1)[0])
+        if not any(ip.version == n.version and ip in n for n in networks):
+            return False
+    return True
 
 
 class _Frozen(BaseModel):
@@ -66,6 +136,34 @@ class GatewayConfig(_Frozen):
         default=True,
         description="answer plain non-streamed API POSTs outside aiohttp (see gateway.fastlane)",
     )
+    # -- who may call it --
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer credential of /admin/* (else FLEETPILOT_ADMIN_TOKEN; with neither, "
+        "admin endpoints answer loopback connections only)",
+    )
+    client_keys: list[str] = Field(
+        default_factory=list,
+        description="SHA-256 hex digests of the API keys clients may use (`fleetpilot "
+        "hash-key`); empty: no key is asked for",
+    )
+    replica_networks: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: [ipaddress.ip_network(n) for n in PRIVATE_NETWORKS],
+        description="networks a replica registered through /admin/replicas must resolve into",
+    )
+    # -- what a client may ask for --
+    min_ttft_slo_s: float = Field(default=0.05, gt=0, description="x-fleetpilot-ttft-slo floor")
+    max_ttft_slo_s: float = Field(default=3600.0, gt=0, description="x-fleetpilot-ttft-slo cap")
+    max_retry_after_s: float = Field(default=60.0, ge=1, description="Retry-After cap, real s")
+    # -- connections (real seconds, both fronts alike) --
+    header_timeout_s: float = Field(default=30.0, gt=0, description="a request head, whole")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body, whole")
+    keepalive_timeout_s: float = Field(default=75.0, gt=0, description="an idle client socket")
+    upstream_idle_s: float = Field(default=30.0, gt=0, description="an idle replica socket")
+    drain_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish")
+    continuation_wait_s: float = Field(
+        default=60.0, gt=0, description="how long a broken stream waits for any replica"
+    )
 
     @field_validator("router")
     @classmethod
@@ -73,6 +171,23 @@ class GatewayConfig(_Frozen):
         if v not in ROUTERS:
             raise ValueError(f"unknown router {v!r}; choose one of {sorted(ROUTERS)}")
         return v
+
+    @field_validator("client_keys")
+    @classmethod
+    def _digests(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if not _HEX64.fullmatch(key):
+                raise ValueError(
+                    "client_keys holds SHA-256 hex digests of keys, not keys "
+                    "(`fleetpilot hash-key KEY` prints one)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _slo_bounds(self) -> GatewayConfig:
+        if self.min_ttft_slo_s > self.max_ttft_slo_s:
+            raise ValueError("min_ttft_slo_s is over max_ttft_slo_s")
+        return self
 
 
 class PoolConfig(_Frozen):
@@ -89,14 +204,14 @@ class PoolConfig(_Frozen):
     upstream_model: str | None = Field(
         default=None, description="model name the replicas expect, if it differs"
     )
+    context_tokens: int | None = Field(
+        default=None, ge=1, description="the replicas' context length (default: the profile's)"
+    )
 
     @field_validator("replicas")
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
-        for url in v:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"replica URL must start with http:// or https://: {url!r}")
-        return [u.rstrip("/") for u in v]
+        return [replica_url(u) for u in v]
 
 
 class FleetConfig(_Frozen):
@@ -121,6 +236,8 @@ class FleetConfig(_Frozen):
             if pc.price_per_hour is not None:
                 offering = replace(offering, price_per_hour=pc.price_per_hour)
             profile = replace(catalogue.profile(known_as, pc.accelerator), model=pc.model)
+            if pc.context_tokens is not None:
+                profile = replace(profile, context_tokens=pc.context_tokens)
             pools.append(Pool(pc.name, pc.model, offering, len(pc.replicas), profile))
             for i, url in enumerate(pc.replicas):
                 replicas.append(

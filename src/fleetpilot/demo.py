@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ class _Fleet:
     def __init__(self, sup: Supervisor, time_scale: float) -> None:
         self.sup = sup
         self.time_scale = time_scale
+        self.admin_token = secrets.token_urlsafe(24)  # the gateway's admin credential
         self.replicas = [_Replica(pool) for pool in DEMO_FLEET for _ in range(pool.replicas)]
 
     async def start(self, replica: _Replica) -> None:
@@ -147,6 +149,7 @@ class _Fleet:
             "ttft_slo_s": TTFT_SLO_S,
             "time_scale": time_scale,
             "health_interval_s": 0.5,
+            "admin_token": self.admin_token,
         }
         path.write_text(yaml.safe_dump({"gateway": gateway, "pools": pools}, sort_keys=False))
 
@@ -186,7 +189,11 @@ async def _preempt(
     """The spot notice at ``at_s`` real seconds, the kill ``notice_s`` later."""
     victim = fleet.spot_victim()
     await asyncio.sleep(at_s)
-    async with session.post(f"{gateway}/admin/drain", json={"replica": victim.url}) as resp:
+    async with session.post(
+        f"{gateway}/admin/drain",
+        json={"replica": victim.url},
+        headers={"Authorization": f"Bearer {fleet.admin_token}"},
+    ) as resp:
         resp.raise_for_status()
     await asyncio.sleep(notice_s)
     if victim.child is not None:

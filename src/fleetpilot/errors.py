@@ -3,12 +3,13 @@
     FleetpilotError
     ├── ConfigError                 bad catalogue / fleet / flags, found at start-up
     └── ApiError                    reaches a client as OpenAI-shaped JSON with ``status``
-        ├── BadRequest          400 malformed JSON, wrong types, invalid UTF-8
+        ├── BadRequest          400 malformed JSON, wrong types, invalid UTF-8, bounds
+        ├── Unauthorized        401 no or wrong API key / admin credential
+        ├── Forbidden           403 an admin endpoint asked from off the loopback
         ├── ModelNotFound       404 no pool serves the model
         ├── PayloadTooLarge     413 body over the configured limit
         ├── Overloaded          429 shed: no replica can serve it in time (Retry-After)
         ├── NoHealthyReplica    503 every replica of the model is down or cooling down
-        ├── DeadlineExceeded    504 the request's deadline passed before it could start
         └── UpstreamError       502 a replica failed; retried on another replica first
             ├── UpstreamUnavailable   connection refused/reset before the first byte
             ├── UpstreamStatus        the replica answered 5xx
@@ -16,6 +17,10 @@
             └── ReplicaGone           the replica died after it began streaming
 
 Whether to retry is decided here, by type (:func:`retryable`), and nowhere else.
+
+What a client reads is ``message``: it never names a replica, a URL or a replica's own error
+text.  Those go in ``detail``, which only the gateway's log sees (once, when the error is
+answered; :func:`log_line`).
 """
 
 from __future__ import annotations
@@ -26,17 +31,19 @@ __all__ = [
     "ApiError",
     "BadRequest",
     "ConfigError",
-    "DeadlineExceeded",
     "FleetpilotError",
+    "Forbidden",
     "ModelNotFound",
     "NoHealthyReplica",
     "Overloaded",
     "PayloadTooLarge",
     "ReplicaGone",
+    "Unauthorized",
     "UpstreamError",
     "UpstreamStatus",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "log_line",
     "retryable",
 ]
 
@@ -54,10 +61,13 @@ class ApiError(FleetpilotError):
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.detail = detail
 
     def headers(self) -> dict[str, str]:
         return {}
@@ -77,6 +87,18 @@ class ApiError(FleetpilotError):
 class BadRequest(ApiError):
     status = 400
     type = "invalid_request_error"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(ApiError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
 
 
 class ModelNotFound(ApiError):
@@ -112,12 +134,6 @@ class NoHealthyReplica(ApiError):
     code = "no_healthy_replica"
 
 
-class DeadlineExceeded(ApiError):
-    status = 504
-    type = "server_error"
-    code = "deadline_exceeded"
-
-
 class UpstreamError(ApiError):
     status = 502
     type = "server_error"
@@ -131,8 +147,8 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamStatus(UpstreamError):
     code = "upstream_status"
 
-    def __init__(self, message: str, *, upstream_status: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, upstream_status: int, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
         self.upstream_status = upstream_status
 
 
@@ -149,3 +165,9 @@ def retryable(exc: BaseException) -> bool:
     if isinstance(exc, UpstreamStatus):
         return exc.upstream_status >= 500
     return isinstance(exc, UpstreamError)
+
+
+def log_line(exc: ApiError, request_id: str) -> str:
+    """The one log line for an error answered to a client: status, code, message, detail."""
+    detail = f" ({exc.detail})" if exc.detail else ""
+    return f"{request_id} {exc.status} {exc.code or exc.type}: {exc.message}{detail}"

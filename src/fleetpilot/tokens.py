@@ -25,15 +25,18 @@ def estimate_tokens(text: str) -> int:
 
 def prompt_text(body: dict[str, Any]) -> str:
     """The prompt of a chat or completions body as one string (for counting)."""
-    if "messages" in body:
+    messages = body.get("messages")
+    if isinstance(messages, list):
         parts: list[str] = []
-        for m in body.get("messages") or ():
+        for m in messages:
             content = m.get("content") if isinstance(m, dict) else None
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):
                 parts.extend(
-                    p.get("text", "") for p in content if isinstance(p, dict) and "text" in p
+                    p["text"]
+                    for p in content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
                 )
         return "\n".join(parts)
     prompt = body.get("prompt", "")

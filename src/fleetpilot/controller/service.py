@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from fleetpilot.catalogue import load_catalogue
 from fleetpilot.clock import SystemClock
@@ -45,6 +46,7 @@ from fleetpilot.controller.observe import HttpMembership, MetricsObserver
 from fleetpilot.core.capacity import PlanParams, check_knobs
 from fleetpilot.core.model import CapacityClass, Pool
 from fleetpilot.errors import ConfigError
+from fleetpilot.gateway.auth import ADMIN_ENV
 
 __all__ = ["ControllerSettings", "load_controller_settings", "run_controller", "serve_controller"]
 
@@ -108,6 +110,9 @@ class ControllerSettings(_Frozen):
     interval_s: float = Field(default=10.0, gt=0)
     time_scale: float = Field(default=1.0, gt=0)
     gateway_url: str
+    gateway_admin_token: SecretStr | None = Field(
+        default=None, description=f"the gateway's admin credential (else ${ADMIN_ENV})"
+    )
     catalogue: Path | None = None
     models: list[str] = Field(min_length=1)
     accelerators: list[str] | None = None
@@ -163,6 +168,13 @@ def _actuator(settings: ControllerSettings, clock: SystemClock) -> Actuator:
     return DryRunActuator(clock)
 
 
+def admin_headers(settings: ControllerSettings) -> dict[str, str]:
+    """The header that carries the gateway's admin credential, when there is one."""
+    token = settings.gateway_admin_token
+    value = token.get_secret_value() if token is not None else os.environ.get(ADMIN_ENV)
+    return {"Authorization": f"Bearer {value}"} if value else {}
+
+
 def _lease(settings: ControllerSettings, clock: SystemClock) -> Lease:
     ttl = settings.lease.ttl_s or 3 * settings.interval_s
     if settings.lease.redis_url:
@@ -192,7 +204,7 @@ async def serve_controller(
         lease,
         settings.interval_s,
         pools=pools,
-        membership=HttpMembership(settings.gateway_url),
+        membership=HttpMembership(settings.gateway_url, headers=admin_headers(settings)),
     )
     if stop is None:
         stop = asyncio.Event()

@@ -91,6 +91,8 @@ class Profile:
     ``step_points`` are (batch size, seconds per decode iteration) pairs; between points the
     step time is interpolated linearly, beyond the last point it is extrapolated from the last
     two.  ``max_batch`` is how many sequences fit in the KV cache at once.
+    ``context_tokens`` is the longest sequence (prompt and output) the engine serves: vLLM's
+    ``max_model_len``; the gateway refuses a ``max_tokens`` above it.
     """
 
     model: str
@@ -99,6 +101,7 @@ class Profile:
     step_points: tuple[tuple[int, float], ...]
     max_batch: int
     count: int = 1  # accelerators per replica (tensor parallel degree)
+    context_tokens: int = 8192
     # step time per batch size 0..max_batch, filled in once: the hot paths (routing, the
     # simulator) look it up instead of interpolating on every call
     step_table: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
@@ -210,6 +213,10 @@ class Request:
     tenant: str = "default"
     service_class: ServiceClass = ServiceClass.INTERACTIVE
     arrival: float = 0.0
+    # The gateway owes this request an answer it can no longer shed: the rest of a stream the
+    # client is reading, or a request that already waited for a replica to recover.  It goes
+    # to the fastest replica however late that is.
+    must_serve: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,8 @@ class RoutingParams:
 
     An interactive request that no replica can serve by its deadline is still sent to the
     fastest one unless even that one's predicted TTFT is more than ``shed_factor`` times the
-    request's TTFT budget; then it is shed so the client can back off.
+    request's TTFT budget; then it is shed so the client can back off — unless the request is
+    ``must_serve`` (a stream's continuation: the client is already reading it).
     """
 
     shed_factor: float = 3.0
@@ -141,7 +142,7 @@ def cost_slo(
                 reason="no replica meets the deadline yet; batch work waits",
             )
         return Decision(Action.ROUTE, fastest.id, ttft, p.e2e, cost)
-    if ttft > params.shed_factor * max(budget, 1e-3):
+    if ttft > params.shed_factor * max(budget, 1e-3) and not request.must_serve:
         return Decision(
             Action.SHED,
             predicted_ttft=ttft,

@@ -14,10 +14,15 @@ the head, :func:`~fleetpilot.gateway.intake.parse` the body, and
 :meth:`~fleetpilot.gateway.proxy.Proxy.unary` does the rest, as it does for aiohttp.
 
 Everything else — other paths and methods, streams, chunked or oversized bodies, ``Expect``,
-upgrades, heads llhttp rejects, bodies ``parse`` rejects, unknown models — is *handed over*:
-the connection, with the bytes already read, goes to aiohttp's protocol for the rest of its
-life.  Every edge case (error JSON, 413 before reading, slow bodies, SSE, disconnects) has one
-behaviour, aiohttp's, written once in :mod:`fleetpilot.gateway.server`.
+upgrades, heads llhttp rejects, requests :func:`~fleetpilot.gateway.intake.admit` rejects —
+is *handed over*: the connection, with the bytes already read, goes to aiohttp's protocol
+(:mod:`fleetpilot.gateway.aiohttp_front`) for the rest of its life.  Every edge case (error
+JSON, 413 before reading, slow bodies, SSE, disconnects) has one behaviour, written once in
+:mod:`fleetpilot.gateway.server`; both fronts time heads, bodies and idle connections alike.
+
+A client that leaves while its request is served cancels it (the replica's connection is
+dropped, so it stops generating); an exception in a protocol callback is answered with a 500
+in OpenAI's shape and logged, never a connection closed with nothing said.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import http
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -35,10 +39,11 @@ import httptools
 from aiohttp import web
 
 from fleetpilot.errors import ApiError, BadRequest
-from fleetpilot.gateway.appkeys import CONFIG, FLEET, PROXY
+from fleetpilot.gateway.aiohttp_front import protocol_factory
+from fleetpilot.gateway.appkeys import CONFIG, FLEET, KEYS, PROXY
 from fleetpilot.gateway.http1 import no_delay
-from fleetpilot.gateway.intake import Inbound, parse
-from fleetpilot.gateway.proxy import Reply
+from fleetpilot.gateway.intake import Inbound, admit, new_request_id
+from fleetpilot.gateway.proxy import Reply, error_reply
 
 __all__ = ["FastLane", "Listening", "listen"]
 
@@ -50,8 +55,6 @@ _LANES = {
     b"POST /v1/embeddings HTTP/1.1": "embeddings",
 }
 _MAX_HEAD = 8190  # aiohttp's line limit; a longer head goes to aiohttp, which decides
-_BODY_TIMEOUT_S = 30.0  # as the aiohttp path's body read
-_KEEPALIVE_S = 75.0  # as aiohttp's keepalive_timeout
 _PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 
@@ -110,19 +113,22 @@ class FastLane(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_for: str = ""
         self.front: _Front | None = None  # the head of the request at the front of buf
+        self.task: asyncio.Task[None] | None = None  # the request being served
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         no_delay(transport)
         self.listening.lanes.add(self)
-        self._arm(_KEEPALIVE_S, "idle")
+        self._arm(self.listening.keepalive_s, "idle")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._disarm()
         self.listening.lanes.discard(self)
         self.buf.clear()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # the client left: stop its work upstream too
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -130,7 +136,14 @@ class FastLane(asyncio.Protocol):
             if len(self.buf) > self.listening.max_buffer and self.reading:
                 self._pause_reading()
             return
-        self._next()
+        try:
+            self._next()
+        except Exception:  # a bug here must still answer, not kill the connection silently
+            rid = new_request_id()
+            log.exception("%s unhandled error in the fast lane", rid)
+            self.busy = False
+            self._write(error_reply(ApiError("internal gateway error"), rid), False)
+            self._close()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -161,12 +174,21 @@ class FastLane(asyncio.Protocol):
             if self.timer_for != "body":
                 self._arm(self.listening.body_timeout_s, "body")
             return
+        app = self.app
         try:
-            inbound = parse(kind, bytes(buf[body_at:need]), head.headers)
+            inbound = admit(
+                kind,
+                bytes(buf[body_at:need]),
+                head.headers,
+                app[CONFIG].gateway,
+                app[FLEET],
+                app[KEYS],
+                new_request_id(),
+            )
         except ApiError:
             self._hand_over()  # its error answer is aiohttp's to give, written once
             return
-        if inbound.stream or not self.app[FLEET].serves(inbound.model):
+        if inbound.stream:
             self._hand_over()
             return
         del buf[:need]
@@ -175,7 +197,7 @@ class FastLane(asyncio.Protocol):
         self.busy = True
         self.listening.served += 1
         keep_alive = parser.should_keep_alive()
-        asyncio.get_running_loop().create_task(self._serve(inbound, keep_alive))
+        self.task = asyncio.get_running_loop().create_task(self._serve(inbound, keep_alive))
 
     def _read_head(self) -> _Front | None:
         """The head at the front of ``buf``, read once per request (a body may take many
@@ -187,11 +209,11 @@ class FastLane(asyncio.Protocol):
                 self._hand_over()
             elif buf:
                 if self.timer_for != "head":
-                    self._arm(self.listening.body_timeout_s, "head")
+                    self._arm(self.listening.header_timeout_s, "head")
             elif self.eof:
                 self._close()
             else:
-                self._arm(_KEEPALIVE_S, "idle")
+                self._arm(self.listening.keepalive_s, "idle")
             return None
         kind = _LANES.get(bytes(buf[: buf.find(b"\r\n")]))
         if kind is None or end + 4 > _MAX_HEAD:
@@ -213,11 +235,15 @@ class FastLane(asyncio.Protocol):
     async def _serve(self, inbound: Inbound, keep_alive: bool) -> None:
         try:
             reply = await self.app[PROXY].unary(inbound)
+        except asyncio.CancelledError:
+            return  # the client left; nobody to answer
         except ApiError as exc:
-            reply = _error(exc)
+            reply = error_reply(exc, inbound.request_id)
         except Exception:
-            log.exception("unhandled error on POST %s", inbound.path)
-            reply = _error(ApiError("internal gateway error"))
+            log.exception("%s unhandled error on POST %s", inbound.request_id, inbound.path)
+            reply = error_reply(ApiError("internal gateway error"), inbound.request_id)
+        finally:
+            self.task = None
         self._write(reply, keep_alive)
         self.busy = False
         if not keep_alive or self.eof or self.listening.stopping:
@@ -275,7 +301,8 @@ class FastLane(asyncio.Protocol):
         self.timer = None
         if self.timer_for == "body" and not self.busy:
             # as the aiohttp path answers a body that does not come: 400, then close
-            self._write(_error(BadRequest("request body not received in time")), False)
+            err = BadRequest("request body not received in time")
+            self._write(error_reply(err, new_request_id()), False)
         self._close()
 
     def _pause_reading(self) -> None:
@@ -295,10 +322,6 @@ class FastLane(asyncio.Protocol):
             self.transport.close()
 
 
-def _error(exc: ApiError) -> Reply:
-    return Reply(exc.status, "application/json", json.dumps(exc.body()).encode(), exc.headers())
-
-
 @dataclass
 class Listening:
     """The gateway's listening socket and the connections the fast lane holds."""
@@ -311,7 +334,9 @@ class Listening:
     server: asyncio.Server | None = None
     lanes: set[FastLane] = field(default_factory=set)
     stopping: bool = False
-    body_timeout_s: float = _BODY_TIMEOUT_S
+    header_timeout_s: float = 30.0
+    body_timeout_s: float = 30.0
+    keepalive_s: float = 75.0
     served: int = 0  # requests the fast lane answered itself
     handed_over: int = 0  # connections given to aiohttp
     date: _Date = field(default_factory=_Date)
@@ -328,18 +353,26 @@ class Listening:
         return len(self.lanes) + (len(server.connections) if server is not None else 0)
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop accepting; let answers in progress finish (up to ``grace_s``); close the rest."""
+        """Drain: stop accepting; let answers in progress on either front finish (up to
+        ``grace_s``, streams included); close the rest."""
         self.stopping = True
         if self.server is not None:
             self.server.close()
         for lane in list(self.lanes):
             if not lane.busy:
                 lane._close()
-        deadline = asyncio.get_running_loop().time() + grace_s
-        while any(lane.busy for lane in self.lanes):
-            if asyncio.get_running_loop().time() >= deadline:
-                break
-            await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+
+        async def lanes_done() -> None:
+            while any(lane.busy for lane in self.lanes) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+
+        server = self.runner.server
+        # aiohttp's shutdown closes its idle connections at once and waits for those with a
+        # request in progress, up to the same grace
+        waits = [lanes_done()] + ([server.shutdown(grace_s)] if server is not None else [])
+        await asyncio.gather(*waits)
         for lane in list(self.lanes):
             lane._close()
         await self.runner.cleanup()
@@ -350,13 +383,26 @@ async def listen(
 ) -> Listening:
     """Serve ``app`` on ``host:port``: through the fast lane, or (``fast_lane=False``) aiohttp
     alone.  ``Listening.stop`` undoes it."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    cfg = app[CONFIG].gateway
+    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     server = runner.server
     assert server is not None
-    limit = app[CONFIG].gateway.max_body_bytes
-    listening = Listening(app, runner, server, limit, limit + _MAX_HEAD)
+    limit = cfg.max_body_bytes
+    guarded = protocol_factory(server, cfg)
+    listening = Listening(
+        app,
+        runner,
+        guarded,
+        limit,
+        limit + _MAX_HEAD,
+        header_timeout_s=cfg.header_timeout_s,
+        body_timeout_s=cfg.body_timeout_s,
+        keepalive_s=cfg.keepalive_timeout_s,
+    )
     loop = asyncio.get_running_loop()
-    factory: Callable[[], asyncio.Protocol] = (lambda: FastLane(listening)) if fast_lane else server
+    factory: Callable[[], asyncio.Protocol] = (
+        (lambda: FastLane(listening)) if fast_lane else guarded
+    )
     listening.server = await loop.create_server(factory, host, port, backlog=backlog)
     return listening

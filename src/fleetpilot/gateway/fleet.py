@@ -189,6 +189,12 @@ class LiveFleet:
     def serves(self, model: str) -> bool:
         return bool(self._by_model.get(model))
 
+    def context_tokens(self, model: str) -> int:
+        """The longest context any replica of ``model`` serves (0: none serves it)."""
+        return max(
+            (r.base.profile.context_tokens for r in self._by_model.get(model, ())), default=0
+        )
+
     def set_state(self, replica_id: str, state: ReplicaState) -> None:
         live = self._by_id[replica_id]
         live.accrue(self.clock.now())
@@ -197,10 +203,12 @@ class LiveFleet:
         self._changed()
 
     # -- policy view ------------------------------------------------------------------------
-    def snapshot(self, model: str) -> Snapshot:
+    def snapshot(self, model: str, exclude: frozenset[str] = frozenset()) -> Snapshot:
+        """The policy's view of ``model``'s replicas, less those in ``exclude`` (replicas that
+        already failed the request being routed)."""
         now = self.clock.now()
         self._tick += 1
-        reps = tuple(r.frozen(now) for r in self._by_model.get(model, ()))
+        reps = tuple(r.frozen(now) for r in self._by_model.get(model, ()) if r.id not in exclude)
         return Snapshot(now=now, replicas=reps, tick=self._tick, headroom=self._headroom.get(model))
 
     def first_token(self, model: str, met: bool, params: RoutingParams) -> None:

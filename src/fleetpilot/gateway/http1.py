@@ -12,7 +12,9 @@ control, 1xx skipping, close-delimited bodies ending on EOF — is ours.
 
 Scope: responses with ``Content-Length``, chunked, or close-delimited bodies; 1xx interim
 responses are skipped; a keep-alive pool per origin with a cap on connections per origin
-(callers over the cap wait their turn); TLS with the default context.  No redirects, no
+(callers over the cap wait their turn); idle connections closed on a timer once they have
+been idle ``keepalive_s`` (a burst must not leave its sockets open for ever); TLS with the
+default context.  No redirects, no
 compression (no ``Accept-Encoding`` is sent), no proxies, no cookies.
 
 Timeouts are *silences*, as aiohttp's ``sock_read``: a read fails with :class:`TimeoutError`
@@ -360,11 +362,17 @@ class Http1Client:
         self._urls: dict[str, tuple[tuple[str, str, int], bytes, bytes]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     @property
     def in_use(self) -> int:
         """Connections lent out and not yet given back (0 when nothing leaks)."""
         return sum(o.active for o in self._origins.values())
+
+    @property
+    def idle(self) -> int:
+        """Connections kept open for reuse."""
+        return sum(len(o.idle) for o in self._origins.values())
 
     def _split(self, url: str) -> tuple[tuple[str, str, int], bytes, bytes]:
         """(origin, request target, Host value), cached: the gateway sends to few URLs."""
@@ -470,6 +478,8 @@ class Http1Client:
             conn.state = _IDLE
             conn.idle_since = conn.loop.time()
             pool.idle.append(conn)
+            if self._sweeper is None:
+                self._sweeper = conn.loop.call_later(self.keepalive_s, self._sweep)
         else:
             conn._abort()
         if pool is not None:
@@ -487,9 +497,29 @@ class Http1Client:
                 waiter.set_result(None)
                 return
 
+    def _sweep(self) -> None:
+        """Close connections idle for ``keepalive_s``; come back when the next one will be."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        oldest = None
+        for pool in self._origins.values():
+            keep = []
+            for conn in pool.idle:
+                if conn.closed or loop.time() - conn.idle_since >= self.keepalive_s:
+                    conn._abort()
+                else:
+                    keep.append(conn)
+                    oldest = conn.idle_since if oldest is None else min(oldest, conn.idle_since)
+            pool.idle[:] = keep
+        if oldest is not None and not self._closed:
+            self._sweeper = loop.call_at(oldest + self.keepalive_s, self._sweep)
+
     async def close(self) -> None:
         """Close idle connections; those lent out close when their responses are done."""
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for pool in self._origins.values():
             for conn in pool.idle:
                 conn._abort()

@@ -1,21 +1,42 @@
 """First stage of the pipeline: turn raw HTTP bytes into a checked :class:`Inbound`.
 
 Everything a client can get wrong is caught here and raised as an OpenAI-shaped error, so
-later stages can trust the body: malformed JSON and invalid UTF-8 (400), wrong types (400),
-an unknown model (404).  The size limit (413) is enforced while reading, before parsing.
+later stages can trust the body: a missing or wrong API key (401), malformed JSON, invalid
+UTF-8, nesting too deep, wrong types or shapes, out-of-bounds headers and ``max_tokens`` over
+the model's context (400), an unknown model (404).  The size limit (413) is enforced while
+reading, before parsing.  Both fronts call :func:`admit` and nothing else, so a body is
+judged the same way whichever front read it; whatever a client sends, the answer is one of
+these errors, never an exception escaping into a protocol callback.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fleetpilot.config import GatewayConfig
 from fleetpilot.core.model import ServiceClass
-from fleetpilot.errors import BadRequest
+from fleetpilot.errors import BadRequest, ModelNotFound
 from fleetpilot.tokens import estimate_tokens, prompt_text
 
-__all__ = ["DEFAULT_MAX_TOKENS", "Inbound", "parse"]
+if TYPE_CHECKING:
+    from fleetpilot.gateway.auth import ClientKeys
+    from fleetpilot.gateway.fleet import LiveFleet
+
+__all__ = ["DEFAULT_MAX_TOKENS", "Inbound", "admit", "new_request_id", "parse"]
+
+# a plain decimal number of seconds: no '1_0', 'inf', 'nan', hex or exponent games
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?|\.[0-9]{1,9}")
+
+
+def new_request_id() -> str:
+    """An id for one request, sent back as ``x-request-id`` and written in the log."""
+    return "req_" + os.urandom(12).hex()
+
 
 DEFAULT_MAX_TOKENS = 256  # when a client sets none; vLLM would use the context length
 SERVICE_HEADER = "x-fleetpilot-service-class"
@@ -34,6 +55,7 @@ class Inbound:
     include_usage: bool
     service_class: ServiceClass
     ttft_slo: float | None  # seconds, from the header; None = the configured default
+    request_id: str = ""
 
     @property
     def path(self) -> str:
@@ -53,11 +75,58 @@ def _int_field(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def parse(kind: str, raw: bytes, headers: Any) -> Inbound:
+def _content_ok(content: Any) -> bool:
+    """A message's content: a string, or an array of typed parts whose text is a string."""
+    if content is None or isinstance(content, str):
+        return True
+    if not isinstance(content, list):
+        return False
+    for part in content:
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            return False
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            return False
+    return True
+
+
+def _prompt_ok(prompt: Any) -> bool:
+    """A string, an array of strings, of token ids, or of arrays of token ids (as OpenAI)."""
+    if isinstance(prompt, str):
+        return True
+    if not isinstance(prompt, list):
+        return False
+    for p in prompt:
+        if isinstance(p, list):
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+                return False
+        elif not isinstance(p, str | int) or isinstance(p, bool):
+            return False
+    return True
+
+
+def _slo(headers: Any, config: GatewayConfig) -> float | None:
+    text = headers.get(SLO_HEADER)
+    if text is None:
+        return None
+    lo, hi = config.min_ttft_slo_s, config.max_ttft_slo_s
+    if not isinstance(text, str) or not _SECONDS.fullmatch(text.strip()):
+        raise BadRequest(
+            f"{SLO_HEADER} must be a plain number of seconds between {lo:g} and {hi:g}"
+        )
+    value = float(text)
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise BadRequest(f"{SLO_HEADER} must be between {lo:g} and {hi:g} seconds")
+    return value
+
+
+def parse(kind: str, raw: bytes, headers: Any, config: GatewayConfig | None = None) -> Inbound:
+    config = config or GatewayConfig()
     try:
         body = json.loads(raw)
     except UnicodeDecodeError as exc:
         raise BadRequest(f"request body is not valid UTF-8: {exc.reason}") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     except ValueError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -75,13 +144,16 @@ def parse(kind: str, raw: bytes, headers: Any) -> Inbound:
         for m in messages:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise BadRequest("each message must be an object with a 'role'", param="messages")
-            content = m.get("content")
-            if content is not None and not isinstance(content, str | list):
-                raise BadRequest("message 'content' must be a string or array", param="messages")
+            if not _content_ok(m.get("content")):
+                raise BadRequest(
+                    "message 'content' must be a string or an array of typed parts",
+                    param="messages",
+                )
     elif kind == "completions":
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str | list):
-            raise BadRequest("'prompt' must be a string or array", param="prompt")
+        if not _prompt_ok(body.get("prompt")):
+            raise BadRequest(
+                "'prompt' must be a string or an array of strings or token ids", param="prompt"
+            )
     else:
         inp = body.get("input")
         if not isinstance(inp, str | list):
@@ -91,27 +163,18 @@ def parse(kind: str, raw: bytes, headers: Any) -> Inbound:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise BadRequest("'stream_options' must be an object", param="stream_options")
-    include_usage = bool(options and options.get("include_usage"))
+    include_usage = bool(options and options.get("include_usage") is True)
 
     service = headers.get(SERVICE_HEADER, "interactive")
     try:
         service_class = ServiceClass(service)
     except ValueError:
         raise BadRequest(f"{SERVICE_HEADER} must be 'interactive' or 'batch'") from None
-    slo_text = headers.get(SLO_HEADER)
-    ttft_slo = None
-    if slo_text is not None:
-        try:
-            ttft_slo = float(slo_text)
-        except ValueError:
-            raise BadRequest(f"{SLO_HEADER} must be a number of seconds") from None
-        if not ttft_slo > 0:
-            raise BadRequest(f"{SLO_HEADER} must be positive")
+    ttft_slo = _slo(headers, config)
 
     if kind == "embeddings":
-        text = (
-            body["input"] if isinstance(body["input"], str) else " ".join(map(str, body["input"]))
-        )
+        inp = body["input"]
+        text = inp if isinstance(inp, str) else " ".join(s for s in inp if isinstance(s, str))
     else:
         text = prompt_text(body)
     return Inbound(
@@ -126,3 +189,28 @@ def parse(kind: str, raw: bytes, headers: Any) -> Inbound:
         service_class=service_class,
         ttft_slo=ttft_slo,
     )
+
+
+def admit(
+    kind: str,
+    raw: bytes,
+    headers: Any,
+    config: GatewayConfig,
+    fleet: LiveFleet,
+    keys: ClientKeys,
+    request_id: str = "",
+) -> Inbound:
+    """The checks every API request passes, in order: key, body, model, bounds."""
+    keys.check(headers)
+    inbound = parse(kind, raw, headers, config)
+    inbound.request_id = request_id
+    if not fleet.serves(inbound.model):
+        raise ModelNotFound(f"the model {inbound.model!r} does not exist", param="model")
+    context = fleet.context_tokens(inbound.model)
+    if kind != "embeddings" and inbound.max_tokens > context:
+        param = "max_completion_tokens" if "max_completion_tokens" in inbound.body else "max_tokens"
+        raise BadRequest(
+            f"'{param}' is {inbound.max_tokens}, over the model's context of {context} tokens",
+            param=param,
+        )
+    return inbound

@@ -10,21 +10,30 @@ endpoints, added to the gateway's app by :func:`add_membership_routes`::
     POST /admin/replicas/remove   {"replica": id or url} -> 200 {"replica": id}
 
 State changes after that use the gateway's existing ``/admin/drain`` (draining) and
-``/admin/undrain`` (ready).  Offering and profile come from the gateway's catalogue, exactly
-as for a pool in its fleet file, so price and performance agree with the controller's.
+``/admin/undrain`` (ready).  Like every ``/admin/*`` endpoint these need the admin credential
+(:mod:`fleetpilot.gateway.auth`).  A URL is a base URL and nothing more (no path, query or
+user: :func:`~fleetpilot.config.replica_url`), and its host must resolve into the gateway's
+``replica_networks``: a replica receives clients' prompts and the pool's upstream key.
+Offering and profile come from the gateway's catalogue, exactly as for a pool in its fleet
+file, so price and performance agree with the controller's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import socket
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from fleetpilot.catalogue import Catalogue
+from fleetpilot.config import in_networks, replica_url
 from fleetpilot.core.model import CapacityClass, Replica, ReplicaState
 from fleetpilot.errors import ApiError, BadRequest, ConfigError
-from fleetpilot.gateway.appkeys import FLEET
+from fleetpilot.gateway.appkeys import CONFIG, FLEET
 
 __all__ = ["add_membership_routes", "replica_from_json"]
 
@@ -55,11 +64,30 @@ def replica_from_json(body: Any, catalogue: Catalogue) -> Replica:
         if not isinstance(price, int | float) or price <= 0:
             raise BadRequest("price_per_hour must be a positive number", param="price_per_hour")
         offering = replace(offering, price_per_hour=float(price))
-    if not url.startswith(("http://", "https://")):
-        raise BadRequest(f"replica URL must start with http:// or https://: {url!r}", param="url")
+    try:
+        url = replica_url(url)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="url") from None
     if state is ReplicaState.GONE:
         raise BadRequest("a new member cannot be gone", param="state")
-    return Replica(rid, pool, model, url.rstrip("/"), offering, profile, state=state)
+    return Replica(rid, pool, model, url, offering, profile, state=state)
+
+
+async def _addresses(url: str) -> list[str]:
+    """The IP addresses ``url``'s host stands for (itself, if it is one)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, parts.port or 80, type=socket.SOCK_STREAM
+        )
+    except OSError:
+        return []
+    return sorted({str(info[4][0]) for info in infos})
 
 
 def add_membership_routes(app: web.Application, catalogue: Catalogue) -> None:
@@ -72,6 +100,12 @@ def add_membership_routes(app: web.Application, catalogue: Catalogue) -> None:
         except ValueError:
             raise BadRequest("the body is not valid JSON") from None
         replica = replica_from_json(body, catalogue)
+        networks = request.app[CONFIG].gateway.replica_networks
+        if not in_networks(await _addresses(replica.url), networks):
+            raise BadRequest(
+                "the replica's host does not resolve into the gateway's replica_networks",
+                param="url",
+            )
         fleet = request.app[FLEET]
         if fleet.find(replica.id) is not None:
             raise _Conflict(f"replica {replica.id!r} is already a member", param="id")

@@ -10,12 +10,20 @@ assistant message with vLLM's ``continue_final_message``; for completions, appen
 prompt.  Chunks from the new replica are relabelled with the original stream's id, its
 role-only opening chunk is dropped, and ``usage`` adds up both parts, so the client sees one
 uninterrupted stream.  This assumes one token per chunk (vLLM's default ``stream_interval``).
+
+Neither a retry nor a continuation is judged against time the failure spent: each is routed
+afresh with the request's whole TTFT budget from now, away from the replicas that already
+failed it.  A continuation is never shed (the client is reading it): it goes to the fastest
+replica, or waits up to ``continuation_wait_s`` for one to come back.  A request that waited
+for a replica to recover is not shed after the wait either.  Work for a client that left is
+cancelled, and every hold on a replica is released whatever ends the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,11 +35,12 @@ from fleetpilot.core.model import Action, Decision, ReplicaState, Request, Servi
 from fleetpilot.core.routing import Router, RoutingParams
 from fleetpilot.errors import (
     ApiError,
-    DeadlineExceeded,
     NoHealthyReplica,
     Overloaded,
     ReplicaGone,
     UpstreamError,
+    UpstreamUnavailable,
+    log_line,
     retryable,
 )
 from fleetpilot.gateway.fleet import Lease, LiveFleet
@@ -39,7 +48,9 @@ from fleetpilot.gateway.intake import Inbound
 from fleetpilot.gateway.metrics import GatewayMetrics
 from fleetpilot.gateway.upstream import Upstream, UpstreamResponse
 
-__all__ = ["Proxy", "Reply"]
+__all__ = ["Proxy", "Reply", "error_reply"]
+
+log = logging.getLogger("fleetpilot.gateway")
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -73,6 +84,7 @@ class _Stream:
     last_at: float | None = None
     segments: int = 0
     deadline: float = float("inf")  # of the first token (learns the router's headroom)
+    learn: bool = False  # whether its first token teaches the router's headroom
 
     @property
     def text(self) -> str:
@@ -125,35 +137,59 @@ class Proxy:
             arrival=now,
         )
 
-    async def choose(self, request: Request) -> Decision:
-        """A decision to ROUTE, waiting while the policy queues or replicas recover."""
+    def afresh(self, request: Request, *, must_serve: bool = False) -> Request:
+        """``request`` routed again from now with its whole TTFT budget: a retry or a
+        continuation is not judged against a deadline its failure already spent."""
+        now = self.clock.now()
+        budget = request.deadline - request.arrival
+        return replace(
+            request, arrival=now, deadline=now + budget, must_serve=request.must_serve or must_serve
+        )
+
+    def retry_after(self, modelled: float) -> float:
+        """A ``Retry-After`` in real seconds, at least 1 and at most ``max_retry_after_s``."""
+        real = self.clock.real_seconds(modelled)
+        return min(self.config.max_retry_after_s, max(1.0, real))
+
+    async def choose(self, request: Request, exclude: frozenset[str] = frozenset()) -> Decision:
+        """A decision to ROUTE, waiting while the policy queues or replicas recover.
+
+        ``exclude``: replicas that already failed this request, tried again only when nothing
+        else is left.  Waiting for an unavailable model ends at the request's deadline (503),
+        or for a ``must_serve`` request after ``continuation_wait_s``.
+        """
         fleet = self.fleet
+        model = request.model
+        give_up: float | None = None
         while True:
-            decision = self.router(request, fleet.snapshot(request.model), self.params)
+            decision = self.router(request, fleet.snapshot(model, exclude), self.params)
+            if decision.action is Action.UNAVAILABLE and exclude:
+                exclude = frozenset()  # only replicas that failed it are left: they may recover
+                continue
             if decision.action is Action.ROUTE:
                 return decision
             now = self.clock.now()
             if decision.action is Action.SHED:
-                self.metrics.shed.labels(request.model).inc()
-                raise Overloaded(decision.reason, retry_after=decision.retry_after)
+                self.metrics.shed.labels(model).inc()
+                raise Overloaded(
+                    decision.reason, retry_after=self.retry_after(decision.retry_after)
+                )
             if decision.action is Action.QUEUE:
                 await fleet.wait_change(min(decision.retry_after, request.deadline - now))
                 continue
             # UNAVAILABLE: wait for a cooling-down or starting replica, up to the deadline.
-            recovery = fleet.next_recovery(request.model)
+            if give_up is None:
+                wait = self.config.continuation_wait_s if request.must_serve else 0.0
+                give_up = max(request.deadline, now + wait)
+            recovery = fleet.next_recovery(model)
             starting = any(
-                r.state is ReplicaState.STARTING
-                for r in fleet.replicas
-                if r.base.model == request.model
+                r.state is ReplicaState.STARTING for r in fleet.replicas if r.base.model == model
             )
-            if recovery is None and not starting:
-                raise NoHealthyReplica(decision.reason)
-            if now >= request.deadline:
-                raise DeadlineExceeded(
-                    f"no replica of {request.model!r} recovered before the request's deadline"
-                )
-            until = request.deadline if recovery is None else min(recovery, request.deadline)
+            if (recovery is None and not starting and not request.must_serve) or now >= give_up:
+                raise NoHealthyReplica(f"no replica of {model!r} is available")
+            until = give_up if recovery is None else min(recovery, give_up)
             await fleet.wait_change(until - now)
+            request = replace(request, must_serve=True)  # it waited: it is not shed after
 
     def _body(self, pool: str, inbound: Inbound, body: dict[str, Any] | None) -> bytes:
         """Bytes for the replica: the client's own when nothing changes (the fast path)."""
@@ -175,14 +211,21 @@ class Proxy:
         self.metrics.requests.labels(model, pool, str(exc.status)).inc()
 
     async def unary(self, inbound: Inbound) -> Reply:
-        """A non-streamed request, retried on other replicas; failures raise :class:`ApiError`."""
+        """A non-streamed request, retried on other replicas; failures raise :class:`ApiError`.
+
+        Cancelling it (the client went away) drops the replica's connection, so the replica
+        stops generating, and releases the hold on it.
+        """
         request = self.request_of(inbound)
+        arrival = request.arrival
         model = request.model
         attempts = 0
         pool = "none"
+        failed: set[str] = set()
+        unreachable = True  # every failure so far was a replica that could not be reached
         while True:
             try:
-                decision = await self.choose(request)
+                decision = await self.choose(request, frozenset(failed))
             except ApiError as exc:
                 self._fail(model, pool, exc)
                 raise
@@ -203,15 +246,27 @@ class Proxy:
             except UpstreamError as exc:
                 lease.release()
                 self.fleet.failed(replica.id)
+                failed.add(replica.id)
+                unreachable = unreachable and isinstance(exc, UpstreamUnavailable)
                 if not retryable(exc) or attempts >= self.config.max_attempts:
-                    self._fail(model, pool, exc)
-                    raise
+                    final: ApiError = exc
+                    if unreachable:
+                        final = NoHealthyReplica(
+                            f"no replica of {model!r} could be reached", detail=exc.detail
+                        )
+                    self._fail(model, pool, final)
+                    raise final from None
                 self.metrics.retries.labels(model).inc()
+                request = self.afresh(request)
                 continue
+            except BaseException:  # cancelled: the client left
+                lease.release()
+                self.metrics.requests.labels(model, pool, "499").inc()
+                raise
             break
         # The answer goes out first and the books are settled just after, on the next turn of
         # the loop: at low concurrency every microsecond before the write is added latency.
-        e2e = self.clock.now() - request.arrival
+        e2e = self.clock.now() - arrival
         asyncio.get_running_loop().call_soon(
             self._settle_unary, lease, replica.id, model, pool, inbound.kind, resp.status, data, e2e
         )
@@ -219,7 +274,11 @@ class Proxy:
             resp.status,
             resp.content_type or "application/json",
             data,
-            {"x-fleetpilot-replica": replica.id, "x-fleetpilot-attempts": str(attempts)},
+            {
+                "x-fleetpilot-replica": replica.id,
+                "x-fleetpilot-attempts": str(attempts),
+                "x-request-id": inbound.request_id,
+            },
         )
 
     def _settle_unary(
@@ -270,99 +329,113 @@ class Proxy:
         request = self.request_of(inbound)
         arrival = request.arrival
         model = request.model
-        state = _Stream(deadline=request.deadline)
+        state = _Stream(deadline=request.deadline, learn=self._learns(inbound))
         out: web.StreamResponse | None = None
         attempts = failures = 0
         budget = self.config.max_attempts + self.config.max_continuations
         pool = "none"
+        failed: set[str] = set()
         body: dict[str, Any] = dict(inbound.body)
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         while True:
             try:
-                decision = await self.choose(request)
+                decision = await self.choose(request, frozenset(failed))
             except ApiError as exc:
                 self._fail(model, pool, exc)
                 if out is None:
                     raise
-                await self._abort(out, exc)
+                await self._abort(out, exc, inbound)
                 return out
             replica = self.fleet.get(decision.replica_id or "")
             pool = replica.base.pool
             lease = self.fleet.acquire(replica.id, request.prompt_tokens, request.max_tokens)
             attempts += 1
+            resp: UpstreamResponse | None = None
             try:
-                resp = await self.upstream.send(
-                    replica.base.url + inbound.path,
-                    self._body(pool, inbound, body),
-                    read_timeout=self.config.first_byte_timeout_s,
-                    headers=self._headers.get(pool),
-                )
-            except UpstreamError as exc:
-                lease.release()
-                self.fleet.failed(replica.id)
-                failures += 1
-                if failures >= budget or (out is None and attempts >= self.config.max_attempts):
-                    self._fail(model, pool, exc)
-                    if out is None:
-                        raise
-                    await self._abort(out, exc)
-                    return out
-                self.metrics.retries.labels(model).inc()
-                continue
-            if resp.status != 200:  # a 4xx from the replica: the client's problem, pass it on
-                data = await resp.read()
-                lease.release()
-                self.metrics.requests.labels(model, pool, str(resp.status)).inc()
-                if out is None:
-                    return web.Response(
-                        body=data, status=resp.status, content_type="application/json"
-                    )
-                await self._abort(out, ReplicaGone(data.decode("utf-8", "replace")[:200]))
-                return out
-            if out is None:
-                out = web.StreamResponse(
-                    headers={
-                        "Content-Type": "text/event-stream",
-                        "Cache-Control": "no-cache",
-                        "x-fleetpilot-replica": replica.id,
-                        "x-fleetpilot-attempts": str(attempts),
-                    }
-                )
                 try:
-                    await out.prepare(http)
-                except ConnectionError:
+                    resp = await self.upstream.send(
+                        replica.base.url + inbound.path,
+                        self._body(pool, inbound, body),
+                        read_timeout=self.config.first_byte_timeout_s,
+                        headers=self._headers.get(pool),
+                    )
+                except UpstreamError as exc:
+                    lease.release()
+                    self.fleet.failed(replica.id)
+                    failed.add(replica.id)
+                    failures += 1
+                    if failures >= budget or (out is None and attempts >= self.config.max_attempts):
+                        self._fail(model, pool, exc)
+                        if out is None:
+                            raise
+                        await self._abort(out, exc, inbound)
+                        return out
+                    self.metrics.retries.labels(model).inc()
+                    request = self.afresh(request, must_serve=out is not None)
+                    continue
+                if resp.status != 200:  # a 4xx from the replica: the client's problem
+                    data = await resp.read()
+                    lease.release()
+                    self.metrics.requests.labels(model, pool, str(resp.status)).inc()
+                    if out is None:
+                        return web.Response(
+                            body=data, status=resp.status, content_type="application/json",
+                            headers={"x-request-id": inbound.request_id},
+                        )  # fmt: skip
+                    detail = data.decode("utf-8", "replace")[:200]
+                    await self._abort(
+                        out, ReplicaGone("the replica refused to continue", detail=detail), inbound
+                    )
+                    return out
+                if out is None:
+                    out = web.StreamResponse(
+                        headers={
+                            "Content-Type": "text/event-stream",
+                            "Cache-Control": "no-cache",
+                            "x-fleetpilot-replica": replica.id,
+                            "x-fleetpilot-attempts": str(attempts),
+                            "x-request-id": inbound.request_id,
+                        }
+                    )
+                    try:
+                        await out.prepare(http)
+                    except ConnectionError:
+                        resp.close()
+                        lease.release()
+                        return out
+                try:
+                    await self._relay(resp, out, state, lease, pool, model, inbound)
+                except ReplicaGone as exc:
+                    lease.release()
+                    self.fleet.failed(replica.id)
+                    failed.add(replica.id)
+                    failures += 1
+                    remaining = inbound.max_tokens - state.produced
+                    if state.finish_reason is not None or remaining <= 0:
+                        break  # everything was sent; only the end of the stream went missing
+                    if failures >= budget or state.segments > self.config.max_continuations:
+                        self._fail(model, pool, exc)
+                        await self._abort(out, exc, inbound)
+                        return out
+                    self.metrics.continuations.labels(model).inc()
+                    body = _continuation(inbound, state, remaining)
+                    request = replace(
+                        self.afresh(request, must_serve=True),
+                        prompt_tokens=inbound.prompt_tokens + state.produced,
+                        max_tokens=remaining,
+                    )
+                    continue
+                except ConnectionError:  # the client went away: stop the replica too
                     resp.close()
                     lease.release()
+                    self.metrics.requests.labels(model, pool, "499").inc()
                     return out
-            try:
-                await self._relay(resp, out, state, lease, pool, model, inbound)
-            except ReplicaGone as exc:
-                lease.release()
-                self.fleet.failed(replica.id)
-                failures += 1
-                remaining = inbound.max_tokens - state.produced
-                if state.finish_reason is not None or remaining <= 0:
-                    break  # everything was sent; only the end of the stream went missing
-                if failures >= budget or state.segments > self.config.max_continuations:
-                    self._fail(model, pool, exc)
-                    await self._abort(out, exc)
-                    return out
-                self.metrics.continuations.labels(model).inc()
-                body = _continuation(inbound, state, remaining)
-                now = self.clock.now()
-                request = replace(
-                    request,
-                    prompt_tokens=inbound.prompt_tokens + state.produced,
-                    max_tokens=remaining,
-                    deadline=now + (request.deadline - request.arrival),
-                    arrival=now,
-                )
-                continue
-            except ConnectionError:  # the client went away: stop the replica too
-                resp.close()
+            except asyncio.CancelledError:  # the client went away while we waited
+                if resp is not None:
+                    resp.close()
                 lease.release()
                 self.metrics.requests.labels(model, pool, "499").inc()
-                return out
+                raise
             break
         self.fleet.succeeded(replica.id)
         usage = self._final_usage(inbound, state)
@@ -385,6 +458,14 @@ class Proxy:
             pass
         self.metrics.served(model, pool).ok.inc()
         return out
+
+    def _learns(self, inbound: Inbound) -> bool:
+        """Whether this request's first token may move the router's learnt headroom: only an
+        interactive one at the configured TTFT target, so no client header can drag the
+        shared value for everyone."""
+        return inbound.service_class is ServiceClass.INTERACTIVE and (
+            inbound.ttft_slo is None or inbound.ttft_slo == self.config.ttft_slo_s
+        )
 
     async def _relay(
         self,
@@ -432,7 +513,7 @@ class Proxy:
                     if state.first_at is None:
                         state.first_at = now
                         lease.first_token()
-                        if inbound.service_class is ServiceClass.INTERACTIVE:
+                        if state.learn:
                             self.fleet.first_token(model, now <= state.deadline, self.params)
                     elif state.last_at is not None:
                         itl.observe(now - state.last_at)
@@ -459,13 +540,23 @@ class Proxy:
             "total_tokens": prompt + completion,
         }
 
-    async def _abort(self, out: web.StreamResponse, exc: ApiError) -> None:
+    async def _abort(self, out: web.StreamResponse, exc: ApiError, inbound: Inbound) -> None:
         """End a started stream with an error event: the status line has already gone."""
+        log.warning("%s (mid-stream)", log_line(exc, inbound.request_id))
         try:
             await out.write(b"data: " + json.dumps(exc.body()).encode() + b"\n\n")
             await out.write_eof()
         except ConnectionError:
             pass
+
+
+def error_reply(exc: ApiError, request_id: str) -> Reply:
+    """What a client is sent for ``exc``; the error is logged here, once, without a traceback
+    (a client's mistake is not the gateway's fault; a replica's failure is in ``detail``)."""
+    level = logging.WARNING if exc.status >= 500 else logging.INFO
+    log.log(level, "%s", log_line(exc, request_id))
+    headers = {**exc.headers(), "x-request-id": request_id}
+    return Reply(exc.status, "application/json", json.dumps(exc.body()).encode(), headers)
 
 
 def _chunk_object(inbound: Inbound) -> str:

@@ -1,8 +1,9 @@
 """The gateway's HTTP app: it wires intake, proxy, fleet view and metrics together.
 
 No routing or retry logic lives here (see :mod:`fleetpilot.gateway.proxy`); this module
-owns the HTTP surface, the error middleware that turns every failure into OpenAI's error
-JSON, and the background health checks.
+owns the HTTP surface, the middleware that gives each request its id, keeps ``/admin/*`` to
+holders of the admin credential (:mod:`fleetpilot.gateway.auth`) and turns every failure into
+OpenAI's error JSON, and the background health checks.
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ from fleetpilot.errors import (
     ApiError,
     BadRequest,
     ConfigError,
-    ModelNotFound,
     PayloadTooLarge,
 )
-from fleetpilot.gateway.appkeys import CONFIG, FLEET, METRICS, PROXY
+from fleetpilot.gateway.appkeys import ADMIN, CONFIG, FLEET, KEYS, METRICS, PROXY
+from fleetpilot.gateway.auth import ADMIN_ENV, AdminAuth, ClientKeys
 from fleetpilot.gateway.fastlane import listen
 from fleetpilot.gateway.fleet import LiveFleet
-from fleetpilot.gateway.intake import parse
+from fleetpilot.gateway.intake import admit, new_request_id
 from fleetpilot.gateway.membership import add_membership_routes
 from fleetpilot.gateway.metrics import GatewayMetrics
-from fleetpilot.gateway.proxy import Proxy
+from fleetpilot.gateway.proxy import Proxy, error_reply
 from fleetpilot.gateway.upstream import Upstream
 from fleetpilot.replica_metrics import in_flight
 
@@ -45,43 +46,42 @@ __all__ = ["CONFIG", "FLEET", "METRICS", "PROXY", "create_app", "run_gateway"]
 
 log = logging.getLogger("fleetpilot.gateway")
 
-
-_BODY_READ_TIMEOUT_S = 30.0
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(exc: ApiError) -> web.Response:
-    return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+_REQUEST_ID = web.RequestKey("request_id", str)
 
 
 @web.middleware
 async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    rid = request[_REQUEST_ID] = new_request_id()
     try:
+        if request.path.startswith("/admin"):
+            request.app[ADMIN].check(request.headers, request.remote)
         return await handler(request)
     except ApiError as exc:
-        return _error(exc)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return _error(PayloadTooLarge(f"request body over the limit: {exc.text}"))
+        return error_reply(exc, rid).response()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CONFIG].gateway.max_body_bytes
+        return error_reply(PayloadTooLarge(f"request body over {limit} bytes"), rid).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         err = ApiError(exc.reason)
         err.status, err.type = exc.status, "invalid_request_error"
-        return _error(err)
+        return error_reply(err, rid).response()
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(ApiError("internal gateway error"))
+        log.exception("%s unhandled error on %s %s", rid, request.method, request.path)
+        return error_reply(ApiError("internal gateway error"), rid).response()
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes is over {limit}")
     if request.content.is_eof():  # the whole body came with the head: nothing to wait for
         return await request.read()
     try:
-        async with asyncio.timeout(_BODY_READ_TIMEOUT_S):  # no extra task, unlike wait_for
+        async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
             return await request.read()
     except TimeoutError:
         raise BadRequest("request body not received in time") from None
@@ -90,10 +90,11 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 def _api(kind: str) -> _Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         app = request.app
-        raw = await _read_body(request, app[CONFIG].gateway.max_body_bytes)
-        inbound = parse(kind, raw, request.headers)
-        if not app[FLEET].serves(inbound.model):
-            raise ModelNotFound(f"the model {inbound.model!r} does not exist", param="model")
+        cfg = app[CONFIG].gateway
+        raw = await _read_body(request, cfg.max_body_bytes, cfg.body_timeout_s)
+        inbound = admit(
+            kind, raw, request.headers, cfg, app[FLEET], app[KEYS], request[_REQUEST_ID]
+        )
         return await app[PROXY].handle(inbound, request)
 
     return handler
@@ -222,12 +223,21 @@ def create_app(
         connect_timeout=cfg.connect_timeout_s,
         read_timeout=cfg.first_byte_timeout_s,
         limit_per_host=cfg.max_connections_per_replica,
+        idle_s=cfg.upstream_idle_s,
     )
     proxy = Proxy(
         cfg, fleet, upstream, metrics, ROUTERS[cfg.router], clock, {p.name: p for p in config.pools}
     )
     app = web.Application(middlewares=[_errors], client_max_size=cfg.max_body_bytes)
     app[FLEET], app[PROXY], app[METRICS], app[CONFIG] = fleet, proxy, metrics, config
+    app[ADMIN] = admin = AdminAuth.from_config(cfg)
+    app[KEYS] = ClientKeys(tuple(cfg.client_keys))
+    if admin.token is None:
+        log.warning(
+            "no admin token (gateway.admin_token or %s): /admin/* answers loopback "
+            "connections only",
+            ADMIN_ENV,
+        )
     app.router.add_post("/v1/chat/completions", _api("chat"))
     app.router.add_post("/v1/completions", _api("completions"))
     app.router.add_post("/v1/embeddings", _api("embeddings"))
@@ -268,20 +278,29 @@ def run_gateway(
             merged = config.gateway.model_dump() | overrides
             config = config.model_copy(update={"gateway": type(config.gateway)(**merged)})
         cat = load_catalogue(catalogue)
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
         app = create_app(config, cat)
     except (ConfigError, ValueError) as exc:
         print(f"fleetpilot gateway: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(_serve(app, config.gateway.host, config.gateway.port))
+    try:
+        asyncio.run(_serve(app, config.gateway.host, config.gateway.port))
+    except ConfigError as exc:
+        print(f"fleetpilot gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 async def _serve(app: web.Application, host: str, port: int) -> None:
-    listening = await listen(app, host, port, fast_lane=app[CONFIG].gateway.fast_lane)
+    """Serve until SIGTERM or SIGINT, then drain: stop accepting, let what is in flight
+    finish (up to ``drain_grace_s``), close the rest and return."""
+    try:
+        listening = await listen(app, host, port, fast_lane=app[CONFIG].gateway.fast_lane)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     # Everything built so far lives as long as the process: keep it out of the collector's
     # generations, so a full collection scans only what requests allocate (12 ms -> well
     # under 1 ms, a pause every request in flight would otherwise wait for).
@@ -292,4 +311,5 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await listening.stop()
+    print("fleetpilot gateway: draining", file=sys.stderr, flush=True)
+    await listening.stop(app[CONFIG].gateway.drain_grace_s)

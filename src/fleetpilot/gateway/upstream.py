@@ -32,7 +32,9 @@ class UpstreamResponse:
         try:
             return await self._resp.read()
         except (TimeoutError, *_CONNECTION_ERRORS) as exc:
-            raise ReplicaGone(f"{self._where} failed while answering: {exc!r}") from exc
+            raise ReplicaGone(
+                "the replica failed while answering", detail=f"{self._where}: {exc!r}"
+            ) from exc
 
     async def events(self) -> AsyncIterator[bytes]:
         """The ``data:`` payloads of a server-sent event stream, as raw bytes.
@@ -52,7 +54,9 @@ class UpstreamResponse:
                     if payload == b"[DONE]":
                         return
         except (TimeoutError, *_CONNECTION_ERRORS) as exc:
-            raise ReplicaGone(f"{self._where} broke off its stream: {exc!r}") from exc
+            raise ReplicaGone(
+                "the replica broke off its stream", detail=f"{self._where}: {exc!r}"
+            ) from exc
 
     def close(self) -> None:
         """Drop the connection (a replica stops generating for a client that went away);
@@ -67,7 +71,9 @@ class Upstream:
         connect_timeout: float = 2.0,
         read_timeout: float = 60.0,
         limit_per_host: int = 512,
+        idle_s: float = 30.0,
     ) -> None:
+        self.idle_s = idle_s
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.limit_per_host = limit_per_host
@@ -77,7 +83,7 @@ class Upstream:
         self._client = Http1Client(
             connect_timeout=self.connect_timeout,
             limit_per_host=self.limit_per_host,
-            keepalive_s=30.0,
+            keepalive_s=self.idle_s,
         )
 
     async def close(self) -> None:
@@ -106,16 +112,20 @@ class Upstream:
                 "POST", url, body, headers or _JSON, read_timeout=timeout
             )
         except TimeoutError as exc:
-            raise UpstreamTimeout(f"{url}: no answer in time") from exc
+            raise UpstreamTimeout("a replica did not answer in time", detail=url) from exc
         except _CONNECTION_ERRORS as exc:
-            raise UpstreamUnavailable(f"{url}: {exc!r}") from exc
+            raise UpstreamUnavailable(
+                "a replica could not be reached", detail=f"{url}: {exc!r}"
+            ) from exc
         if resp.status >= 500:
             try:
                 detail = (await resp.read())[:200].decode("utf-8", "replace")
             except (TimeoutError, *_CONNECTION_ERRORS):
                 detail = ""
             raise UpstreamStatus(
-                f"{url} answered {resp.status}: {detail}", upstream_status=resp.status
+                f"a replica failed with status {resp.status}",
+                upstream_status=resp.status,
+                detail=f"{url}: {detail}",
             )
         return UpstreamResponse(resp.status, resp.content_type, resp, url)
 
