@@ -146,8 +146,11 @@ class FastLane(asyncio.Protocol):
             self._close()
 
     def eof_received(self) -> bool:
+        """The client closed its side.  As aiohttp does, a request still being served is
+        taken as abandoned: its work upstream is cancelled and the connection closed (a
+        socket closed by a client that left reads exactly like a half-close)."""
         self.eof = True
-        return self.busy  # keep the transport open to send the answer in progress
+        return False  # close; connection_lost cancels the request in progress
 
     def pause_writing(self) -> None:
         self.writable = False

@@ -249,11 +249,7 @@ class Proxy:
                 failed.add(replica.id)
                 unreachable = unreachable and isinstance(exc, UpstreamUnavailable)
                 if not retryable(exc) or attempts >= self.config.max_attempts:
-                    final: ApiError = exc
-                    if unreachable:
-                        final = NoHealthyReplica(
-                            f"no replica of {model!r} could be reached", detail=exc.detail
-                        )
+                    final = _unreachable(model, exc) if unreachable else exc
                     self._fail(model, pool, final)
                     raise final from None
                 self.metrics.retries.labels(model).inc()
@@ -335,6 +331,7 @@ class Proxy:
         budget = self.config.max_attempts + self.config.max_continuations
         pool = "none"
         failed: set[str] = set()
+        unreachable = True  # every failure so far was a replica that could not be reached
         body: dict[str, Any] = dict(inbound.body)
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         while True:
@@ -364,11 +361,13 @@ class Proxy:
                     self.fleet.failed(replica.id)
                     failed.add(replica.id)
                     failures += 1
+                    unreachable = unreachable and isinstance(exc, UpstreamUnavailable)
                     if failures >= budget or (out is None and attempts >= self.config.max_attempts):
-                        self._fail(model, pool, exc)
+                        final = _unreachable(model, exc) if unreachable else exc
+                        self._fail(model, pool, final)
                         if out is None:
-                            raise
-                        await self._abort(out, exc, inbound)
+                            raise final from None
+                        await self._abort(out, final, inbound)
                         return out
                     self.metrics.retries.labels(model).inc()
                     request = self.afresh(request, must_serve=out is not None)
@@ -557,6 +556,12 @@ def error_reply(exc: ApiError, request_id: str) -> Reply:
     log.log(level, "%s", log_line(exc, request_id))
     headers = {**exc.headers(), "x-request-id": request_id}
     return Reply(exc.status, "application/json", json.dumps(exc.body()).encode(), headers)
+
+
+def _unreachable(model: str, exc: UpstreamError) -> ApiError:
+    """Every try failed to reach a replica at all: the model has no healthy replica (503),
+    not a replica that failed (502)."""
+    return NoHealthyReplica(f"no replica of {model!r} could be reached", detail=exc.detail)
 
 
 def _chunk_object(inbound: Inbound) -> str:
