@@ -32,7 +32,7 @@ from fleetpilot.config import GatewayConfig
 from fleetpilot.errors import ApiError, BadRequest, PayloadTooLarge, log_line
 from fleetpilot.gateway.intake import new_request_id
 
-__all__ = ["GuardedHandler", "protocol_factory"]
+__all__ = ["GuardedHandler", "expect_continue", "protocol_factory"]
 
 log = logging.getLogger("fleetpilot.gateway")
 
@@ -126,6 +126,28 @@ class GuardedHandler(RequestHandler):
         )
         resp.force_close()
         return resp
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` is answered with ``100 Continue``; any other expectation with
+    a 417 in OpenAI's shape (aiohttp's own answers in plain text, echoing the value, and fails
+    with a 500 on a byte outside ASCII).  Runs before any middleware, for every route."""
+    expect = request.headers.get("Expect", "")
+    if expect.strip().lower() == "100-continue":
+        if request.version == HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the real answer has not begun
+        return None
+    err = ApiError("the only expectation the gateway meets is '100-continue'")
+    err.status, err.type, err.param = 417, "invalid_request_error", "Expect"
+    rid = new_request_id()
+    log.info("%s", log_line(err, rid))
+    return web.Response(
+        status=417,
+        body=json.dumps(err.body()).encode(),
+        content_type="application/json",
+        headers={"x-request-id": rid},
+    )
 
 
 def protocol_factory(server: web.Server, config: GatewayConfig) -> Callable[[], GuardedHandler]:

@@ -207,7 +207,9 @@ def admit(
     if not fleet.serves(inbound.model):
         raise ModelNotFound(f"the model {inbound.model!r} does not exist", param="model")
     context = fleet.context_tokens(inbound.model)
-    if kind != "embeddings" and inbound.max_tokens > context:
+    if all(inbound.body.get(k) is None for k in ("max_tokens", "max_completion_tokens")):
+        inbound.max_tokens = min(inbound.max_tokens, context)  # the default, not the client's
+    elif kind != "embeddings" and inbound.max_tokens > context:
         param = "max_completion_tokens" if "max_completion_tokens" in inbound.body else "max_tokens"
         raise BadRequest(
             f"'{param}' is {inbound.max_tokens}, over the model's context of {context} tokens",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -90,9 +91,12 @@ async def _addresses(url: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-def add_membership_routes(app: web.Application, catalogue: Catalogue) -> None:
-    """Register ``POST /admin/replicas`` and ``POST /admin/replicas/remove`` on a gateway app
-    made by ``create_app`` (before it starts)."""
+def add_membership_routes(
+    post: Callable[[str, Callable[[web.Request], Awaitable[web.Response]]], object],
+    catalogue: Catalogue,
+) -> None:
+    """Register ``POST /admin/replicas`` and ``POST /admin/replicas/remove`` with ``post``
+    (the gateway app's route adder, while ``create_app`` builds it)."""
 
     async def add(request: web.Request) -> web.Response:
         try:
@@ -124,5 +128,5 @@ def add_membership_routes(app: web.Application, catalogue: Catalogue) -> None:
         fleet.remove(live.id)
         return web.json_response({"replica": live.id})
 
-    app.router.add_post("/admin/replicas", add)
-    app.router.add_post("/admin/replicas/remove", remove)
+    post("/admin/replicas", add)
+    post("/admin/replicas/remove", remove)

@@ -31,6 +31,7 @@ from fleetpilot.errors import (
     ConfigError,
     PayloadTooLarge,
 )
+from fleetpilot.gateway.aiohttp_front import expect_continue
 from fleetpilot.gateway.appkeys import ADMIN, CONFIG, FLEET, KEYS, METRICS, PROXY
 from fleetpilot.gateway.auth import ADMIN_ENV, AdminAuth, ClientKeys
 from fleetpilot.gateway.fastlane import listen
@@ -204,6 +205,41 @@ async def _health_loop(app: web.Application) -> None:
         await asyncio.sleep(cfg.health_interval_s)
 
 
+_Add = Callable[[str, _Handler], object]
+
+
+class _MethodNotAllowed(ApiError):
+    status = 405
+    type = "invalid_request_error"
+
+
+def _routes(app: web.Application) -> tuple[_Add, _Add, Callable[[], None]]:
+    """``add_post`` and ``add_get`` with the gateway's own ``Expect`` handling, and the
+    catch-all to add last: every request reaches a route of ours (aiohttp's own 404/405
+    routes would answer an ``Expect`` in plain text, before any middleware)."""
+    methods: dict[str, set[str]] = {}
+
+    def post(path: str, handler: _Handler) -> object:
+        methods.setdefault(path, set()).add("POST")
+        return app.router.add_post(path, handler, expect_handler=expect_continue)
+
+    def get(path: str, handler: _Handler) -> object:
+        methods.setdefault(path, {"HEAD"}).add("GET")
+        return app.router.add_get(path, handler, expect_handler=expect_continue)
+
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        allowed = methods.get(request.path)
+        if allowed is None:
+            raise web.HTTPNotFound()
+        err = _MethodNotAllowed(f"{request.method} is not allowed here")
+        raise err
+
+    def catch_all() -> None:
+        app.router.add_route("*", "/{tail:.*}", elsewhere, expect_handler=expect_continue)
+
+    return post, get, catch_all
+
+
 def create_app(
     config: FleetConfig,
     catalogue: Catalogue | None = None,
@@ -238,15 +274,16 @@ def create_app(
             "connections only",
             ADMIN_ENV,
         )
-    app.router.add_post("/v1/chat/completions", _api("chat"))
-    app.router.add_post("/v1/completions", _api("completions"))
-    app.router.add_post("/v1/embeddings", _api("embeddings"))
-    app.router.add_get("/v1/models", _models)
-    app.router.add_get("/health", _health)
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/admin/fleet", _fleet_view)
-    app.router.add_post("/admin/drain", _set_state(ReplicaState.DRAINING))
-    app.router.add_post("/admin/undrain", _set_state(ReplicaState.READY))
+    post, get, catch_all = _routes(app)
+    post("/v1/chat/completions", _api("chat"))
+    post("/v1/completions", _api("completions"))
+    post("/v1/embeddings", _api("embeddings"))
+    get("/v1/models", _models)
+    get("/health", _health)
+    get("/metrics", _metrics)
+    get("/admin/fleet", _fleet_view)
+    post("/admin/drain", _set_state(ReplicaState.DRAINING))
+    post("/admin/undrain", _set_state(ReplicaState.READY))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await upstream.start()
@@ -259,7 +296,8 @@ def create_app(
         await upstream.close()
 
     app.cleanup_ctx.append(lifecycle)
-    add_membership_routes(app, catalogue)  # a controller in another process adds/removes replicas
+    add_membership_routes(post, catalogue)  # a controller in another process adds/removes them
+    catch_all()
     return app
 
 
