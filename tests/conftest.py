@@ -144,6 +144,8 @@ def gateway_process(config: FleetConfig, tmp_path: Any) -> Iterator[GatewayProce
 
     data = config.model_dump(mode="json")
     data["gateway"]["port"] = port
+    if config.gateway.admin_token is not None:  # a dump masks secrets
+        data["gateway"]["admin_token"] = config.gateway.admin_token.get_secret_value()
     path.write_text(yaml.safe_dump(data))
     proc = subprocess.Popen(
         [sys.executable, "-m", "fleetpilot", "gateway", "--fleet", str(path)],

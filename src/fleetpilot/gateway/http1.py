@@ -275,6 +275,10 @@ class Http1Response:
     def closed(self) -> bool:
         return self._conn is None
 
+    def read_timeout(self, seconds: float) -> None:
+        """The silence allowed from now on (a stream's, once its head is in)."""
+        self._timeout = seconds
+
     async def read(self) -> bytes:
         """The whole body (what is left of it)."""
         conn = self._conn

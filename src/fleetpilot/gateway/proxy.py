@@ -354,6 +354,7 @@ class Proxy:
                         replica.base.url + inbound.path,
                         self._body(pool, inbound, body),
                         read_timeout=self.config.first_byte_timeout_s,
+                        first_byte_timeout=self._first_byte_timeout(decision.predicted_ttft),
                         headers=self._headers.get(pool),
                     )
                 except UpstreamError as exc:
@@ -457,6 +458,12 @@ class Proxy:
             pass
         self.metrics.served(model, pool).ok.inc()
         return out
+
+    def _first_byte_timeout(self, predicted_ttft: float) -> float:
+        """How long a stream's head may take: a replica that queues it is busy, not stalled,
+        for as long as the router expected it to queue (and some)."""
+        expected = self.clock.real_seconds(3 * predicted_ttft)
+        return max(self.config.first_byte_timeout_s, expected + self.config.first_byte_timeout_s)
 
     def _learns(self, inbound: Inbound) -> bool:
         """Whether this request's first token may move the router's learnt headroom: only an

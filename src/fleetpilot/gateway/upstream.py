@@ -103,10 +103,16 @@ class Upstream:
         body: bytes,
         *,
         read_timeout: float | None = None,
+        first_byte_timeout: float | None = None,
         headers: dict[str, str] | None = None,
     ) -> UpstreamResponse:
-        """POST ``body`` to ``url``; returns once the status line and headers are in."""
-        timeout = self.read_timeout if read_timeout is None else read_timeout
+        """POST ``body`` to ``url``; returns once the status line and headers are in.
+
+        ``first_byte_timeout`` (default ``read_timeout``) bounds the wait for the head: an
+        engine that queues a request sends nothing until its first token.  ``read_timeout``
+        is the silence allowed after that."""
+        silence = self.read_timeout if read_timeout is None else read_timeout
+        timeout = silence if first_byte_timeout is None else first_byte_timeout
         try:
             resp = await self.client.request(
                 "POST", url, body, headers or _JSON, read_timeout=timeout
@@ -127,6 +133,7 @@ class Upstream:
                 upstream_status=resp.status,
                 detail=f"{url}: {detail}",
             )
+        resp.read_timeout(silence)
         return UpstreamResponse(resp.status, resp.content_type, resp, url)
 
     async def get(self, url: str, timeout: float) -> tuple[int, bytes]:
