@@ -208,7 +208,12 @@ async def test_item04_client_keys_keep_anonymous_traffic_off_the_upstream_key(
     emulators: Emulators,
 ) -> None:
     emu = emulators.start("A10G")
-    cfg = fleet([pool("p", [emu.url], api_key="upstream")], client_keys=[hash_key("k-1")])
+    printed = subprocess.run(
+        [sys.executable, "-m", "fleetpilot", "hash-key", "k-1"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    assert printed == hash_key("k-1")
+    cfg = fleet([pool("p", [emu.url], api_key="upstream")], client_keys=[printed])
     async with serve_gateway(cfg) as gw:
         for key in ("wrong", "k-11", "k-"):
             client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)

@@ -69,6 +69,23 @@ def gateway(
     _guard(run_gateway, fleet, host=host, port=port, router=router, catalogue=catalogue)
 
 
+@app.command("hash-key")
+def hash_key(
+    key: Annotated[
+        str | None, typer.Argument(help="the API key (read from stdin when left out)")
+    ] = None,
+) -> None:
+    """Print the digest of a client API key, to list under ``gateway.client_keys``."""
+    import sys
+
+    from fleetpilot.gateway.auth import hash_key as digest
+
+    value = key if key is not None else sys.stdin.readline().rstrip("\r\n")
+    if not value:
+        raise typer.BadParameter("the key is empty")
+    print(digest(value))
+
+
 @app.command()
 def demo(
     duration: Annotated[float, typer.Option(help="seconds of compressed trace per policy")] = 60.0,

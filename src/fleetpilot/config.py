@@ -60,6 +60,7 @@ PRIVATE_NETWORKS = (
     "10.0.0.0/8",
     "172.16.0.0/12",
     "192.168.0.0/16",
+    "100.64.0.0/10",  # shared address space: some CNIs give pods these
     "::1/128",
     "fc00::/7",
 )

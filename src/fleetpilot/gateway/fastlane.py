@@ -136,14 +136,7 @@ class FastLane(asyncio.Protocol):
             if len(self.buf) > self.listening.max_buffer and self.reading:
                 self._pause_reading()
             return
-        try:
-            self._next()
-        except Exception:  # a bug here must still answer, not kill the connection silently
-            rid = new_request_id()
-            log.exception("%s unhandled error in the fast lane", rid)
-            self.busy = False
-            self._write(error_reply(ApiError("internal gateway error"), rid), False)
-            self._close()
+        self._next_safely()
 
     def eof_received(self) -> bool:
         """The client closed its side.  As aiohttp does, a request still being served is
@@ -158,9 +151,21 @@ class FastLane(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writable = True
         if not self.busy and self.buf:
-            self._next()
+            self._next_safely()
 
     # -- requests ---------------------------------------------------------------------------
+    def _next_safely(self) -> None:
+        """:meth:`_next`, where a bug still answers (a 500 in OpenAI's shape, logged with its
+        traceback) instead of closing the connection with nothing said."""
+        try:
+            self._next()
+        except Exception:
+            rid = new_request_id()
+            log.exception("%s unhandled error in the fast lane", rid)
+            self.busy = False
+            self._write(error_reply(ApiError("internal gateway error"), rid), False)
+            self._close()
+
     def _next(self) -> None:
         """Start the request at the front of ``buf``, if it is whole and the lane's."""
         if self.closing or not self.writable:
@@ -252,7 +257,7 @@ class FastLane(asyncio.Protocol):
         if not keep_alive or self.eof or self.listening.stopping:
             self._close()
             return
-        self._next()
+        self._next_safely()
 
     def _write(self, reply: Reply, keep_alive: bool) -> None:
         if self.transport is None or self.transport.is_closing():

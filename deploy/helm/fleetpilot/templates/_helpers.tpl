@@ -20,3 +20,7 @@ http://{{ .Release.Name }}-gateway.{{ .Release.Namespace }}.svc:{{ .Values.gatew
 redis://{{ .Release.Name }}-redis.{{ .Release.Namespace }}.svc:6379/0
 {{- end -}}
 {{- end -}}
+
+{{- define "fleetpilot.adminSecret" -}}
+{{- .Values.adminSecret | default (printf "%s-admin" .Release.Name) -}}
+{{- end -}}
