@@ -14,8 +14,6 @@ import io
 import json
 import math
 import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,7 +46,7 @@ from fleetpilot.errors import ConfigError
 from fleetpilot.gateway.fleet import LiveFleet
 from fleetpilot.gateway.server import FLEET, METRICS, create_app
 
-from conftest import HOST, fleet, free_port, metric
+from conftest import HOST, fleet, metric
 
 MODEL = "llama-3.1-8b"
 SCALE = 0.05  # real seconds per modelled second
@@ -443,35 +441,6 @@ def test_capacity_policy_lookup_rejects_unknown_names() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Redis lease against a real redis-server
-
-
-@pytest.fixture
-async def redis_url(tmp_path: Any) -> AsyncIterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        import redis.asyncio
-
-        client = redis.asyncio.Redis(host=HOST, port=port)
-        for _ in range(100):
-            with contextlib.suppress(Exception):
-                if await client.ping():
-                    break
-            await asyncio.sleep(0.05)
-        await client.aclose()
-        yield f"redis://{HOST}:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def test_redis_lease_one_holder_renewal_release_and_expiry(redis_url: str) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "ManualClock", "SystemClock"]
+__all__ = ["Clock", "ManualClock", "SystemClock", "WallClock"]
 
 
 class Clock(Protocol):
@@ -45,6 +45,14 @@ class SystemClock:
 
     def real_seconds(self, seconds: float) -> float:
         return seconds * self.scale
+
+
+class WallClock(SystemClock):
+    """Seconds since the epoch: a clock that processes sharing one file (the SQLite store)
+    agree on, unlike one process's monotonic origin where machines differ."""
+
+    def now(self) -> float:
+        return time.time() / self.scale
 
 
 class ManualClock:

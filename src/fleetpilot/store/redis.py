@@ -1,0 +1,237 @@
+"""The Store on Redis: many gateway replicas.  Each primitive is one Lua script, so one round
+trip and atomic; windows and hold expiries use Redis's own clock (``TIME`` inside the script),
+never a gateway's.  Numbers travel as strings (Lua numbers would come back truncated).
+
+Keys live under ``fp:``: a counter ``c`` is the hash ``fp:c:{c}`` (``base``, ``held``,
+``wend``) with its holds in ``fp:h:{c}`` (amounts) and ``fp:e:{c}`` (expiries, a sorted
+set); a windowed counter's keys expire with the window.  Durability of logs is Redis's: run
+it with ``appendonly yes`` where a log must survive a Redis restart.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from fleetpilot.store.base import Add, Added, StoreUnavailable
+
+__all__ = ["RedisStore"]
+
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function num(v) return tonumber(v or '') end
+local function tidy(c, h, e)
+  local wend = num(redis.call('HGET', c, 'wend'))
+  if wend and now >= wend then redis.call('DEL', c, h, e) end
+  local gone = redis.call('ZRANGEBYSCORE', e, '-inf', now)
+  for _, name in ipairs(gone) do
+    redis.call('HINCRBYFLOAT', c, 'held', -(num(redis.call('HGET', h, name)) or 0))
+    redis.call('HDEL', h, name)
+  end
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', e, '-inf', now) end
+end
+local function value(c)
+  return (num(redis.call('HGET', c, 'base')) or 0) + (num(redis.call('HGET', c, 'held')) or 0)
+end
+local function resets(c)
+  local w = num(redis.call('HGET', c, 'wend'))
+  if w then return tostring(math.max(0, w - now)) end
+  return ''
+end
+local function drop_hold(c, h, e, hold)
+  local a = num(redis.call('HGET', h, hold))
+  if a then
+    redis.call('HDEL', h, hold)
+    redis.call('ZREM', e, hold)
+    redis.call('HINCRBYFLOAT', c, 'held', -a)
+  end
+end
+"""
+
+_ADD = (
+    _PRELUDE
+    + """
+local n = tonumber(ARGV[1])
+for i = 1, n do tidy(KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]) end
+local function report(ok, refused)
+  local vals, rs = {}, {}
+  for j = 1, n do vals[j] = tostring(value(KEYS[3*j-2])); rs[j] = resets(KEYS[3*j-2]) end
+  return {ok, refused, vals, rs}
+end
+local pending = {}
+for i = 1, n do
+  local c, o = KEYS[3*i-2], 1 + (i-1)*5
+  local amount, limit = tonumber(ARGV[o+1]), num(ARGV[o+2])
+  local after = value(c) + (pending[c] or 0) + amount
+  if limit and amount > 0 and after > limit + 1e-9 then return report(0, i-1) end
+  pending[c] = (pending[c] or 0) + amount
+end
+for i = 1, n do
+  local c, h, e, o = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i], 1 + (i-1)*5
+  local amount, window, hold, ttl = tonumber(ARGV[o+1]), num(ARGV[o+3]), ARGV[o+4], num(ARGV[o+5])
+  if hold ~= '' then
+    local prev = num(redis.call('HGET', h, hold)) or 0
+    redis.call('HSET', h, hold, tostring(prev + amount))
+    redis.call('ZADD', e, now + ttl, hold)
+    redis.call('HINCRBYFLOAT', c, 'held', amount)
+  else
+    redis.call('HINCRBYFLOAT', c, 'base', amount)
+  end
+  if window and not redis.call('HGET', c, 'wend') then
+    local wend = now + window
+    redis.call('HSET', c, 'wend', tostring(wend))
+    local at = math.floor((wend + 1) * 1000)
+    redis.call('PEXPIREAT', c, at)
+    redis.call('PEXPIREAT', h, at)
+    redis.call('PEXPIREAT', e, at)
+  end
+end
+return report(1, -1)
+"""
+)
+
+_SETTLE = (
+    _PRELUDE
+    + """
+tidy(KEYS[1], KEYS[2], KEYS[3])
+drop_hold(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
+local amount = tonumber(ARGV[2])
+if amount ~= 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'base', amount) end
+return tostring(value(KEYS[1]))
+"""
+)
+
+_VALUE = (
+    _PRELUDE
+    + """
+tidy(KEYS[1], KEYS[2], KEYS[3])
+return tostring(value(KEYS[1]))
+"""
+)
+
+_NOW = _PRELUDE + "return tostring(now)"
+
+_APPEND = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+local seq = redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], seq)
+return 1
+"""
+
+_PUT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'ver') or '0')
+if current ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'ver', current + 1)
+return 1
+"""
+
+_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_UNLEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
+def _keys(counter: str) -> list[str]:
+    return [f"fp:c:{counter}", f"fp:h:{counter}", f"fp:e:{counter}"]
+
+
+def _text(v: float | None) -> str:
+    return "" if v is None else repr(float(v))
+
+
+class RedisStore:
+    def __init__(self, url: str, *, timeout_s: float = 2.0) -> None:
+        self.url = url
+        self._r = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        s = self._r.register_script
+        self._add, self._settle, self._value = s(_ADD), s(_SETTLE), s(_VALUE)
+        self._now, self._append, self._put = s(_NOW), s(_APPEND), s(_PUT)
+        self._lease, self._unlease = s(_LEASE), s(_UNLEASE)
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisConnectionError, RedisTimeout, OSError) as exc:
+            raise StoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+
+    async def now(self) -> float:
+        return float(await self._call(self._now, [], []))
+
+    async def add(self, *adds: Add) -> Added:
+        keys: list[str] = []
+        args: list[Any] = [len(adds)]
+        for a in adds:
+            keys += _keys(a.key)
+            args += [repr(float(a.amount)), _text(a.limit), _text(a.window_s), a.hold or ""]
+            args.append(_text(a.hold_ttl_s))
+        ok, refused, values, resets = await self._call(self._add, keys, args)
+        return Added(
+            bool(ok),
+            tuple(float(v) for v in values),
+            tuple(float(r) if r not in (b"", "") else None for r in resets),
+            refused=None if int(refused) < 0 else int(refused),
+        )
+
+    async def settle(self, key: str, hold: str, amount: float) -> float:
+        return float(await self._call(self._settle, _keys(key), [hold, repr(float(amount))]))
+
+    async def release(self, key: str, hold: str) -> float:
+        return float(await self._call(self._settle, _keys(key), [hold, "0"]))
+
+    async def value(self, key: str) -> float:
+        return float(await self._call(self._value, _keys(key), []))
+
+    async def append(self, log: str, entry_id: str, record: dict[str, Any]) -> bool:
+        data = json.dumps([entry_id, record])
+        keys = [f"fp:li:{log}", f"fp:l:{log}"]
+        return bool(await self._call(self._append, keys, [entry_id, data]))
+
+    async def read(
+        self, log: str, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str, dict[str, Any]]]:
+        start = max(after, 0)
+        try:
+            rows = await self._r.lrange(f"fp:l:{log}", start, start + limit - 1)
+        except (RedisConnectionError, RedisTimeout, OSError) as exc:
+            raise StoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        out = []
+        for i, raw in enumerate(rows):
+            entry_id, record = json.loads(raw)
+            out.append((start + i + 1, str(entry_id), record))
+        return out
+
+    async def get(self, key: str) -> tuple[bytes | None, int]:
+        try:
+            value, version = await self._r.hmget(f"fp:kv:{key}", ["v", "ver"])
+        except (RedisConnectionError, RedisTimeout, OSError) as exc:
+            raise StoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        if version is None or value is None:
+            return None, 0
+        return (value.encode() if isinstance(value, str) else bytes(value)), int(version)
+
+    async def put(self, key: str, value: bytes, *, version: int) -> bool:
+        return bool(await self._call(self._put, [f"fp:kv:{key}"], [bytes(value), version]))
+
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        ms = max(1, round(ttl_s * 1000))
+        return bool(await self._call(self._lease, [f"fp:lease:{name}"], [holder, ms]))
+
+    async def unlease(self, name: str, holder: str) -> None:
+        await self._call(self._unlease, [f"fp:lease:{name}"], [holder])
+
+    async def close(self) -> None:
+        await self._r.aclose()
