@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -399,6 +400,8 @@ async def run_day(settings: DaySettings, *, console: Console) -> DayResult:
         "time_scale": settings.time_scale,
         "health_interval_s": 0.5,
         "cooldown_s": 0.5,
+        # membership is kept in process here; no admin call is made, so none may be
+        "admin_token": secrets.token_urlsafe(24),
     }
     app = create_app(FleetConfig.model_validate({"gateway": gateway, "pools": []}), clock=clock)
     listening = await listen(app, HOST, 0)  # the front door ``fleetpilot gateway`` has
