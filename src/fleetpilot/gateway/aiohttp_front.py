@@ -31,8 +31,9 @@ from aiohttp.web_protocol import RequestHandler
 from fleetpilot.config import GatewayConfig
 from fleetpilot.errors import ApiError, BadRequest, PayloadTooLarge, log_line
 from fleetpilot.gateway.intake import new_request_id
+from fleetpilot.gateway.pipeline import Answer, Whole
 
-__all__ = ["GuardedHandler", "expect_continue", "protocol_factory"]
+__all__ = ["GuardedHandler", "expect_continue", "protocol_factory", "write"]
 
 log = logging.getLogger("fleetpilot.gateway")
 
@@ -126,6 +127,32 @@ class GuardedHandler(RequestHandler):
         )
         resp.force_close()
         return resp
+
+
+def response(reply: Whole) -> web.Response:
+    return web.Response(
+        body=reply.body, status=reply.status, content_type=reply.content_type, headers=reply.headers
+    )
+
+
+async def write(answer: Answer, request: web.Request) -> web.StreamResponse:
+    """Send ``answer``: a whole reply at once, a stream event by event.  A client that goes
+    away mid-stream closes the stream's iterator, which stops the replica (the upstream
+    stage's ``finally``)."""
+    if isinstance(answer, Whole):
+        return response(answer)
+    events = answer.events
+    out = web.StreamResponse(status=answer.status, headers=answer.headers)
+    try:
+        await out.prepare(request)
+        async for payload in events:
+            await out.write(b"data: " + payload + b"\n\n")
+        await out.write_eof()
+    except ConnectionError:
+        pass  # the client left; the finally below closes the events
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    return out
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:

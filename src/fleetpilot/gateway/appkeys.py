@@ -5,14 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from fleetpilot.config import FleetConfig
-from fleetpilot.gateway.auth import AdminAuth, ClientKeys
+from fleetpilot.gateway.auth import AdminAuth
 from fleetpilot.gateway.fleet import LiveFleet
 from fleetpilot.gateway.metrics import GatewayMetrics
-from fleetpilot.gateway.proxy import Proxy
+from fleetpilot.gateway.pipeline import Handler
+from fleetpilot.gateway.stages.upstream import Proxy
 
 FLEET: web.AppKey[LiveFleet] = web.AppKey("fleet", LiveFleet)
 PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 CONFIG: web.AppKey[FleetConfig] = web.AppKey("config", FleetConfig)
 ADMIN: web.AppKey[AdminAuth] = web.AppKey("admin", AdminAuth)
-KEYS: web.AppKey[ClientKeys] = web.AppKey("keys", ClientKeys)
+PIPELINE: web.AppKey[Handler] = web.AppKey("pipeline")

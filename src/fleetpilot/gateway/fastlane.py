@@ -11,7 +11,7 @@ The hot path is narrow: ``POST /v1/chat/completions`` (or ``/v1/completions``,
 ``/v1/embeddings``) over HTTP/1.1, a JSON body framed by ``Content-Length``, no stream.  One
 :class:`FastLane` protocol per connection serves exactly that: llhttp (``httptools``) checks
 the head, :func:`~fleetpilot.gateway.intake.parse` the body, and
-:meth:`~fleetpilot.gateway.proxy.Proxy.unary` does the rest, as it does for aiohttp.
+:mod:`the pipeline <fleetpilot.gateway.pipeline>` does the rest, as it does for aiohttp.
 
 Everything else — other paths and methods, streams, chunked or oversized bodies, ``Expect``,
 upgrades, heads llhttp rejects, requests :func:`~fleetpilot.gateway.intake.admit` rejects —
@@ -40,10 +40,10 @@ from aiohttp import web
 
 from fleetpilot.errors import ApiError, BadRequest
 from fleetpilot.gateway.aiohttp_front import protocol_factory
-from fleetpilot.gateway.appkeys import CONFIG, FLEET, KEYS, PROXY
+from fleetpilot.gateway.appkeys import CONFIG, FLEET, PIPELINE
 from fleetpilot.gateway.http1 import no_delay
 from fleetpilot.gateway.intake import Inbound, admit, new_request_id
-from fleetpilot.gateway.proxy import Reply, error_reply
+from fleetpilot.gateway.pipeline import Call, Whole, error_reply
 
 __all__ = ["FastLane", "Listening", "listen"]
 
@@ -190,7 +190,6 @@ class FastLane(asyncio.Protocol):
                 head.headers,
                 app[CONFIG].gateway,
                 app[FLEET],
-                app[KEYS],
                 new_request_id(),
             )
         except ApiError:
@@ -242,7 +241,10 @@ class FastLane(asyncio.Protocol):
 
     async def _serve(self, inbound: Inbound, keep_alive: bool) -> None:
         try:
-            reply = await self.app[PROXY].unary(inbound)
+            answer = await self.app[PIPELINE](Call(inbound, inbound.request_id))
+            if not isinstance(answer, Whole):
+                raise TypeError("the fast lane was given a stream")  # streams are handed over
+            reply = answer
         except asyncio.CancelledError:
             return  # the client left; nobody to answer
         except ApiError as exc:
@@ -259,7 +261,7 @@ class FastLane(asyncio.Protocol):
             return
         self._next_safely()
 
-    def _write(self, reply: Reply, keep_alive: bool) -> None:
+    def _write(self, reply: Whole, keep_alive: bool) -> None:
         if self.transport is None or self.transport.is_closing():
             return
         head = [

@@ -1,7 +1,7 @@
 """First stage of the pipeline: turn raw HTTP bytes into a checked :class:`Inbound`.
 
 Everything a client can get wrong is caught here and raised as an OpenAI-shaped error, so
-later stages can trust the body: a missing or wrong API key (401), malformed JSON, invalid
+later stages can trust the body: malformed JSON, invalid
 UTF-8, nesting too deep, wrong types or shapes, out-of-bounds headers and ``max_tokens`` over
 the model's context (400), an unknown model (404).  The size limit (413) is enforced while
 reading, before parsing.  Both fronts call :func:`admit` and nothing else, so a body is
@@ -24,7 +24,6 @@ from fleetpilot.errors import BadRequest, ModelNotFound
 from fleetpilot.tokens import estimate_tokens, prompt_text
 
 if TYPE_CHECKING:
-    from fleetpilot.gateway.auth import ClientKeys
     from fleetpilot.gateway.fleet import LiveFleet
 
 __all__ = ["DEFAULT_MAX_TOKENS", "Inbound", "admit", "new_request_id", "parse"]
@@ -56,6 +55,7 @@ class Inbound:
     service_class: ServiceClass
     ttft_slo: float | None  # seconds, from the header; None = the configured default
     request_id: str = ""
+    headers: Any = None  # the client's, as the front read them (case-insensitive lookups)
 
     @property
     def path(self) -> str:
@@ -197,13 +197,13 @@ def admit(
     headers: Any,
     config: GatewayConfig,
     fleet: LiveFleet,
-    keys: ClientKeys,
     request_id: str = "",
 ) -> Inbound:
-    """The checks every API request passes, in order: key, body, model, bounds."""
-    keys.check(headers)
+    """The checks every API request passes before its call enters the pipeline: body,
+    model, bounds (who is calling is the auth stage's question)."""
     inbound = parse(kind, raw, headers, config)
     inbound.request_id = request_id
+    inbound.headers = headers
     if not fleet.serves(inbound.model):
         raise ModelNotFound(f"the model {inbound.model!r} does not exist", param="model")
     context = fleet.context_tokens(inbound.model)

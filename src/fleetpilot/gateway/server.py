@@ -1,6 +1,9 @@
-"""The gateway's HTTP app: it wires intake, proxy, fleet view and metrics together.
+"""The gateway's HTTP app: it wires intake, the pipeline of stages, the fleet view and
+metrics together.
 
-No routing or retry logic lives here (see :mod:`fleetpilot.gateway.proxy`); this module
+No routing or retry logic lives here (see :mod:`fleetpilot.gateway.stages.upstream`), and no
+stage: the chain is composed once (:func:`pipeline`) and both fronts only hand it calls and
+write its answers.  This module
 owns the HTTP surface, the middleware that gives each request its id, keeps ``/admin/*`` to
 holders of the admin credential (:mod:`fleetpilot.gateway.auth`) and turns every failure into
 OpenAI's error JSON, and the background health checks.
@@ -31,15 +34,17 @@ from fleetpilot.errors import (
     ConfigError,
     PayloadTooLarge,
 )
-from fleetpilot.gateway.aiohttp_front import expect_continue
-from fleetpilot.gateway.appkeys import ADMIN, CONFIG, FLEET, KEYS, METRICS, PROXY
+from fleetpilot.gateway.aiohttp_front import expect_continue, response, write
+from fleetpilot.gateway.appkeys import ADMIN, CONFIG, FLEET, METRICS, PIPELINE, PROXY
 from fleetpilot.gateway.auth import ADMIN_ENV, AdminAuth, ClientKeys
 from fleetpilot.gateway.fastlane import listen
 from fleetpilot.gateway.fleet import LiveFleet
 from fleetpilot.gateway.intake import admit, new_request_id
 from fleetpilot.gateway.membership import add_membership_routes
 from fleetpilot.gateway.metrics import GatewayMetrics
-from fleetpilot.gateway.proxy import Proxy, error_reply
+from fleetpilot.gateway.pipeline import Call, Handler, Stage, compose, error_reply
+from fleetpilot.gateway.stages.auth import auth_stage
+from fleetpilot.gateway.stages.upstream import Proxy
 from fleetpilot.gateway.upstream import Upstream
 from fleetpilot.replica_metrics import in_flight
 
@@ -59,21 +64,21 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
             request.app[ADMIN].check(request.headers, request.remote)
         return await handler(request)
     except ApiError as exc:
-        return error_reply(exc, rid).response()
+        return response(error_reply(exc, rid))
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].gateway.max_body_bytes
-        return error_reply(PayloadTooLarge(f"request body over {limit} bytes"), rid).response()
+        return response(error_reply(PayloadTooLarge(f"request body over {limit} bytes"), rid))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         err = ApiError(exc.reason)
         err.status, err.type = exc.status, "invalid_request_error"
-        return error_reply(err, rid).response()
+        return response(error_reply(err, rid))
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("%s unhandled error on %s %s", rid, request.method, request.path)
-        return error_reply(ApiError("internal gateway error"), rid).response()
+        return response(error_reply(ApiError("internal gateway error"), rid))
 
 
 async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
@@ -93,10 +98,9 @@ def _api(kind: str) -> _Handler:
         app = request.app
         cfg = app[CONFIG].gateway
         raw = await _read_body(request, cfg.max_body_bytes, cfg.body_timeout_s)
-        inbound = admit(
-            kind, raw, request.headers, cfg, app[FLEET], app[KEYS], request[_REQUEST_ID]
-        )
-        return await app[PROXY].handle(inbound, request)
+        rid = request[_REQUEST_ID]
+        inbound = admit(kind, raw, request.headers, cfg, app[FLEET], rid)
+        return await write(await app[PIPELINE](Call(inbound, rid)), request)
 
     return handler
 
@@ -205,6 +209,15 @@ async def _health_loop(app: web.Application) -> None:
         await asyncio.sleep(cfg.health_interval_s)
 
 
+def pipeline(config: FleetConfig, upstream: Proxy) -> Handler:
+    """The chain of stages that are on, in DESIGN.md's order, ending upstream."""
+    stages: list[Stage] = []
+    keys = ClientKeys(tuple(config.gateway.client_keys))
+    if keys.required:
+        stages.append(auth_stage(keys))
+    return compose(stages, upstream)
+
+
 _Add = Callable[[str, _Handler], object]
 
 
@@ -267,7 +280,7 @@ def create_app(
     app = web.Application(middlewares=[_errors], client_max_size=cfg.max_body_bytes)
     app[FLEET], app[PROXY], app[METRICS], app[CONFIG] = fleet, proxy, metrics, config
     app[ADMIN] = admin = AdminAuth.from_config(cfg)
-    app[KEYS] = ClientKeys(tuple(cfg.client_keys))
+    app[PIPELINE] = pipeline(config, proxy)
     if admin.token is None:
         log.warning(
             "no admin token (gateway.admin_token or %s): /admin/* answers loopback "

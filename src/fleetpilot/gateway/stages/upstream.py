@@ -1,33 +1,35 @@
-"""Route → upstream (retry, continue) → settle: the gateway's per-request path.
+"""The terminal stage: route, send, retry before the first byte, continue after it, settle.
 
-Retries: a failure before the client has seen a byte (connection refused or reset, 5xx, a
-stall, a non-streamed answer cut off) moves the request to another replica, at most
-``max_attempts`` tries; the failing replica is ejected (see :mod:`fleetpilot.gateway.fleet`).
+One attempt loop (:meth:`Proxy._attempt`) serves both kinds of answer.  It routes the request,
+sends it and, on a failure before the client has seen a byte (connection refused or reset,
+5xx, a stall, a non-streamed answer cut off), ejects the replica (see
+:mod:`fleetpilot.gateway.fleet`) and tries another, at most ``max_attempts`` times.
 
-Continuation: once a stream has started, a replica that dies is replaced by another that is
-asked to continue from the text already sent — for chat, the partial answer as a final
-assistant message with vLLM's ``continue_final_message``; for completions, appended to the
-prompt.  Chunks from the new replica are relabelled with the original stream's id, its
-role-only opening chunk is dropped, and ``usage`` adds up both parts, so the client sees one
-uninterrupted stream.  This assumes one token per chunk (vLLM's default ``stream_interval``).
+A stream is answered with a :class:`~fleetpilot.gateway.pipeline.Streamed` as soon as a
+replica has sent its head; its events are relayed as they come.  A replica that dies after
+that is replaced through the same loop by one asked to continue from the text already sent —
+for chat, the partial answer as a final assistant message with vLLM's
+``continue_final_message``; for completions, appended to the prompt.  Chunks from the new
+replica are relabelled with the original stream's id, its role-only opening chunk is dropped,
+and ``usage`` adds up both parts, so the client sees one uninterrupted stream.  This assumes
+one token per chunk (vLLM's default ``stream_interval``).
 
 Neither a retry nor a continuation is judged against time the failure spent: each is routed
 afresh with the request's whole TTFT budget from now, away from the replicas that already
 failed it.  A continuation is never shed (the client is reading it): it goes to the fastest
 replica, or waits up to ``continuation_wait_s`` for one to come back.  A request that waited
 for a replica to recover is not shed after the wait either.  Work for a client that left is
-cancelled, and every hold on a replica is released whatever ends the request.
+cancelled (a whole answer's task is cancelled; a stream's iterator is closed), and the hold
+on the replica is released in one ``finally`` whatever ends the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
-
-from aiohttp import web
 
 from fleetpilot.clock import Clock
 from fleetpilot.config import GatewayConfig, PoolConfig
@@ -43,31 +45,15 @@ from fleetpilot.errors import (
     log_line,
     retryable,
 )
-from fleetpilot.gateway.fleet import Lease, LiveFleet
+from fleetpilot.gateway.fleet import Lease, LiveFleet, LiveReplica
 from fleetpilot.gateway.intake import Inbound
 from fleetpilot.gateway.metrics import GatewayMetrics
+from fleetpilot.gateway.pipeline import Answer, Call, Streamed, Whole, log
 from fleetpilot.gateway.upstream import Upstream, UpstreamResponse
 
-__all__ = ["Proxy", "Reply", "error_reply"]
+__all__ = ["Proxy"]
 
-log = logging.getLogger("fleetpilot.gateway")
-
-_DONE = b"data: [DONE]\n\n"
-
-
-@dataclass(slots=True)
-class Reply:
-    """A whole, non-streamed answer: what either HTTP front (aiohttp or the fast lane) sends."""
-
-    status: int
-    content_type: str
-    body: bytes
-    headers: dict[str, str]
-
-    def response(self) -> web.Response:
-        return web.Response(
-            body=self.body, status=self.status, content_type=self.content_type, headers=self.headers
-        )
+_DONE = b"[DONE]"
 
 
 @dataclass(slots=True)
@@ -91,7 +77,32 @@ class _Stream:
         return "".join(self.parts)
 
 
+@dataclass(slots=True)
+class _Tries:
+    """One request's attempts so far, across retries and continuations."""
+
+    request: Request
+    limit: int  # failures allowed in all
+    attempts: int = 0
+    failures: int = 0
+    failed: set[str] = field(default_factory=set)  # replicas that failed it
+    unreachable: bool = True  # every failure so far: a replica that could not be reached
+    pool: str = "none"
+
+
+@dataclass(slots=True)
+class _Held:
+    """A replica answering: its head is in; the hold on it is to be released once."""
+
+    replica: LiveReplica
+    lease: Lease
+    resp: UpstreamResponse
+    data: bytes | None  # the whole body, for a non-streamed answer
+
+
 class Proxy:
+    """The upstream stage (terminal: it has no ``next``)."""
+
     def __init__(
         self,
         config: GatewayConfig,
@@ -201,97 +212,106 @@ class Proxy:
             out["model"] = rename
         return json.dumps(out).encode()
 
-    # -- one request ------------------------------------------------------------------------
-    async def handle(self, inbound: Inbound, http: web.Request) -> web.StreamResponse:
-        if inbound.stream:
-            return await self._stream(inbound, http)
-        return (await self.unary(inbound)).response()
+    # -- the one attempt loop ---------------------------------------------------------------
+    async def __call__(self, call: Call) -> Answer:
+        if call.inbound.stream:
+            return await self._stream(call)
+        return await self._unary(call)
 
     def _fail(self, model: str, pool: str, exc: ApiError) -> None:
         self.metrics.requests.labels(model, pool, str(exc.status)).inc()
 
-    async def unary(self, inbound: Inbound) -> Reply:
+    async def _attempt(
+        self, t: _Tries, inbound: Inbound, body: dict[str, Any] | None, whole: bool
+    ) -> _Held:
+        """Route and send until a replica answers (its head, and its body when ``whole``);
+        a failure before that goes to another replica.  Raises the :class:`ApiError` the
+        client is to see when the tries run out; the hold is the caller's to release."""
+        model = t.request.model
+        while True:
+            try:
+                decision = await self.choose(t.request, frozenset(t.failed))
+            except ApiError as exc:
+                self._fail(model, t.pool, exc)
+                raise
+            replica = self.fleet.get(decision.replica_id or "")
+            t.pool = pool = replica.base.pool
+            lease = self.fleet.acquire(replica.id, t.request.prompt_tokens, t.request.max_tokens)
+            t.attempts += 1
+            data = self._body(pool, inbound, body)
+            try:
+                if whole:
+                    predicted = self.clock.real_seconds(3 * decision.predicted_e2e)
+                    timeout = max(self.config.first_byte_timeout_s, predicted + 5)
+                    resp = await self.upstream.send(
+                        replica.base.url + inbound.path,
+                        data,
+                        read_timeout=timeout,
+                        headers=self._headers.get(pool),
+                    )
+                    return _Held(replica, lease, resp, await resp.read())
+                resp = await self.upstream.send(
+                    replica.base.url + inbound.path,
+                    data,
+                    read_timeout=self.config.first_byte_timeout_s,
+                    first_byte_timeout=self._first_byte_timeout(decision.predicted_ttft),
+                    headers=self._headers.get(pool),
+                )
+                return _Held(replica, lease, resp, None)
+            except UpstreamError as exc:
+                lease.release()
+                self.fleet.failed(replica.id)
+                t.failed.add(replica.id)
+                t.failures += 1
+                t.unreachable = t.unreachable and isinstance(exc, UpstreamUnavailable)
+                if not retryable(exc) or t.failures >= t.limit:
+                    final = _unreachable(model, exc) if t.unreachable else exc
+                    self._fail(model, pool, final)
+                    raise final from None
+                self.metrics.retries.labels(model).inc()
+                t.request = self.afresh(t.request, must_serve=t.request.must_serve)
+            except BaseException:  # cancelled: the client left
+                lease.release()
+                self.metrics.requests.labels(model, pool, "499").inc()
+                raise
+
+    # -- a whole answer ---------------------------------------------------------------------
+    async def _unary(self, call: Call) -> Whole:
         """A non-streamed request, retried on other replicas; failures raise :class:`ApiError`.
 
         Cancelling it (the client went away) drops the replica's connection, so the replica
         stops generating, and releases the hold on it.
         """
-        request = self.request_of(inbound)
-        arrival = request.arrival
-        model = request.model
-        attempts = 0
-        pool = "none"
-        failed: set[str] = set()
-        unreachable = True  # every failure so far was a replica that could not be reached
-        while True:
-            try:
-                decision = await self.choose(request, frozenset(failed))
-            except ApiError as exc:
-                self._fail(model, pool, exc)
-                raise
-            replica = self.fleet.get(decision.replica_id or "")
-            pool = replica.base.pool
-            lease = self.fleet.acquire(replica.id, request.prompt_tokens, request.max_tokens)
-            attempts += 1
-            predicted = self.clock.real_seconds(3 * decision.predicted_e2e)
-            timeout = max(self.config.first_byte_timeout_s, predicted + 5)
-            try:
-                resp = await self.upstream.send(
-                    replica.base.url + inbound.path,
-                    self._body(pool, inbound, None),
-                    read_timeout=timeout,
-                    headers=self._headers.get(pool),
-                )
-                data = await resp.read()
-            except UpstreamError as exc:
-                lease.release()
-                self.fleet.failed(replica.id)
-                failed.add(replica.id)
-                unreachable = unreachable and isinstance(exc, UpstreamUnavailable)
-                if not retryable(exc) or attempts >= self.config.max_attempts:
-                    final = _unreachable(model, exc) if unreachable else exc
-                    self._fail(model, pool, final)
-                    raise final from None
-                self.metrics.retries.labels(model).inc()
-                request = self.afresh(request)
-                continue
-            except BaseException:  # cancelled: the client left
-                lease.release()
-                self.metrics.requests.labels(model, pool, "499").inc()
-                raise
-            break
+        inbound = call.inbound
+        request = call.request = self.request_of(inbound)
+        t = _Tries(request, limit=self.config.max_attempts)
+        held = await self._attempt(t, inbound, None, True)
+        data = held.data or b""
         # The answer goes out first and the books are settled just after, on the next turn of
         # the loop: at low concurrency every microsecond before the write is added latency.
-        e2e = self.clock.now() - arrival
+        e2e = self.clock.now() - request.arrival
         asyncio.get_running_loop().call_soon(
-            self._settle_unary, lease, replica.id, model, pool, inbound.kind, resp.status, data, e2e
+            self._settle_unary, call, held, t.pool, held.resp.status, data, e2e
         )
-        return Reply(
-            resp.status,
-            resp.content_type or "application/json",
+        return Whole(
+            held.resp.status,
+            held.resp.content_type or "application/json",
             data,
             {
-                "x-fleetpilot-replica": replica.id,
-                "x-fleetpilot-attempts": str(attempts),
-                "x-request-id": inbound.request_id,
+                "x-fleetpilot-replica": held.replica.id,
+                "x-fleetpilot-attempts": str(t.attempts),
+                "x-request-id": call.request_id,
             },
         )
 
     def _settle_unary(
-        self,
-        lease: Lease,
-        replica_id: str,
-        model: str,
-        pool: str,
-        kind: str,
-        status: int,
-        data: bytes,
-        e2e: float,
+        self, call: Call, held: _Held, pool: str, status: int, data: bytes, e2e: float
     ) -> None:
-        self.fleet.succeeded(replica_id)
+        lease, model = held.lease, call.inbound.model
+        self.fleet.succeeded(held.replica.id)
         lease.first_token()
-        if status == 200 and kind != "embeddings":
-            usage = _usage_of(data)
+        if status == 200 and call.inbound.kind != "embeddings":
+            usage = call.usage = _usage_of(data)
             lease.tokens(usage.get("completion_tokens", 0))
             self._settle(lease, pool, model, usage, e2e, None)
         else:
@@ -301,147 +321,84 @@ class Proxy:
         else:
             self.metrics.requests.labels(model, pool, str(status)).inc()
 
-    def _settle(
-        self,
-        lease: Lease,
-        pool: str,
-        model: str,
-        usage: dict[str, Any],
-        e2e: float,
-        ttft: float | None,
-    ) -> None:
-        cost = lease.release()
-        m = self.metrics.served(model, pool)
-        m.cost.inc(cost)
-        m.request_cost.observe(cost)
-        m.e2e.observe(e2e)
-        if ttft is not None:
-            m.ttft.observe(ttft)
-        m.prompt_tokens.inc(usage.get("prompt_tokens", 0) or 0)
-        m.completion_tokens.inc(usage.get("completion_tokens", 0) or 0)
-
-    # -- streaming --------------------------------------------------------------------------
-    async def _stream(self, inbound: Inbound, http: web.Request) -> web.StreamResponse:
-        request = self.request_of(inbound)
-        arrival = request.arrival
-        model = request.model
-        state = _Stream(deadline=request.deadline, learn=self._learns(inbound))
-        out: web.StreamResponse | None = None
-        attempts = failures = 0
-        budget = self.config.max_attempts + self.config.max_continuations
-        pool = "none"
-        failed: set[str] = set()
-        unreachable = True  # every failure so far was a replica that could not be reached
+    # -- a stream ---------------------------------------------------------------------------
+    async def _stream(self, call: Call) -> Answer:
+        """The head once a replica has sent its own; the events from then on (see the
+        module's docstring), ending in ``[DONE]`` or in an error event."""
+        inbound = call.inbound
+        request = call.request = self.request_of(inbound)
+        t = _Tries(request, limit=self.config.max_attempts)
         body: dict[str, Any] = dict(inbound.body)
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        while True:
-            try:
-                decision = await self.choose(request, frozenset(failed))
-            except ApiError as exc:
-                self._fail(model, pool, exc)
-                if out is None:
-                    raise
-                await self._abort(out, exc, inbound)
-                return out
-            replica = self.fleet.get(decision.replica_id or "")
-            pool = replica.base.pool
-            lease = self.fleet.acquire(replica.id, request.prompt_tokens, request.max_tokens)
-            attempts += 1
-            resp: UpstreamResponse | None = None
-            try:
+        held = await self._attempt(t, inbound, body, False)
+        if held.resp.status != 200:  # a 4xx from the replica: the client's problem, pass it on
+            data = await held.resp.read()
+            held.lease.release()
+            self.metrics.requests.labels(inbound.model, t.pool, str(held.resp.status)).inc()
+            return Whole(
+                held.resp.status, "application/json", data, {"x-request-id": call.request_id}
+            )
+        headers = {
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "x-fleetpilot-replica": held.replica.id,
+            "x-fleetpilot-attempts": str(t.attempts),
+            "x-request-id": call.request_id,
+        }
+        t.limit = self.config.max_attempts + self.config.max_continuations
+        return Streamed(headers, self._events(call, t, held))
+
+    async def _events(self, call: Call, t: _Tries, held: _Held) -> AsyncIterator[bytes]:
+        inbound = call.inbound
+        model = inbound.model
+        arrival = t.request.arrival
+        state = _Stream(deadline=t.request.deadline, learn=self._learns(inbound))
+        done = False
+        try:
+            while True:
                 try:
-                    resp = await self.upstream.send(
-                        replica.base.url + inbound.path,
-                        self._body(pool, inbound, body),
-                        read_timeout=self.config.first_byte_timeout_s,
-                        first_byte_timeout=self._first_byte_timeout(decision.predicted_ttft),
-                        headers=self._headers.get(pool),
-                    )
-                except UpstreamError as exc:
-                    lease.release()
-                    self.fleet.failed(replica.id)
-                    failed.add(replica.id)
-                    failures += 1
-                    unreachable = unreachable and isinstance(exc, UpstreamUnavailable)
-                    if failures >= budget or (out is None and attempts >= self.config.max_attempts):
-                        final = _unreachable(model, exc) if unreachable else exc
-                        self._fail(model, pool, final)
-                        if out is None:
-                            raise final from None
-                        await self._abort(out, final, inbound)
-                        return out
-                    self.metrics.retries.labels(model).inc()
-                    request = self.afresh(request, must_serve=out is not None)
-                    continue
-                if resp.status != 200:  # a 4xx from the replica: the client's problem
-                    data = await resp.read()
-                    lease.release()
-                    self.metrics.requests.labels(model, pool, str(resp.status)).inc()
-                    if out is None:
-                        return web.Response(
-                            body=data, status=resp.status, content_type="application/json",
-                            headers={"x-request-id": inbound.request_id},
-                        )  # fmt: skip
-                    detail = data.decode("utf-8", "replace")[:200]
-                    await self._abort(
-                        out, ReplicaGone("the replica refused to continue", detail=detail), inbound
-                    )
-                    return out
-                if out is None:
-                    out = web.StreamResponse(
-                        headers={
-                            "Content-Type": "text/event-stream",
-                            "Cache-Control": "no-cache",
-                            "x-fleetpilot-replica": replica.id,
-                            "x-fleetpilot-attempts": str(attempts),
-                            "x-request-id": inbound.request_id,
-                        }
-                    )
-                    try:
-                        await out.prepare(http)
-                    except ConnectionError:
-                        resp.close()
-                        lease.release()
-                        return out
-                try:
-                    await self._relay(resp, out, state, lease, pool, model, inbound)
+                    async for payload in self._relay(held, state, t.pool, model, inbound):
+                        yield payload
+                    break
                 except ReplicaGone as exc:
-                    lease.release()
-                    self.fleet.failed(replica.id)
-                    failed.add(replica.id)
-                    failures += 1
+                    held.lease.release()
+                    self.fleet.failed(held.replica.id)
+                    t.failed.add(held.replica.id)
+                    t.failures += 1
                     remaining = inbound.max_tokens - state.produced
                     if state.finish_reason is not None or remaining <= 0:
                         break  # everything was sent; only the end of the stream went missing
-                    if failures >= budget or state.segments > self.config.max_continuations:
-                        self._fail(model, pool, exc)
-                        await self._abort(out, exc, inbound)
-                        return out
-                    self.metrics.continuations.labels(model).inc()
-                    body = _continuation(inbound, state, remaining)
-                    request = replace(
-                        self.afresh(request, must_serve=True),
-                        prompt_tokens=inbound.prompt_tokens + state.produced,
-                        max_tokens=remaining,
-                    )
-                    continue
-                except ConnectionError:  # the client went away: stop the replica too
-                    resp.close()
-                    lease.release()
-                    self.metrics.requests.labels(model, pool, "499").inc()
-                    return out
-            except asyncio.CancelledError:  # the client went away while we waited
-                if resp is not None:
-                    resp.close()
-                lease.release()
-                self.metrics.requests.labels(model, pool, "499").inc()
-                raise
-            break
-        self.fleet.succeeded(replica.id)
-        usage = self._final_usage(inbound, state)
-        ttft = state.first_at - arrival if state.first_at is not None else None
-        self._settle(lease, pool, model, usage, self.clock.now() - arrival, ttft)
-        try:
+                    if t.failures >= t.limit or state.segments > self.config.max_continuations:
+                        self._fail(model, t.pool, exc)
+                        yield self._abort(exc, call)
+                        done = True
+                        return
+                self.metrics.continuations.labels(model).inc()
+                body = _continuation(inbound, state, remaining)
+                t.request = replace(
+                    self.afresh(t.request, must_serve=True),
+                    prompt_tokens=inbound.prompt_tokens + state.produced,
+                    max_tokens=remaining,
+                )
+                try:
+                    held = await self._attempt(t, inbound, body, False)
+                except ApiError as exc:
+                    yield self._abort(exc, call)
+                    done = True
+                    return
+                if held.resp.status != 200:
+                    detail = (await held.resp.read()).decode("utf-8", "replace")[:200]
+                    held.lease.release()
+                    err = ReplicaGone("the replica refused to continue", detail=detail)
+                    yield self._abort(err, call)
+                    done = True
+                    return
+            self.fleet.succeeded(held.replica.id)
+            usage = call.usage = self._final_usage(inbound, state)
+            ttft = state.first_at - arrival if state.first_at is not None else None
+            self._settle(held.lease, t.pool, model, usage, self.clock.now() - arrival, ttft)
+            self.metrics.served(model, t.pool).ok.inc()
+            done = True
             if inbound.include_usage:
                 chunk: dict[str, Any] = {
                     "id": state.stream_id,
@@ -451,46 +408,25 @@ class Proxy:
                     "choices": [],
                     "usage": usage,
                 }
-                await out.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            await out.write(_DONE)
-            await out.write_eof()
-        except ConnectionError:
-            pass
-        self.metrics.served(model, pool).ok.inc()
-        return out
-
-    def _first_byte_timeout(self, predicted_ttft: float) -> float:
-        """How long a stream's head may take: a replica that queues it is busy, not stalled,
-        for as long as the router expected it to queue (and some)."""
-        expected = self.clock.real_seconds(3 * predicted_ttft)
-        return max(self.config.first_byte_timeout_s, expected + self.config.first_byte_timeout_s)
-
-    def _learns(self, inbound: Inbound) -> bool:
-        """Whether this request's first token may move the router's learnt headroom: only an
-        interactive one at the configured TTFT target, so no client header can drag the
-        shared value for everyone."""
-        return inbound.service_class is ServiceClass.INTERACTIVE and (
-            inbound.ttft_slo is None or inbound.ttft_slo == self.config.ttft_slo_s
-        )
+                yield json.dumps(chunk).encode()
+            yield _DONE
+        finally:
+            if not done:  # the client went away (or the front failed): stop the replica too
+                held.resp.close()
+                held.lease.release()
+                self.metrics.requests.labels(model, t.pool, "499").inc()
 
     async def _relay(
-        self,
-        resp: UpstreamResponse,
-        out: web.StreamResponse,
-        state: _Stream,
-        lease: Lease,
-        pool: str,
-        model: str,
-        inbound: Inbound,
-    ) -> None:
-        """Copy one replica's stream to the client, noting what was sent."""
+        self, held: _Held, state: _Stream, pool: str, model: str, inbound: Inbound
+    ) -> AsyncIterator[bytes]:
+        """One replica's events, as the client is to see them, noting what was sent."""
         state.segments += 1
         continuing = state.segments > 1
         chat = inbound.kind == "chat"
         itl = self.metrics.served(model, pool).itl
-        clock = self.clock
+        clock, lease = self.clock, held.lease
         try:
-            async for payload in resp.events():
+            async for payload in held.resp.events():
                 if payload == b"[DONE]":
                     return
                 try:
@@ -527,10 +463,43 @@ class Proxy:
                     state.parts.append(text)
                     state.produced += 1
                     lease.tokens(1)
-                await out.write(b"data: " + payload + b"\n\n")
+                yield payload
             raise ReplicaGone("the replica ended its stream without [DONE]")
         finally:
-            resp.close()
+            held.resp.close()
+
+    def _settle(
+        self,
+        lease: Lease,
+        pool: str,
+        model: str,
+        usage: dict[str, Any],
+        e2e: float,
+        ttft: float | None,
+    ) -> None:
+        cost = lease.release()
+        m = self.metrics.served(model, pool)
+        m.cost.inc(cost)
+        m.request_cost.observe(cost)
+        m.e2e.observe(e2e)
+        if ttft is not None:
+            m.ttft.observe(ttft)
+        m.prompt_tokens.inc(usage.get("prompt_tokens", 0) or 0)
+        m.completion_tokens.inc(usage.get("completion_tokens", 0) or 0)
+
+    def _first_byte_timeout(self, predicted_ttft: float) -> float:
+        """How long a stream's head may take: a replica that queues it is busy, not stalled,
+        for as long as the router expected it to queue (and some)."""
+        expected = self.clock.real_seconds(3 * predicted_ttft)
+        return max(self.config.first_byte_timeout_s, expected + self.config.first_byte_timeout_s)
+
+    def _learns(self, inbound: Inbound) -> bool:
+        """Whether this request's first token may move the router's learnt headroom: only an
+        interactive one at the configured TTFT target, so no client header can drag the
+        shared value for everyone."""
+        return inbound.service_class is ServiceClass.INTERACTIVE and (
+            inbound.ttft_slo is None or inbound.ttft_slo == self.config.ttft_slo_s
+        )
 
     def _final_usage(self, inbound: Inbound, state: _Stream) -> dict[str, Any]:
         if state.segments <= 1 and state.usage:
@@ -546,23 +515,10 @@ class Proxy:
             "total_tokens": prompt + completion,
         }
 
-    async def _abort(self, out: web.StreamResponse, exc: ApiError, inbound: Inbound) -> None:
-        """End a started stream with an error event: the status line has already gone."""
-        log.warning("%s (mid-stream)", log_line(exc, inbound.request_id))
-        try:
-            await out.write(b"data: " + json.dumps(exc.body()).encode() + b"\n\n")
-            await out.write_eof()
-        except ConnectionError:
-            pass
-
-
-def error_reply(exc: ApiError, request_id: str) -> Reply:
-    """What a client is sent for ``exc``; the error is logged here, once, without a traceback
-    (a client's mistake is not the gateway's fault; a replica's failure is in ``detail``)."""
-    level = logging.WARNING if exc.status >= 500 else logging.INFO
-    log.log(level, "%s", log_line(exc, request_id))
-    headers = {**exc.headers(), "x-request-id": request_id}
-    return Reply(exc.status, "application/json", json.dumps(exc.body()).encode(), headers)
+    def _abort(self, exc: ApiError, call: Call) -> bytes:
+        """The error event that ends a started stream: the status line has already gone."""
+        log.warning("%s (mid-stream)", log_line(exc, call.request_id))
+        return json.dumps(exc.body()).encode()
 
 
 def _unreachable(model: str, exc: UpstreamError) -> ApiError:
