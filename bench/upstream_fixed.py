@@ -12,7 +12,8 @@ and fire within a fraction of a millisecond of ``arrival + delay``.  It answers:
 - ``POST /v1/chat/completions``: after ``delay`` seconds (``loop.call_later``, the same timer
   ``asyncio.sleep`` uses), a small fixed ``chat.completion`` with ``usage``; or, with
   ``"stream": true``, the first SSE chunk after ``delay`` and then a few more chunks and
-  ``data: [DONE]`` at once (chunked transfer encoding).
+  ``data: [DONE]`` at once (chunked transfer encoding); with ``--pace S``, as replicas send
+  streams: ``--tokens`` events, one every ``S`` seconds, each its own write.
 - ``GET /health`` and ``GET /v1/models`` at once.
 
 Requests may arrive with ``Content-Length`` or chunked bodies; connections are kept alive.
@@ -108,10 +109,22 @@ _NOT_FOUND = _head(b"404 Not Found", _JSON, 2) + b"{}"
 _BAD = _head(b"400 Bad Request", _JSON, 2) + b"{}"
 
 
+def _paced_frames(tokens: int) -> list[bytes]:
+    """A stream as replicas send it: one SSE event (one HTTP chunk) per token."""
+    events = [_sse_chunk({"role": "assistant", "content": ""}, None)]
+    events += [_sse_chunk({"content": f" w{i}"}, None) for i in range(tokens)]
+    events += [_sse_chunk({}, "stop", usage=True), b"data: [DONE]\n\n"]
+    frames = [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
+    frames[-1] += b"0\r\n\r\n"
+    return frames
+
+
 class _Http(asyncio.Protocol):
     """One keep-alive connection: parse requests as they arrive, answer on a timer."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, pace: float = 0.0, tokens: int = 0) -> None:
+        self.pace = pace
+        self.paced = _paced_frames(tokens) if pace > 0 else []
         self.delay = delay
         self.buf = b""
         self.transport: asyncio.Transport | None = None
@@ -159,10 +172,21 @@ class _Http(asyncio.Protocol):
             self.transport.write(data)
 
     def _stream(self) -> None:
+        if self.paced:  # one event every ``pace`` seconds, each its own write
+            self._write(_OK_STREAM_HEAD + self.paced[0])
+            self.loop.call_later(self.pace, self._next_paced, 1)
+            return
         # Head and first event together, then each event as its own write (and segment).
         self._write(_OK_STREAM_HEAD + _SSE_FRAMES[0])
         for frame in _SSE_FRAMES[1:]:
             self._write(frame)
+
+    def _next_paced(self, i: int) -> None:
+        if self.transport is None:
+            return
+        self._write(self.paced[i])
+        if i + 1 < len(self.paced):
+            self.loop.call_later(self.pace, self._next_paced, i + 1)
 
 
 def _parse_request(buf: bytes) -> tuple[bytes, bytes, bytes, int] | None:
@@ -253,11 +277,18 @@ class _Pipe(asyncio.Protocol):
             self.peer.close()
 
 
-async def serve(host: str, port: int, delay: float, relay_to: int | None = None) -> None:
+async def serve(
+    host: str,
+    port: int,
+    delay: float,
+    relay_to: int | None = None,
+    pace: float = 0.0,
+    tokens: int = 0,
+) -> None:
     """Serve until SIGTERM or SIGINT: the upstream, or with ``relay_to`` the relay."""
     loop = asyncio.get_running_loop()
     if relay_to is None:
-        factory: Callable[[], asyncio.Protocol] = lambda: _Http(delay)  # noqa: E731
+        factory: Callable[[], asyncio.Protocol] = lambda: _Http(delay, pace, tokens)  # noqa: E731
         what = f"upstream, delay {delay}s"
     else:
         factory = lambda: _Pipe(target=(host, relay_to))  # noqa: E731
@@ -278,10 +309,12 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=0.05, help="seconds before the answer")
     ap.add_argument("--relay-to", type=int, default=None, help="be a byte relay to this port")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this core")
+    ap.add_argument("--pace", type=float, default=0.0, help="streams: seconds between tokens")
+    ap.add_argument("--tokens", type=int, default=200, help="streams: tokens, with --pace")
     args = ap.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    asyncio.run(serve(args.host, args.port, args.delay, args.relay_to))
+    asyncio.run(serve(args.host, args.port, args.delay, args.relay_to, args.pace, args.tokens))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import httptools
 import openai
+import pytest
 
 from fleetpilot.gateway.server import FLEET
 
@@ -98,11 +99,12 @@ class Conn:
         self.writer.close()
 
 
-async def test_fast_lane_serves_plain_posts_and_hands_streams_to_aiohttp_on_one_connection(
-    emulators: Emulators,
+@pytest.mark.parametrize("lane_streams", [False, True])
+async def test_fast_lane_serves_plain_posts_and_streams_or_hands_streams_to_aiohttp(
+    emulators: Emulators, lane_streams: bool
 ) -> None:
     emu = emulators.start("A10G", time_scale=0.05)
-    async with serve_gateway(fleet([pool([emu.url])])) as gw:
+    async with serve_gateway(fleet([pool([emu.url])], fast_lane_streams=lane_streams)) as gw:
         lane = gw.listening
         conn = await Conn.open(gw.url)
         # a plain POST: answered by the fast lane, connection kept
@@ -112,20 +114,23 @@ async def test_fast_lane_serves_plain_posts_and_hands_streams_to_aiohttp_on_one_
         assert r.json()["usage"]["completion_tokens"] == 3  # type: ignore[index]
         assert r.headers["x-fleetpilot-attempts"] == "1" and "date" in r.headers
         assert (lane.served, lane.handed_over) == (1, 0)
-        # a stream on the same connection: aiohttp takes the connection over and streams
-        await conn.send(post({**CHAT, "stream": True}))
-        r = await conn.response()
-        assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
-        assert bytes(r.body).rstrip().endswith(b"data: [DONE]")
-        assert (lane.served, lane.handed_over) == (1, 1)
-        # and the connection still serves plain POSTs (aiohttp's from now on)
+        # a stream on the same connection: the fast lane streams it (chunked), or aiohttp
+        # takes the connection over and streams it
+        for _ in range(2):
+            await conn.send(post({**CHAT, "stream": True}))
+            r = await conn.response()
+            assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
+            assert bytes(r.body).rstrip().endswith(b"data: [DONE]")
+            assert bytes(r.body).count(b"data: ") == 3 + 2  # a role chunk, 3 tokens, [DONE]
+        assert (lane.served, lane.handed_over) == ((3, 0) if lane_streams else (1, 1))
+        # and the connection still serves plain POSTs (aiohttp's, once it took over)
         await conn.send(post(CHAT))
         r = await conn.response()
         assert r.status == 200 and r.json()["choices"]
-        assert lane.served == 1
+        assert lane.served == (4 if lane_streams else 1)
         conn.close()
 
-        # the openai client's plain requests go through the fast lane
+        # the openai client's plain and streamed requests go through the fast lane
         client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
         before = lane.served
         for _ in range(3):
@@ -133,7 +138,14 @@ async def test_fast_lane_serves_plain_posts_and_hands_streams_to_aiohttp_on_one_
                 model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=4
             )
             assert out.usage is not None and out.usage.completion_tokens == 4
-        assert lane.served == before + 3
+            chunks = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                stream=True,
+            )  # fmt: skip
+            text = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+            assert text == " tok0 tok1 tok2 tok3"
+        if lane_streams:  # else each stream moves its connection to aiohttp for good
+            assert lane.served == before + 6 and lane.handed_over == 0
         await client.close()
 
 

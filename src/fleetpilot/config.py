@@ -135,7 +135,10 @@ class GatewayConfig(_Frozen):
     max_connections_per_replica: int = Field(default=512, ge=1)
     fast_lane: bool = Field(
         default=True,
-        description="answer plain non-streamed API POSTs outside aiohttp (see gateway.fastlane)",
+        description="answer plain API POSTs outside aiohttp (see gateway.fastlane)",
+    )
+    fast_lane_streams: bool = Field(
+        default=True, description="the fast lane serves streams too (False: aiohttp does)"
     )
     # -- who may call it --
     admin_token: SecretStr | None = Field(

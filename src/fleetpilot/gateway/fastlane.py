@@ -43,7 +43,7 @@ from fleetpilot.gateway.aiohttp_front import protocol_factory
 from fleetpilot.gateway.appkeys import CONFIG, FLEET, PIPELINE
 from fleetpilot.gateway.http1 import no_delay
 from fleetpilot.gateway.intake import Inbound, admit, new_request_id
-from fleetpilot.gateway.pipeline import Call, Whole, error_reply
+from fleetpilot.gateway.pipeline import Call, Streamed, Whole, error_reply
 
 __all__ = ["FastLane", "Listening", "listen"]
 
@@ -114,6 +114,8 @@ class FastLane(asyncio.Protocol):
         self.timer_for: str = ""
         self.front: _Front | None = None  # the head of the request at the front of buf
         self.task: asyncio.Task[None] | None = None  # the request being served
+        self.pending = bytearray()  # stream bytes queued for the end of this loop turn
+        self.drain: asyncio.Future[None] | None = None  # a stream waiting for the client
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -127,6 +129,7 @@ class FastLane(asyncio.Protocol):
         self._disarm()
         self.listening.lanes.discard(self)
         self.buf.clear()
+        self._wake_drain()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client left: stop its work upstream too
 
@@ -150,8 +153,13 @@ class FastLane(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writable = True
+        self._wake_drain()
         if not self.busy and self.buf:
             self._next_safely()
+
+    def _wake_drain(self) -> None:
+        if self.drain is not None and not self.drain.done():
+            self.drain.set_result(None)
 
     # -- requests ---------------------------------------------------------------------------
     def _next_safely(self) -> None:
@@ -195,7 +203,7 @@ class FastLane(asyncio.Protocol):
         except ApiError:
             self._hand_over()  # its error answer is aiohttp's to give, written once
             return
-        if inbound.stream:
+        if inbound.stream and not self.listening.streams:
             self._hand_over()
             return
         del buf[:need]
@@ -240,11 +248,13 @@ class FastLane(asyncio.Protocol):
         return self.front
 
     async def _serve(self, inbound: Inbound, keep_alive: bool) -> None:
+        reply: Whole | None = None
         try:
             answer = await self.app[PIPELINE](Call(inbound, inbound.request_id))
-            if not isinstance(answer, Whole):
-                raise TypeError("the fast lane was given a stream")  # streams are handed over
-            reply = answer
+            if isinstance(answer, Whole):
+                reply = answer
+            elif not await self._stream(answer, keep_alive):
+                return  # the connection went away mid-stream
         except asyncio.CancelledError:
             return  # the client left; nobody to answer
         except ApiError as exc:
@@ -254,14 +264,68 @@ class FastLane(asyncio.Protocol):
             reply = error_reply(ApiError("internal gateway error"), inbound.request_id)
         finally:
             self.task = None
-        self._write(reply, keep_alive)
+        if reply is not None:
+            self._write(reply, keep_alive)
         self.busy = False
         if not keep_alive or self.eof or self.listening.stopping:
             self._close()
             return
         self._next_safely()
 
+    async def _stream(self, answer: Streamed, keep_alive: bool) -> bool:
+        """Send a stream as chunked server-sent events; False if the connection went away.
+
+        Events that come in one turn of the loop go out in one write (a replica's read often
+        holds several), and a client that reads slowly pauses the stream, not the process.
+        """
+        events = answer.events
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (answer.status, _PHRASES.get(answer.status, b"Unknown")),
+            b"Transfer-Encoding: chunked\r\nDate: %s\r\n" % self.listening.date(),
+        ]
+        head.extend(f"{k}: {v}\r\n".encode("latin-1") for k, v in answer.headers.items())
+        if not keep_alive:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        try:
+            self._send(b"".join(head))
+            async for payload in events:
+                size = len(payload) + 8  # "data: " + payload + "\n\n"
+                self._send(b"%x\r\ndata: %s\n\n\r\n" % (size, payload))
+                if not self.writable:
+                    await self._drained()
+                if self.closing:
+                    return False
+            self._send(b"0\r\n\r\n")
+            self._flush()
+            return not self.closing
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    def _send(self, data: bytes) -> None:
+        """Queue bytes for the end of this turn of the loop (one write for many events)."""
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.pending += data
+
+    def _flush(self) -> None:
+        if self.pending:
+            data, self.pending = bytes(self.pending), bytearray()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(data)
+
+    async def _drained(self) -> None:
+        self._flush()
+        if self.writable or self.closing:
+            return
+        self.drain = asyncio.get_running_loop().create_future()
+        try:
+            await self.drain
+        finally:
+            self.drain = None
+
     def _write(self, reply: Whole, keep_alive: bool) -> None:
+        self._flush()
         if self.transport is None or self.transport.is_closing():
             return
         head = [
@@ -341,6 +405,7 @@ class Listening:
     aiohttp: Callable[[], asyncio.Protocol]
     max_body: int
     max_buffer: int
+    streams: bool = True  # the fast lane serves streams too (False: aiohttp does)
     server: asyncio.Server | None = None
     lanes: set[FastLane] = field(default_factory=set)
     stopping: bool = False
@@ -406,6 +471,7 @@ async def listen(
         guarded,
         limit,
         limit + _MAX_HEAD,
+        streams=cfg.fast_lane_streams,
         header_timeout_s=cfg.header_timeout_s,
         body_timeout_s=cfg.body_timeout_s,
         keepalive_s=cfg.keepalive_timeout_s,

@@ -20,10 +20,11 @@ and requests arriving together at an idle replica share its first step, as Batch
 dictates.  A request's first token is the end of the step that admitted it; it completes at
 the end of the step that gives it its last token.
 
-Routing mimics the gateway (:mod:`fleetpilot.gateway.stages.upstream`): ROUTE adds the request to the
-replica's engine; SHED sheds it; QUEUE (batch) retries after ``retry_after`` (or at the
-deadline); UNAVAILABLE waits for a starting replica until the deadline, and is shed at once
-when nothing is starting.  The deadline is arrival + ``ttft_slo_s`` (``batch_slo_s`` for batch).
+Routing mimics the gateway (:mod:`fleetpilot.gateway.stages.upstream`): ROUTE adds the
+request to the replica's engine; SHED sheds it; QUEUE (batch) retries after ``retry_after``
+(or at the deadline); UNAVAILABLE waits for a starting replica until the deadline, and is
+shed at once when nothing is starting.  The deadline is arrival + ``ttft_slo_s``
+(``batch_slo_s`` for batch).
 
 Lifecycle.  A replica is *starting* from launch (billed from then, as clouds bill) until
 ``offering.startup_s`` later, then *ready*; scaling down drains replicas (not-yet-ready first,
