@@ -82,6 +82,11 @@ class _Stream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
+        if data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 200"):
+            self.stats["errors"] += 1  # a stream refused (shed): the run is not valid
+            assert self.transport is not None
+            self.transport.close()
+            return
         data = self.tail + data
         events = data.count(b"data: ")
         if events:
@@ -102,12 +107,12 @@ class _Stream(asyncio.Protocol):
         self.transport = None
 
 
-def _request(port: int) -> bytes:
+def _request(port: int, tokens: int) -> bytes:
     body = json.dumps(
         {
             "model": MODEL,
             "messages": [{"role": "user", "content": "go"}],
-            "max_tokens": 4096,
+            "max_tokens": tokens + 8,
             "stream": True,
         }
     ).encode()
@@ -117,10 +122,14 @@ def _request(port: int) -> bytes:
     ).encode() + body
 
 
-async def _drive(port: int, streams: int, warmup: float, duration: float) -> dict[str, Any]:
+async def _drive(
+    port: int, streams: int, tokens: int, warmup: float, duration: float
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    stats: dict[str, Any] = {"events": 0, "gaps": [], "measuring": False, "running": True}
-    raw = _request(port)
+    stats: dict[str, Any] = {
+        "events": 0, "gaps": [], "errors": 0, "measuring": False, "running": True,
+    }  # fmt: skip
+    raw = _request(port, tokens)
     conns = []
     for _ in range(streams):
         _, proto = await loop.create_connection(lambda: _Stream(raw, stats), "127.0.0.1", port)
@@ -139,9 +148,11 @@ async def _drive(port: int, streams: int, warmup: float, duration: float) -> dic
     return stats
 
 
-def _client(port: int, streams: int, warmup: float, duration: float, out: Path) -> None:
+def _client(
+    port: int, streams: int, tokens: int, warmup: float, duration: float, out: Path
+) -> None:
     """Runs in its own process, so the client's CPU is not the gateway's."""
-    stats = asyncio.run(_drive(port, streams, warmup, duration))
+    stats = asyncio.run(_drive(port, streams, tokens, warmup, duration))
     gaps = sorted(stats["gaps"])
     out.write_text(
         json.dumps(
@@ -150,13 +161,14 @@ def _client(port: int, streams: int, warmup: float, duration: float, out: Path) 
                 "seconds": stats["t1"] - stats["t0"],
                 "p50": gaps[len(gaps) // 2] if gaps else None,
                 "p99": gaps[int(len(gaps) * 0.99)] if gaps else None,
+                "errors": stats["errors"],
             }
         )
     )
 
 
 def _measure(
-    port: int, streams: int, warmup: float, duration: float, watch: list[int]
+    port: int, streams: int, tokens: int, warmup: float, duration: float, watch: list[int]
 ) -> dict[str, Any]:
     """Drive ``port`` from a client process; the CPU of the processes in ``watch`` and of
     everything else on the machine over the measured window."""
@@ -169,6 +181,7 @@ def _measure(
             "--client",
             str(port),
             str(streams),
+            str(tokens),
             str(warmup),
             str(duration),
             str(out),
@@ -205,6 +218,7 @@ def _gateway(
         "gateway": {
             "port": port,
             "ttft_slo_s": 600.0,
+            "shed_factor": 1e6,  # the perf model's A10G would shed; relaying is measured
             "fast_lane_streams": fast_streams,
             "admin_token": "bench",
             "health_interval_s": 5.0,
@@ -262,12 +276,16 @@ def main() -> None:
         console.print(
             f"{args.streams} streams of {args.tokens} tokens, one every {args.pace * 1000:g} ms"
         )
-        rows["direct"] = _measure(up_port, args.streams, args.warmup, args.duration, [upstream.pid])
+        rows["direct"] = _measure(
+            up_port, args.streams, args.tokens, args.warmup, args.duration, [upstream.pid]
+        )
         with tempfile.TemporaryDirectory() as tmp:
             for label, fast in (("aiohttp (old path)", False), ("fast lane", True)):
                 gw, port = _gateway(up_port, fast, Path(tmp))
                 try:
-                    r = _measure(port, args.streams, args.warmup, args.duration, [gw.pid])
+                    r = _measure(
+                        port, args.streams, args.tokens, args.warmup, args.duration, [gw.pid]
+                    )
                     r["gateway_cpu_s"] = r["cpu"][gw.pid]
                     rows[label] = r
                 finally:
@@ -297,6 +315,9 @@ def main() -> None:
             f"{r['other_cores']:.2f}" + (" busy: not a verdict" if busy else ""),
         )
     console.print(table)
+    refused = {k: r["errors"] for k, r in rows.items() if r["errors"]}
+    if refused:
+        console.print(f"[red]streams refused: {refused}: these figures are not valid[/red]")
     old, new = rows["aiohttp (old path)"], rows["fast lane"]
     ratio = (new["gateway_cpu_s"] / max(new["events"], 1)) / (
         old["gateway_cpu_s"] / max(old["events"], 1)
@@ -310,8 +331,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        port, streams, warmup, duration, out = sys.argv[2:7]
-        _client(int(port), int(streams), float(warmup), float(duration), Path(out))
+        port, streams, tokens, warmup, duration, out = sys.argv[2:8]
+        _client(int(port), int(streams), int(tokens), float(warmup), float(duration), Path(out))
     else:
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         main()

@@ -114,7 +114,6 @@ class FastLane(asyncio.Protocol):
         self.timer_for: str = ""
         self.front: _Front | None = None  # the head of the request at the front of buf
         self.task: asyncio.Task[None] | None = None  # the request being served
-        self.pending = bytearray()  # stream bytes queued for the end of this loop turn
         self.drain: asyncio.Future[None] | None = None  # a stream waiting for the client
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -275,8 +274,8 @@ class FastLane(asyncio.Protocol):
     async def _stream(self, answer: Streamed, keep_alive: bool) -> bool:
         """Send a stream as chunked server-sent events; False if the connection went away.
 
-        Events that come in one turn of the loop go out in one write (a replica's read often
-        holds several), and a client that reads slowly pauses the stream, not the process.
+        A client that reads slowly pauses its stream (and so, through the upstream client's
+        flow control, the replica's connection), not the process.
         """
         events = answer.events
         head = [
@@ -297,25 +296,19 @@ class FastLane(asyncio.Protocol):
                 if self.closing:
                     return False
             self._send(b"0\r\n\r\n")
-            self._flush()
             return not self.closing
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
     def _send(self, data: bytes) -> None:
-        """Queue bytes for the end of this turn of the loop (one write for many events)."""
-        if not self.pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self.pending += data
-
-    def _flush(self) -> None:
-        if self.pending:
-            data, self.pending = bytes(self.pending), bytearray()
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(data)
+        """Write at once: replicas pace their events, so one turn of the loop rarely holds
+        two of one stream, and deferring each write to the end of the turn (tried) cost more
+        than it saved."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     async def _drained(self) -> None:
-        self._flush()
         if self.writable or self.closing:
             return
         self.drain = asyncio.get_running_loop().create_future()
@@ -325,7 +318,6 @@ class FastLane(asyncio.Protocol):
             self.drain = None
 
     def _write(self, reply: Whole, keep_alive: bool) -> None:
-        self._flush()
         if self.transport is None or self.transport.is_closing():
             return
         head = [

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -58,9 +59,15 @@ _DONE = b"[DONE]"
 
 @dataclass(slots=True)
 class _Stream:
-    """What the client has been sent so far on one stream."""
+    """What the client has been sent so far on one stream.
 
-    parts: list[str] = field(default_factory=list)
+    The text sent is kept as ``pieces``: strings, or the raw events they came in, decoded
+    only if a continuation needs the text (most streams never do, and decoding every event
+    was most of the gateway's CPU per relayed event).
+    """
+
+    chat: bool = True
+    pieces: list[str | bytes] = field(default_factory=list)
     produced: int = 0
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
@@ -74,7 +81,7 @@ class _Stream:
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        return "".join(p if isinstance(p, str) else _text_of(p, self.chat) for p in self.pieces)
 
 
 @dataclass(slots=True)
@@ -352,7 +359,9 @@ class Proxy:
         inbound = call.inbound
         model = inbound.model
         arrival = t.request.arrival
-        state = _Stream(deadline=t.request.deadline, learn=self._learns(inbound))
+        state = _Stream(
+            chat=inbound.kind == "chat", deadline=t.request.deadline, learn=self._learns(inbound)
+        )
         done = False
         try:
             while True:
@@ -424,11 +433,23 @@ class Proxy:
         continuing = state.segments > 1
         chat = inbound.kind == "chat"
         itl = self.metrics.served(model, pool).itl
-        clock, lease = self.clock, held.lease
+        lease = held.lease
         try:
             async for payload in held.resp.events():
                 if payload == b"[DONE]":
                     return
+                if (
+                    not continuing
+                    and state.stream_id is not None
+                    and _ENDS.search(payload) is None
+                    and b'"usage"' not in payload
+                ):
+                    # The common event: one more piece of text, or none.  Nothing in it
+                    # changes how the stream goes on, so it is passed on undecoded.
+                    if _TEXT.search(payload) is not None:
+                        self._token(state, lease, model, itl, payload)
+                    yield payload
+                    continue
                 try:
                     chunk = json.loads(payload)
                 except ValueError:
@@ -450,19 +471,8 @@ class Proxy:
                     payload = json.dumps(chunk).encode()
                 elif state.stream_id is None:
                     state.stream_id, state.created = chunk.get("id"), chunk.get("created")
-                if text:
-                    now = clock.now()
-                    if state.first_at is None:
-                        state.first_at = now
-                        lease.first_token()
-                        if state.learn:
-                            self.fleet.first_token(model, now <= state.deadline, self.params)
-                    elif state.last_at is not None:
-                        itl.observe(now - state.last_at)
-                    state.last_at = now
-                    state.parts.append(text)
-                    state.produced += 1
-                    lease.tokens(1)
+                if text and isinstance(text, str):
+                    self._token(state, lease, model, itl, text)
                 yield payload
             raise ReplicaGone("the replica ended its stream without [DONE]")
         finally:
@@ -515,10 +525,43 @@ class Proxy:
             "total_tokens": prompt + completion,
         }
 
+    def _token(
+        self, state: _Stream, lease: Lease, model: str, itl: Any, piece: str | bytes
+    ) -> None:
+        """One token sent: first-token and inter-token bookkeeping, the text kept."""
+        now = self.clock.now()
+        if state.first_at is None:
+            state.first_at = now
+            lease.first_token()
+            if state.learn:
+                self.fleet.first_token(model, now <= state.deadline, self.params)
+        elif state.last_at is not None:
+            itl.observe(now - state.last_at)
+        state.last_at = now
+        state.pieces.append(piece)
+        state.produced += 1
+        lease.tokens(1)
+
     def _abort(self, exc: ApiError, call: Call) -> bytes:
         """The error event that ends a started stream: the status line has already gone."""
         log.warning("%s (mid-stream)", log_line(exc, call.request_id))
         return json.dumps(exc.body()).encode()
+
+
+# a choice that ends the stream (finish_reason set) / that carries text: cheap byte tests that
+# tell whether an event must be decoded (both spacings of JSON encoders)
+_ENDS = re.compile(rb'"finish_reason":\s*"')
+_TEXT = re.compile(rb'"(?:content|text)":\s*"(?!")')
+
+
+def _text_of(payload: bytes, chat: bool) -> str:
+    """The text one raw event carried."""
+    try:
+        choice = json.loads(payload)["choices"][0]
+        text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return text if isinstance(text, str) else ""
 
 
 def _unreachable(model: str, exc: UpstreamError) -> ApiError:
