@@ -8,12 +8,13 @@ same upstream client: an aiohttp one added 0.43–0.55 ms over a byte relay, an 
 0.04–0.16 ms.
 
 The hot path is narrow: ``POST /v1/chat/completions`` (or ``/v1/completions``,
-``/v1/embeddings``) over HTTP/1.1, a JSON body framed by ``Content-Length``, no stream.  One
-:class:`FastLane` protocol per connection serves exactly that: llhttp (``httptools``) checks
-the head, :func:`~fleetpilot.gateway.intake.parse` the body, and
-:mod:`the pipeline <fleetpilot.gateway.pipeline>` does the rest, as it does for aiohttp.
+``/v1/embeddings``) over HTTP/1.1, a JSON body framed by ``Content-Length``, streamed or not
+(``gateway.fast_lane_streams``).  One :class:`FastLane` protocol per connection serves exactly
+that: llhttp (``httptools``) checks the head, :func:`~fleetpilot.gateway.intake.admit` the
+body, :mod:`the pipeline <fleetpilot.gateway.pipeline>` does the rest, as it does for
+aiohttp, and the answer goes out whole or as chunked server-sent events.
 
-Everything else — other paths and methods, streams, chunked or oversized bodies, ``Expect``,
+Everything else — other paths and methods, chunked or oversized bodies, ``Expect``,
 upgrades, heads llhttp rejects, requests :func:`~fleetpilot.gateway.intake.admit` rejects —
 is *handed over*: the connection, with the bytes already read, goes to aiohttp's protocol
 (:mod:`fleetpilot.gateway.aiohttp_front`) for the rest of its life.  Every edge case (error
