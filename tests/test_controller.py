@@ -36,6 +36,7 @@ from fleetpilot.controller import (
     MetricsObserver,
     RedisLease,
     SpotPlay,
+    StoreLease,
     capacity_policy,
 )
 from fleetpilot.controller.observe import DemandEstimator, GatewayCounters
@@ -45,6 +46,7 @@ from fleetpilot.core.policies import CAPACITY_POLICIES
 from fleetpilot.errors import ConfigError
 from fleetpilot.gateway.fleet import LiveFleet
 from fleetpilot.gateway.server import FLEET, METRICS, create_app
+from fleetpilot.store.sqlite import SqliteStore
 
 from conftest import HOST, fleet, metric
 
@@ -493,6 +495,23 @@ async def test_redis_lease_under_two_controllers(redis_url: str) -> None:
             await c.stop()
         for c in ctls:
             await c.lease.close()  # type: ignore[attr-defined]
+
+
+async def test_a_store_lease_on_sqlite_hands_over_between_holders(tmp_path: Any) -> None:
+    """The same lease rule on the one-machine store: two holders, one file."""
+    clock = SystemClock()
+    path = tmp_path / "lease.db"
+    a = StoreLease(SqliteStore(path), clock, holder="a", ttl_s=0.3)
+    b = StoreLease(SqliteStore(path), clock, holder="b", ttl_s=0.3)
+    try:
+        assert await a.acquire() and not await b.acquire()
+        await b.release()  # not b's to give back
+        assert not await b.acquire()
+        await asyncio.sleep(0.4)  # a stopped renewing
+        assert await b.acquire() and not await a.acquire()
+    finally:
+        await a.close()
+        await b.close()
 
 
 def two_on_demand(snapshot: Snapshot, state: Any, params: PlanParams) -> tuple[Plan, Any]:

@@ -14,7 +14,7 @@ from fleetpilot.controller.actuators import (
     PreemptionNotice,
     SpotPlay,
 )
-from fleetpilot.controller.lease import InProcessLease, Lease, LeaseTable, RedisLease
+from fleetpilot.controller.lease import InProcessLease, Lease, LeaseTable, RedisLease, StoreLease
 from fleetpilot.controller.loop import CapacityPolicy, Controller, Step, capacity_policy
 from fleetpilot.controller.observe import (
     FleetMembership,
@@ -40,5 +40,6 @@ __all__ = [
     "RedisLease",
     "SpotPlay",
     "Step",
+    "StoreLease",
     "capacity_policy",
 ]

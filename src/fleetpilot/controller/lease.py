@@ -4,13 +4,12 @@
 it answers whether this holder holds it now.  A controller acts only on True.  A holder that
 stops renewing (crashed, partitioned) loses the lease ``ttl_s`` later and another takes over.
 
-Two backends:
+Backends:
 
 - :class:`InProcessLease` (the default): controllers in one process share a
   :class:`LeaseTable`; with no table given a controller is alone and always holds it.
-- :class:`RedisLease`: ``SET key holder NX PX ttl`` to take it; renewal is a Lua
-  compare-and-``PEXPIRE`` and release a compare-and-``DEL``, so a holder never extends or
-  deletes a lease that expired and passed to someone else.  Needs the ``redis`` package.
+- :class:`StoreLease`: the lease on the shared Store (:mod:`fleetpilot.store`), timed by the
+  store's clock; :class:`RedisLease` is it on Redis.
 
 ``ttl_s`` is in the controller's clock units (modelled seconds on a scaled clock); Redis gets
 the matching real milliseconds.
@@ -25,8 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleetpilot.clock import Clock
+from fleetpilot.store.base import Store
 
-__all__ = ["InProcessLease", "Lease", "LeaseTable", "RedisLease", "default_holder"]
+__all__ = [
+    "InProcessLease",
+    "Lease",
+    "LeaseTable",
+    "RedisLease",
+    "StoreLease",
+    "default_holder",
+]
 
 DEFAULT_KEY = "fleetpilot/controller"
 
@@ -89,27 +96,14 @@ class InProcessLease:
             del self.table.entries[self.key]
 
 
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
-
-
-class RedisLease:
-    """A lease in Redis; ``client`` is a ``redis.asyncio.Redis`` (decode_responses either way)."""
+class StoreLease:
+    """The lease held on a shared :class:`~fleetpilot.store.base.Store` (SQLite for one
+    machine, Redis for many), timed by the store's own clock: the lease rule is the store's
+    (:meth:`~fleetpilot.store.base.Store.lease`), written once per backend."""
 
     def __init__(
         self,
-        client: Any,
+        store: Store,
         clock: Clock,
         *,
         key: str = DEFAULT_KEY,
@@ -118,30 +112,31 @@ class RedisLease:
     ) -> None:
         if ttl_s <= 0:
             raise ValueError("lease ttl_s must be positive")
-        self.client = client
+        self.store = store
         self.clock = clock
         self.key = key
         self.holder = holder or default_holder()
         self.ttl_s = ttl_s
 
-    @classmethod
-    def from_url(cls, url: str, clock: Clock, **kwargs: Any) -> RedisLease:
-        """Connect with ``redis.asyncio.from_url`` (``redis://host:port/db``)."""
-        import redis.asyncio
-
-        return cls(redis.asyncio.from_url(url), clock, **kwargs)
-
-    def _ttl_ms(self) -> int:
-        return max(1, round(self.clock.real_seconds(self.ttl_s) * 1000))
-
     async def acquire(self) -> bool:
-        ms = self._ttl_ms()
-        if await self.client.set(self.key, self.holder, nx=True, px=ms):
-            return True
-        return bool(await self.client.eval(_RENEW, 1, self.key, self.holder, ms))
+        # the store keeps real seconds; ttl_s is in the controller's (maybe modelled) ones
+        return await self.store.lease(self.key, self.holder, self.clock.real_seconds(self.ttl_s))
 
     async def release(self) -> None:
-        await self.client.eval(_RELEASE, 1, self.key, self.holder)
+        await self.store.unlease(self.key, self.holder)
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.store.close()
+
+
+class RedisLease(StoreLease):
+    """A :class:`StoreLease` on Redis: taking it is a ``SET … PX`` only if it is free or
+    ours, giving it back a compare-and-``DEL``, so a holder never extends or deletes a lease
+    that expired and passed to someone else."""
+
+    @classmethod
+    def from_url(cls, url: str, clock: Clock, **kwargs: Any) -> RedisLease:
+        """``redis://host:port/db``."""
+        from fleetpilot.store.redis import RedisStore
+
+        return cls(RedisStore(url), clock, **kwargs)
