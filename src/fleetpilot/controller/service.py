@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from pathlib import Path
 from typing import Literal
@@ -46,7 +45,7 @@ from fleetpilot.controller.observe import HttpMembership, MetricsObserver
 from fleetpilot.core.capacity import PlanParams, check_knobs
 from fleetpilot.core.model import CapacityClass, Pool
 from fleetpilot.errors import ConfigError
-from fleetpilot.gateway.auth import ADMIN_ENV
+from fleetpilot.gateway.auth import ADMIN_ENV, admin_token
 
 __all__ = ["ControllerSettings", "load_controller_settings", "run_controller", "serve_controller"]
 
@@ -170,8 +169,7 @@ def _actuator(settings: ControllerSettings, clock: SystemClock) -> Actuator:
 
 def admin_headers(settings: ControllerSettings) -> dict[str, str]:
     """The header that carries the gateway's admin credential, when there is one."""
-    token = settings.gateway_admin_token
-    value = token.get_secret_value() if token is not None else os.environ.get(ADMIN_ENV)
+    value = admin_token(settings.gateway_admin_token)
     return {"Authorization": f"Bearer {value}"} if value else {}
 
 

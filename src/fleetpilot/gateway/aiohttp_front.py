@@ -18,7 +18,6 @@ used (``handle_error``, ``_handle_request``) are aiohttp's own override points f
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -29,9 +28,9 @@ from aiohttp.http import HttpVersion11
 from aiohttp.web_protocol import RequestHandler
 
 from fleetpilot.config import GatewayConfig
-from fleetpilot.errors import ApiError, BadRequest, PayloadTooLarge, log_line
+from fleetpilot.errors import ApiError, BadRequest, PayloadTooLarge
 from fleetpilot.gateway.intake import new_request_id
-from fleetpilot.gateway.pipeline import Answer, Whole
+from fleetpilot.gateway.pipeline import Answer, Whole, error_reply
 
 __all__ = ["GuardedHandler", "expect_continue", "protocol_factory", "write"]
 
@@ -102,29 +101,25 @@ class GuardedHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("the response has begun; no error answer can follow")
         rid = new_request_id()
+        err: ApiError
         if status >= 500:
             err = ApiError("internal gateway error")
-            log.error("%s", log_line(err, rid), exc_info=exc)
+            log.error("%s unhandled error in aiohttp's protocol", rid, exc_info=exc)
         else:
-            what = (
-                HTTPStatus(status).phrase.lower() if status in HTTPStatus._value2member_map_ else ""
-            )
+            try:
+                what = HTTPStatus(status).phrase.lower()
+            except ValueError:
+                what = str(status)
             err = (
                 PayloadTooLarge(f"request head too large ({what})")
                 if status in (413, 431)
-                else BadRequest(f"malformed HTTP request ({what or status})")
+                else BadRequest(f"malformed HTTP request ({what})")
             )
             err.status = status
-            cause = type(exc).__name__ if exc is not None else "no detail"
-            log.info("%s", log_line(err, rid) + f" [{cause}]")
+        err.detail = type(exc).__name__ if exc is not None else None
         # The head could not be read, so aiohttp fell back to HTTP/1.0; answer as HTTP/1.1.
         request._version = HttpVersion11
-        resp = web.Response(
-            status=err.status,
-            body=json.dumps(err.body()).encode(),
-            content_type="application/json",
-            headers={"x-request-id": rid},
-        )
+        resp = response(error_reply(err, rid))
         resp.force_close()
         return resp
 
@@ -167,14 +162,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         return None
     err = ApiError("the only expectation the gateway meets is '100-continue'")
     err.status, err.type, err.param = 417, "invalid_request_error", "Expect"
-    rid = new_request_id()
-    log.info("%s", log_line(err, rid))
-    return web.Response(
-        status=417,
-        body=json.dumps(err.body()).encode(),
-        content_type="application/json",
-        headers={"x-request-id": rid},
-    )
+    return response(error_reply(err, new_request_id()))
 
 
 def protocol_factory(server: web.Server, config: GatewayConfig) -> Callable[[], GuardedHandler]:

@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr
+
 from fleetpilot.config import GatewayConfig
 from fleetpilot.errors import Forbidden, Unauthorized
 
-__all__ = ["ADMIN_ENV", "AdminAuth", "ClientKeys", "bearer", "hash_key"]
+__all__ = ["ADMIN_ENV", "AdminAuth", "ClientKeys", "admin_token", "bearer", "hash_key"]
 
 ADMIN_ENV = "FLEETPILOT_ADMIN_TOKEN"
 
@@ -34,7 +36,7 @@ def hash_key(key: str) -> str:
 
 def bearer(headers: Any) -> str | None:
     """The token of an ``Authorization: Bearer …`` header, if there is one."""
-    value = headers.get("authorization") or headers.get("Authorization")
+    value = headers.get("authorization")  # both fronts' headers answer lower-case names
     if not isinstance(value, str):
         return None
     scheme, _, token = value.strip().partition(" ")
@@ -45,7 +47,8 @@ def bearer(headers: Any) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class ClientKeys:
-    """The API keys clients may use; none listed: every client may call."""
+    """The API keys clients may use.  With none listed the auth stage is not in the chain
+    (every client may call); :attr:`required` says which."""
 
     digests: tuple[str, ...] = ()
 
@@ -53,15 +56,25 @@ class ClientKeys:
     def required(self) -> bool:
         return bool(self.digests)
 
-    def check(self, headers: Any) -> None:
-        if not self.digests:
-            return
+    def check(self, headers: Any) -> str:
+        """The digest of the caller's key, if it is one of the keys (else Unauthorized)."""
         key = bearer(headers)
         if key is None:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        digest = hash_key(key).encode()
-        if not any(hmac.compare_digest(digest, d.encode()) for d in self.digests):
+        digest = hash_key(key)
+        if not any(hmac.compare_digest(digest.encode(), d.encode()) for d in self.digests):
             raise Unauthorized("invalid API key")
+        return digest
+
+
+def admin_token(
+    configured: SecretStr | None, environ: Mapping[str, str] = os.environ
+) -> str | None:
+    """The admin credential: the configured one, else ``$FLEETPILOT_ADMIN_TOKEN`` (the
+    gateway's to ask for, the controller's to send)."""
+    if configured is not None:
+        return configured.get_secret_value()
+    return environ.get(ADMIN_ENV) or None
 
 
 def _loopback(remote: str | None) -> bool:
@@ -85,11 +98,7 @@ class AdminAuth:
     def from_config(
         cls, config: GatewayConfig, environ: Mapping[str, str] = os.environ
     ) -> AdminAuth:
-        if config.admin_token is not None:
-            token: str | None = config.admin_token.get_secret_value()
-        else:
-            token = environ.get(ADMIN_ENV) or None
-        return cls(token)
+        return cls(admin_token(config.admin_token, environ))
 
     def check(self, headers: Any, remote: str | None) -> None:
         if self.token is None:

@@ -146,6 +146,7 @@ class LiveFleet:
         self.max_cooldown_s = max_cooldown_s
         self._by_id: dict[str, LiveReplica] = {}
         self._by_model: dict[str, list[LiveReplica]] = {}
+        self._context: dict[str, int] = {}  # model -> the longest context a replica serves
         self._tick = 0
         self._headroom: dict[str, float] = {}  # model → the router's learnt headroom
         self._change = asyncio.Event()
@@ -159,6 +160,7 @@ class LiveFleet:
         live = LiveReplica(replica, state=replica.state, last_t=self.clock.now())
         self._by_id[replica.id] = live
         self._by_model.setdefault(replica.model, []).append(live)
+        self._context_of(replica.model)
         self._changed()
 
     def remove(self, replica_id: str) -> None:
@@ -166,6 +168,7 @@ class LiveFleet:
         live.accrue(self.clock.now())
         live.state = ReplicaState.GONE
         self._by_model[live.base.model].remove(live)
+        self._context_of(live.base.model)
         self._changed()
 
     def find(self, key: str) -> LiveReplica | None:
@@ -191,9 +194,12 @@ class LiveFleet:
 
     def context_tokens(self, model: str) -> int:
         """The longest context any replica of ``model`` serves (0: none serves it)."""
-        return max(
-            (r.base.profile.context_tokens for r in self._by_model.get(model, ())), default=0
-        )
+        return self._context.get(model, 0)
+
+    def _context_of(self, model: str) -> None:
+        """Recount ``model``'s context on a change of membership, not on every request."""
+        reps = self._by_model.get(model, ())
+        self._context[model] = max((r.base.profile.context_tokens for r in reps), default=0)
 
     def set_state(self, replica_id: str, state: ReplicaState) -> None:
         live = self._by_id[replica_id]
@@ -208,7 +214,11 @@ class LiveFleet:
         already failed the request being routed)."""
         now = self.clock.now()
         self._tick += 1
-        reps = tuple(r.frozen(now) for r in self._by_model.get(model, ()) if r.id not in exclude)
+        live = self._by_model.get(model, ())
+        if exclude:
+            reps = tuple(r.frozen(now) for r in live if r.id not in exclude)
+        else:
+            reps = tuple(r.frozen(now) for r in live)
         return Snapshot(now=now, replicas=reps, tick=self._tick, headroom=self._headroom.get(model))
 
     def first_token(self, model: str, met: bool, params: RoutingParams) -> None:

@@ -14,8 +14,8 @@ Scope: responses with ``Content-Length``, chunked, or close-delimited bodies; 1x
 responses are skipped; a keep-alive pool per origin with a cap on connections per origin
 (callers over the cap wait their turn); idle connections closed on a timer once they have
 been idle ``keepalive_s`` (a burst must not leave its sockets open for ever); TLS with the
-default context.  No redirects, no
-compression (no ``Accept-Encoding`` is sent), no proxies, no cookies.
+default context.  No redirects, no compression (no ``Accept-Encoding`` is sent), no proxies,
+no cookies.
 
 Timeouts are *silences*, as aiohttp's ``sock_read``: a read fails with :class:`TimeoutError`
 when nothing arrived for ``read_timeout`` seconds, however long the whole answer takes.

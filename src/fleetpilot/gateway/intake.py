@@ -119,8 +119,7 @@ def _slo(headers: Any, config: GatewayConfig) -> float | None:
     return value
 
 
-def parse(kind: str, raw: bytes, headers: Any, config: GatewayConfig | None = None) -> Inbound:
-    config = config or GatewayConfig()
+def parse(kind: str, raw: bytes, headers: Any, config: GatewayConfig) -> Inbound:
     try:
         body = json.loads(raw)
     except UnicodeDecodeError as exc:
@@ -188,6 +187,7 @@ def parse(kind: str, raw: bytes, headers: Any, config: GatewayConfig | None = No
         include_usage=include_usage,
         service_class=service_class,
         ttft_slo=ttft_slo,
+        headers=headers,
     )
 
 
@@ -203,7 +203,6 @@ def admit(
     model, bounds (who is calling is the auth stage's question)."""
     inbound = parse(kind, raw, headers, config)
     inbound.request_id = request_id
-    inbound.headers = headers
     if not fleet.serves(inbound.model):
         raise ModelNotFound(f"the model {inbound.model!r} does not exist", param="model")
     context = fleet.context_tokens(inbound.model)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fleetpilot.core.model import Request
@@ -42,7 +42,6 @@ class Call:
     hold: Any = None  # what admission reserved for it (a budget hold)
     request: Request | None = None  # the core request as routed (upstream)
     usage: dict[str, Any] | None = None  # the final usage, once known (upstream)
-    notes: dict[str, Any] = field(default_factory=dict)  # for stages that come later
 
 
 @dataclass(slots=True)

@@ -230,22 +230,20 @@ def _routes(app: web.Application) -> tuple[_Add, _Add, Callable[[], None]]:
     """``add_post`` and ``add_get`` with the gateway's own ``Expect`` handling, and the
     catch-all to add last: every request reaches a route of ours (aiohttp's own 404/405
     routes would answer an ``Expect`` in plain text, before any middleware)."""
-    methods: dict[str, set[str]] = {}
+    known: set[str] = set()  # paths with a route of their own
 
     def post(path: str, handler: _Handler) -> object:
-        methods.setdefault(path, set()).add("POST")
+        known.add(path)
         return app.router.add_post(path, handler, expect_handler=expect_continue)
 
     def get(path: str, handler: _Handler) -> object:
-        methods.setdefault(path, {"HEAD"}).add("GET")
+        known.add(path)
         return app.router.add_get(path, handler, expect_handler=expect_continue)
 
     async def elsewhere(request: web.Request) -> web.StreamResponse:
-        allowed = methods.get(request.path)
-        if allowed is None:
+        if request.path not in known:
             raise web.HTTPNotFound()
-        err = _MethodNotAllowed(f"{request.method} is not allowed here")
-        raise err
+        raise _MethodNotAllowed(f"{request.method} is not allowed here")
 
     def catch_all() -> None:
         app.router.add_route("*", "/{tail:.*}", elsewhere, expect_handler=expect_continue)

@@ -43,9 +43,7 @@ class MemoryStore:
         return c.value
 
     async def release(self, key: str, hold: str) -> float:
-        c = self._counter(key)
-        c.holds.pop(hold, None)
-        return c.value
+        return await self.settle(key, hold, 0.0)
 
     async def value(self, key: str) -> float:
         return self._counter(key).value

@@ -11,7 +11,8 @@ it with ``appendonly yes`` where a log must survive a Redis restart.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -20,6 +21,8 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from fleetpilot.store.base import Add, Added, StoreUnavailable
 
 __all__ = ["RedisStore"]
+
+T = TypeVar("T")
 
 _PRELUDE = """
 local t = redis.call('TIME')
@@ -163,8 +166,12 @@ class RedisStore:
         self._lease, self._unlease = s(_LEASE), s(_UNLEASE)
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self._do(script(keys=keys, args=args))
+
+    async def _do(self, pending: Awaitable[T]) -> T:
+        """One round trip; an unreachable Redis is :class:`StoreUnavailable`, here only."""
         try:
-            return await script(keys=keys, args=args)
+            return await pending
         except (RedisConnectionError, RedisTimeout, OSError) as exc:
             raise StoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
 
@@ -204,10 +211,7 @@ class RedisStore:
         self, log: str, after: int = 0, limit: int = 1000
     ) -> list[tuple[int, str, dict[str, Any]]]:
         start = max(after, 0)
-        try:
-            rows = await self._r.lrange(f"fp:l:{log}", start, start + limit - 1)
-        except (RedisConnectionError, RedisTimeout, OSError) as exc:
-            raise StoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        rows = await self._do(self._r.lrange(f"fp:l:{log}", start, start + limit - 1))
         out = []
         for i, raw in enumerate(rows):
             entry_id, record = json.loads(raw)
@@ -215,10 +219,7 @@ class RedisStore:
         return out
 
     async def get(self, key: str) -> tuple[bytes | None, int]:
-        try:
-            value, version = await self._r.hmget(f"fp:kv:{key}", ["v", "ver"])
-        except (RedisConnectionError, RedisTimeout, OSError) as exc:
-            raise StoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        value, version = await self._do(self._r.hmget(f"fp:kv:{key}", ["v", "ver"]))
         if version is None or value is None:
             return None, 0
         return (value.encode() if isinstance(value, str) else bytes(value)), int(version)

@@ -115,13 +115,7 @@ class SqliteStore:
         return await self._run(fn)
 
     async def release(self, key: str, hold: str) -> float:
-        def fn(db: sqlite3.Connection, now: float) -> float:
-            c = self._load(db, key, now)
-            c.holds.pop(hold, None)
-            self._save(db, key, c)
-            return c.value
-
-        return await self._run(fn)
+        return await self.settle(key, hold, 0.0)
 
     async def value(self, key: str) -> float:
         return await self._run(lambda db, now: self._load(db, key, now).value)

@@ -7,7 +7,7 @@ which identifies a key in logs without being one.
 
 from __future__ import annotations
 
-from fleetpilot.gateway.auth import ClientKeys, bearer, hash_key
+from fleetpilot.gateway.auth import ClientKeys
 from fleetpilot.gateway.pipeline import Answer, Call, Handler, Stage
 
 __all__ = ["auth_stage"]
@@ -15,8 +15,7 @@ __all__ = ["auth_stage"]
 
 def auth_stage(keys: ClientKeys) -> Stage:
     async def auth(call: Call, following: Handler) -> Answer:
-        keys.check(call.inbound.headers)
-        call.principal = "key:" + hash_key(bearer(call.inbound.headers) or "")[:8]
+        call.principal = "key:" + keys.check(call.inbound.headers)[:8]
         return await following(call)
 
     return auth

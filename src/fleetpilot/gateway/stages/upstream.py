@@ -92,7 +92,7 @@ class _Tries:
     limit: int  # failures allowed in all
     attempts: int = 0
     failures: int = 0
-    failed: set[str] = field(default_factory=set)  # replicas that failed it
+    failed: frozenset[str] = frozenset()  # replicas that failed it
     unreachable: bool = True  # every failure so far: a replica that could not be reached
     pool: str = "none"
 
@@ -237,7 +237,7 @@ class Proxy:
         model = t.request.model
         while True:
             try:
-                decision = await self.choose(t.request, frozenset(t.failed))
+                decision = await self.choose(t.request, t.failed)
             except ApiError as exc:
                 self._fail(model, t.pool, exc)
                 raise
@@ -248,12 +248,10 @@ class Proxy:
             data = self._body(pool, inbound, body)
             try:
                 if whole:
-                    predicted = self.clock.real_seconds(3 * decision.predicted_e2e)
-                    timeout = max(self.config.first_byte_timeout_s, predicted + 5)
                     resp = await self.upstream.send(
                         replica.base.url + inbound.path,
                         data,
-                        read_timeout=timeout,
+                        read_timeout=self._patience(decision.predicted_e2e, 5.0),
                         headers=self._headers.get(pool),
                     )
                     return _Held(replica, lease, resp, await resp.read())
@@ -261,14 +259,16 @@ class Proxy:
                     replica.base.url + inbound.path,
                     data,
                     read_timeout=self.config.first_byte_timeout_s,
-                    first_byte_timeout=self._first_byte_timeout(decision.predicted_ttft),
+                    first_byte_timeout=self._patience(
+                        decision.predicted_ttft, self.config.first_byte_timeout_s
+                    ),
                     headers=self._headers.get(pool),
                 )
                 return _Held(replica, lease, resp, None)
             except UpstreamError as exc:
                 lease.release()
                 self.fleet.failed(replica.id)
-                t.failed.add(replica.id)
+                t.failed |= {replica.id}
                 t.failures += 1
                 t.unreachable = t.unreachable and isinstance(exc, UpstreamUnavailable)
                 if not retryable(exc) or t.failures >= t.limit:
@@ -276,7 +276,7 @@ class Proxy:
                     self._fail(model, pool, final)
                     raise final from None
                 self.metrics.retries.labels(model).inc()
-                t.request = self.afresh(t.request, must_serve=t.request.must_serve)
+                t.request = self.afresh(t.request)
             except BaseException:  # cancelled: the client left
                 lease.release()
                 self.metrics.requests.labels(model, pool, "499").inc()
@@ -372,7 +372,7 @@ class Proxy:
                 except ReplicaGone as exc:
                     held.lease.release()
                     self.fleet.failed(held.replica.id)
-                    t.failed.add(held.replica.id)
+                    t.failed |= {held.replica.id}
                     t.failures += 1
                     remaining = inbound.max_tokens - state.produced
                     if state.finish_reason is not None or remaining <= 0:
@@ -436,7 +436,7 @@ class Proxy:
         lease = held.lease
         try:
             async for payload in held.resp.events():
-                if payload == b"[DONE]":
+                if payload == _DONE:
                     return
                 if (
                     not continuing
@@ -460,7 +460,7 @@ class Proxy:
                         state.usage = chunk["usage"]
                     continue
                 choice = choices[0]
-                text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                text = _choice_text(choice, chat)
                 if choice.get("finish_reason"):
                     state.finish_reason = choice["finish_reason"]
                 if continuing:
@@ -471,7 +471,7 @@ class Proxy:
                     payload = json.dumps(chunk).encode()
                 elif state.stream_id is None:
                     state.stream_id, state.created = chunk.get("id"), chunk.get("created")
-                if text and isinstance(text, str):
+                if text:
                     self._token(state, lease, model, itl, text)
                 yield payload
             raise ReplicaGone("the replica ended its stream without [DONE]")
@@ -497,11 +497,12 @@ class Proxy:
         m.prompt_tokens.inc(usage.get("prompt_tokens", 0) or 0)
         m.completion_tokens.inc(usage.get("completion_tokens", 0) or 0)
 
-    def _first_byte_timeout(self, predicted_ttft: float) -> float:
-        """How long a stream's head may take: a replica that queues it is busy, not stalled,
-        for as long as the router expected it to queue (and some)."""
-        expected = self.clock.real_seconds(3 * predicted_ttft)
-        return max(self.config.first_byte_timeout_s, expected + self.config.first_byte_timeout_s)
+    def _patience(self, predicted: float, slack: float) -> float:
+        """Real seconds to wait for what the router predicted would take ``predicted``
+        (modelled): a replica that queues a request is busy, not stalled, for three times
+        that and ``slack``, and never less than ``first_byte_timeout_s``."""
+        expected = self.clock.real_seconds(3 * predicted)
+        return max(self.config.first_byte_timeout_s, expected + slack)
 
     def _learns(self, inbound: Inbound) -> bool:
         """Whether this request's first token may move the router's learnt headroom: only an
@@ -554,14 +555,18 @@ _ENDS = re.compile(rb'"finish_reason":\s*"')
 _TEXT = re.compile(rb'"(?:content|text)":\s*"(?!")')
 
 
+def _choice_text(choice: dict[str, Any], chat: bool) -> str:
+    """The text a stream's choice carries ("" for none)."""
+    text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+    return text if isinstance(text, str) else ""
+
+
 def _text_of(payload: bytes, chat: bool) -> str:
     """The text one raw event carried."""
     try:
-        choice = json.loads(payload)["choices"][0]
-        text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+        return _choice_text(json.loads(payload)["choices"][0], chat)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return ""
-    return text if isinstance(text, str) else ""
 
 
 def _unreachable(model: str, exc: UpstreamError) -> ApiError:
