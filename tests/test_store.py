@@ -13,7 +13,7 @@ import pytest
 
 from fleetpilot.clock import ManualClock
 from fleetpilot.errors import ConfigError
-from fleetpilot.store import Add, MemoryStore, Store, StoreUnavailable, open_store
+from fleetpilot.store import Add, Entry, MemoryStore, Settle, Store, StoreUnavailable, open_store
 from fleetpilot.store.sqlite import SqliteStore
 
 from conftest import free_port, redis_server
@@ -84,6 +84,41 @@ async def test_a_window_starts_again_when_it_ends(backend: Backend) -> None:
     await backend.advance(0.5)
     again = await s.add(Add("w", 1, limit=2, window_s=0.4))
     assert again.ok and again.values == (1.0,)
+
+
+async def test_a_sliding_window_counts_the_last_bucket_in_proportion(backend: Backend) -> None:
+    s = backend.store
+
+    def rate(n: float) -> Add:
+        return Add("rpm", n, limit=4, window_s=1.0, sliding=True)
+
+    first = await s.add(rate(4))
+    assert first.ok and first.resets_in[0] is not None and 0 < first.resets_in[0] <= 1.0
+    assert not (await s.add(rate(1))).ok
+    # just past the bucket's edge, nearly all of the last bucket is still in the window:
+    # a fixed window would let 4 more through here, twice the limit within a second
+    await backend.advance(first.resets_in[0] + 0.05)
+    edge = await s.add(rate(1))
+    assert not edge.ok and 3.0 < edge.values[0] < 4.0
+    await backend.advance(0.6)  # most of the last bucket has slid out
+    assert (await s.add(rate(2))).ok
+    await backend.advance(2.1)  # both buckets are gone
+    assert await s.value("rpm") == 0.0
+
+
+async def test_commit_settles_and_records_once(backend: Backend) -> None:
+    s = backend.store
+    hold = dict(hold="req-1", hold_ttl_s=30.0)
+    assert (await s.add(Add("tenant", 5, limit=10, **hold), Add("key", 5, **hold))).ok
+    entry = Entry("ledger", "req-1", {"usd": 1.5})
+    settles = (Settle("tenant", "req-1", 1.5), Settle("key", "req-1", 1.5))
+    assert await s.commit(settles, entry)
+    assert (await s.value("tenant"), await s.value("key")) == (1.5, 1.5)
+    assert not await s.commit(settles, entry)  # retried after a lost reply: nothing twice
+    assert (await s.value("tenant"), await s.value("key")) == (1.5, 1.5)
+    assert [(rid, rec) for _, rid, rec in await s.read("ledger")] == [("req-1", {"usd": 1.5})]
+    assert await s.commit((Settle("tenant", "gone", 0.5),))  # no entry: always applied
+    assert await s.value("tenant") == 2.0
 
 
 async def test_holds_expire_settle_and_release(backend: Backend) -> None:

@@ -7,11 +7,16 @@ rate limits, the spend ledger and the leader lease are all small rules on top of
 - **counters with holds**: :meth:`Store.add` adds to one or more counters *all or nothing*,
   each refused if it would pass its ``limit`` (request limit + token limit + budget in one
   call).  A counter may be a fixed window (it starts again at 0 ``window_s`` after its first
-  add) and an amount may be a named *hold* that expires ``hold_ttl_s`` later unless
-  :meth:`~Store.settle` replaces it with the actual amount or :meth:`~Store.release` drops it,
-  so a crashed gateway's reservations come back by themselves;
+  add) or a sliding one (``sliding``: the last ``window_s``, estimated from two aligned
+  buckets, so a limit per minute holds across a bucket's edge), and an amount may be a named
+  *hold* that expires ``hold_ttl_s`` later unless :meth:`~Store.commit` (or
+  :meth:`~Store.settle`) replaces it with the actual amount or :meth:`~Store.release` drops
+  it, so a crashed gateway's reservations come back by themselves;
 - **logs**: :meth:`~Store.append` adds a record under an id, at most once per id (a retried
-  append never counts twice); :meth:`~Store.read` pages through in order;
+  append never counts twice); :meth:`~Store.read` pages through in order.
+  :meth:`~Store.commit` settles holds *and* appends the record that says so in one atomic
+  step, once per id: a spend ledger entry and the budget it is charged to can never
+  disagree, whatever kills a gateway between the two;
 - **compare-and-set**: :meth:`~Store.get` returns a value with its version, :meth:`~Store.put`
   writes only over the version read;
 - **leases**: :meth:`~Store.lease` takes or renews a named lease for a holder,
@@ -27,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Add", "Added", "Store", "StoreUnavailable"]
+__all__ = ["Add", "Added", "Entry", "Settle", "Store", "StoreUnavailable"]
 
 
 class StoreUnavailable(ConnectionError):
@@ -42,6 +47,7 @@ class Add:
     amount: float
     limit: float | None = None  # refused if the counter would pass it
     window_s: float | None = None  # a fixed window: back to 0 this long after its first add
+    sliding: bool = False  # window_s is a sliding window instead
     hold: str | None = None  # the amount is a hold under this name, expiring...
     hold_ttl_s: float | None = None  # ...this long after it is taken
 
@@ -52,6 +58,26 @@ class Add:
             raise ValueError("hold_ttl_s must be positive")
         if self.window_s is not None and self.window_s <= 0:
             raise ValueError("window_s must be positive")
+        if self.sliding and self.window_s is None:
+            raise ValueError("a sliding window needs window_s")
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """Drop ``hold`` from counter ``key`` (if it is still there) and add ``amount``."""
+
+    key: str
+    hold: str
+    amount: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A record for ``log`` under ``id`` (kept once per id)."""
+
+    log: str
+    id: str
+    record: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +100,12 @@ class Store(Protocol):
     async def settle(self, key: str, hold: str, amount: float) -> float:
         """Drop ``hold`` (if it is still there) and add ``amount``, unconditionally: what
         was really spent counts even when its hold expired.  Returns the counter."""
+        ...
+
+    async def commit(self, settles: tuple[Settle, ...], entry: Entry | None = None) -> bool:
+        """Apply ``settles`` and append ``entry`` in one atomic step — unless ``entry.id`` is
+        already in its log, when nothing is done and False comes back (a retried commit
+        never settles twice)."""
         ...
 
     async def release(self, key: str, hold: str) -> float:

@@ -6,8 +6,8 @@ import copy
 from typing import Any
 
 from fleetpilot.clock import Clock, SystemClock
-from fleetpilot.store.base import Add, Added
-from fleetpilot.store.counter import Counter, apply_all
+from fleetpilot.store.base import Add, Added, Entry, Settle
+from fleetpilot.store.counter import Counter, apply_all, settle_all
 
 __all__ = ["MemoryStore"]
 
@@ -37,18 +37,29 @@ class MemoryStore:
         counters = {a.key: self._counter(a.key) for a in adds}
         return apply_all(counters, adds, self.clock.now())
 
+    async def commit(self, settles: tuple[Settle, ...], entry: Entry | None = None) -> bool:
+        if entry is not None and entry.id in self._log_ids.get(entry.log, ()):
+            return False
+        counters = {s.key: self._counter(s.key) for s in settles}
+        settle_all(counters, settles, self.clock.now())
+        if entry is not None:
+            self._append(entry.log, entry.id, entry.record)
+        return True
+
     async def settle(self, key: str, hold: str, amount: float) -> float:
-        c = self._counter(key)
-        c.settle(hold, amount)
-        return c.value
+        await self.commit((Settle(key, hold, amount),))
+        return await self.value(key)
 
     async def release(self, key: str, hold: str) -> float:
         return await self.settle(key, hold, 0.0)
 
     async def value(self, key: str) -> float:
-        return self._counter(key).value
+        return self._counter(key).value(self.clock.now())
 
     async def append(self, log: str, entry_id: str, record: dict[str, Any]) -> bool:
+        return self._append(log, entry_id, record)
+
+    def _append(self, log: str, entry_id: str, record: dict[str, Any]) -> bool:
         ids = self._log_ids.setdefault(log, set())
         if entry_id in ids:
             return False

@@ -3,8 +3,9 @@ trip and atomic; windows and hold expiries use Redis's own clock (``TIME`` insid
 never a gateway's.  Numbers travel as strings (Lua numbers would come back truncated).
 
 Keys live under ``fp:``: a counter ``c`` is the hash ``fp:c:{c}`` (``base``, ``held``,
-``wend``) with its holds in ``fp:h:{c}`` (amounts) and ``fp:e:{c}`` (expiries, a sorted
-set); a windowed counter's keys expire with the window.  Durability of logs is Redis's: run
+``wend``; a sliding one also ``prev``, ``start``, ``slide``) with its holds in ``fp:h:{c}``
+(amounts) and ``fp:e:{c}`` (expiries, a sorted set); a windowed counter's keys expire with
+the window.  Durability of logs is Redis's: run
 it with ``appendonly yes`` where a log must survive a Redis restart.
 """
 
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from fleetpilot.store.base import Add, Added, StoreUnavailable
+from fleetpilot.store.base import Add, Added, Entry, Settle, StoreUnavailable
 
 __all__ = ["RedisStore"]
 
@@ -31,6 +32,16 @@ local function num(v) return tonumber(v or '') end
 local function tidy(c, h, e)
   local wend = num(redis.call('HGET', c, 'wend'))
   if wend and now >= wend then redis.call('DEL', c, h, e) end
+  local slide = num(redis.call('HGET', c, 'slide'))
+  if slide then
+    local start = num(redis.call('HGET', c, 'start'))
+    if now >= start + slide then
+      local passed = math.floor((now - start) / slide)
+      local prev = '0'
+      if passed == 1 then prev = redis.call('HGET', c, 'base') or '0' end
+      redis.call('HSET', c, 'prev', prev, 'base', '0', 'start', tostring(start + passed * slide))
+    end
+  end
   local gone = redis.call('ZRANGEBYSCORE', e, '-inf', now)
   for _, name in ipairs(gone) do
     redis.call('HINCRBYFLOAT', c, 'held', -(num(redis.call('HGET', h, name)) or 0))
@@ -39,9 +50,18 @@ local function tidy(c, h, e)
   if #gone > 0 then redis.call('ZREMRANGEBYSCORE', e, '-inf', now) end
 end
 local function value(c)
-  return (num(redis.call('HGET', c, 'base')) or 0) + (num(redis.call('HGET', c, 'held')) or 0)
+  local v = (num(redis.call('HGET', c, 'base')) or 0) + (num(redis.call('HGET', c, 'held')) or 0)
+  local slide = num(redis.call('HGET', c, 'slide'))
+  if slide then
+    local prev = num(redis.call('HGET', c, 'prev')) or 0
+    local start = num(redis.call('HGET', c, 'start'))
+    v = v + prev * math.max(0, 1 - (now - start) / slide)
+  end
+  return v
 end
 local function resets(c)
+  local slide = num(redis.call('HGET', c, 'slide'))
+  if slide then return tostring(math.max(0, num(redis.call('HGET', c, 'start')) + slide - now)) end
   local w = num(redis.call('HGET', c, 'wend'))
   if w then return tostring(math.max(0, w - now)) end
   return ''
@@ -53,6 +73,11 @@ local function drop_hold(c, h, e, hold)
     redis.call('ZREM', e, hold)
     redis.call('HINCRBYFLOAT', c, 'held', -a)
   end
+end
+local function expire_all(c, h, e, at)
+  redis.call('PEXPIREAT', c, at)
+  redis.call('PEXPIREAT', h, at)
+  redis.call('PEXPIREAT', e, at)
 end
 """
 
@@ -68,15 +93,16 @@ local function report(ok, refused)
 end
 local pending = {}
 for i = 1, n do
-  local c, o = KEYS[3*i-2], 1 + (i-1)*5
+  local c, o = KEYS[3*i-2], 1 + (i-1)*6
   local amount, limit = tonumber(ARGV[o+1]), num(ARGV[o+2])
   local after = value(c) + (pending[c] or 0) + amount
   if limit and amount > 0 and after > limit + 1e-9 then return report(0, i-1) end
   pending[c] = (pending[c] or 0) + amount
 end
 for i = 1, n do
-  local c, h, e, o = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i], 1 + (i-1)*5
+  local c, h, e, o = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i], 1 + (i-1)*6
   local amount, window, hold, ttl = tonumber(ARGV[o+1]), num(ARGV[o+3]), ARGV[o+4], num(ARGV[o+5])
+  local sliding = ARGV[o+6] == '1'
   if hold ~= '' then
     local prev = num(redis.call('HGET', h, hold)) or 0
     redis.call('HSET', h, hold, tostring(prev + amount))
@@ -85,13 +111,17 @@ for i = 1, n do
   else
     redis.call('HINCRBYFLOAT', c, 'base', amount)
   end
-  if window and not redis.call('HGET', c, 'wend') then
+  if window and sliding then
+    if not redis.call('HGET', c, 'slide') then
+      local start = math.floor(now / window) * window
+      redis.call('HSET', c, 'slide', tostring(window), 'start', tostring(start))
+    end
+    local start = num(redis.call('HGET', c, 'start'))
+    expire_all(c, h, e, math.floor((start + 2 * window + 1) * 1000))
+  elseif window and not redis.call('HGET', c, 'wend') then
     local wend = now + window
     redis.call('HSET', c, 'wend', tostring(wend))
-    local at = math.floor((wend + 1) * 1000)
-    redis.call('PEXPIREAT', c, at)
-    redis.call('PEXPIREAT', h, at)
-    redis.call('PEXPIREAT', e, at)
+    expire_all(c, h, e, math.floor((wend + 1) * 1000))
   end
 end
 return report(1, -1)
@@ -106,6 +136,27 @@ drop_hold(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 local amount = tonumber(ARGV[2])
 if amount ~= 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'base', amount) end
 return tostring(value(KEYS[1]))
+"""
+)
+
+_COMMIT = (
+    _PRELUDE
+    + """
+local n = tonumber(ARGV[1])
+local entry = ARGV[2 + 2*n]
+if entry ~= '' and redis.call('HEXISTS', KEYS[3*n+1], entry) == 1 then return 0 end
+for i = 1, n do
+  local c, h, e = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
+  tidy(c, h, e)
+  drop_hold(c, h, e, ARGV[2*i])
+  local amount = tonumber(ARGV[2*i+1])
+  if amount ~= 0 then redis.call('HINCRBYFLOAT', c, 'base', amount) end
+end
+if entry ~= '' then
+  local seq = redis.call('RPUSH', KEYS[3*n+2], ARGV[3 + 2*n])
+  redis.call('HSET', KEYS[3*n+1], entry, seq)
+end
+return 1
 """
 )
 
@@ -162,6 +213,7 @@ class RedisStore:
         )
         s = self._r.register_script
         self._add, self._settle, self._value = s(_ADD), s(_SETTLE), s(_VALUE)
+        self._commit = s(_COMMIT)
         self._now, self._append, self._put = s(_NOW), s(_APPEND), s(_PUT)
         self._lease, self._unlease = s(_LEASE), s(_UNLEASE)
 
@@ -184,7 +236,7 @@ class RedisStore:
         for a in adds:
             keys += _keys(a.key)
             args += [repr(float(a.amount)), _text(a.limit), _text(a.window_s), a.hold or ""]
-            args.append(_text(a.hold_ttl_s))
+            args += [_text(a.hold_ttl_s), "1" if a.sliding else "0"]
         ok, refused, values, resets = await self._call(self._add, keys, args)
         return Added(
             bool(ok),
@@ -192,6 +244,19 @@ class RedisStore:
             tuple(float(r) if r not in (b"", "") else None for r in resets),
             refused=None if int(refused) < 0 else int(refused),
         )
+
+    async def commit(self, settles: tuple[Settle, ...], entry: Entry | None = None) -> bool:
+        keys: list[str] = []
+        args: list[Any] = [len(settles)]
+        for st in settles:
+            keys += _keys(st.key)
+            args += [st.hold, repr(float(st.amount))]
+        if entry is None:
+            args += ["", ""]
+        else:
+            keys += [f"fp:li:{entry.log}", f"fp:l:{entry.log}"]
+            args += [entry.id, json.dumps([entry.id, entry.record])]
+        return bool(await self._call(self._commit, keys, args))
 
     async def settle(self, key: str, hold: str, amount: float) -> float:
         return float(await self._call(self._settle, _keys(key), [hold, repr(float(amount))]))

@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fleetpilot.clock import Clock, WallClock
-from fleetpilot.store.base import Add, Added, StoreUnavailable
-from fleetpilot.store.counter import Counter, apply_all
+from fleetpilot.store.base import Add, Added, Entry, Settle, StoreUnavailable
+from fleetpilot.store.counter import Counter, apply_all, settle_all
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, base REAL NOT NULL, window_end REAL);
+CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, base REAL NOT NULL, window_end REAL,
+    prev REAL NOT NULL DEFAULT 0, start REAL, slide REAL);
 CREATE TABLE IF NOT EXISTS holds (key TEXT NOT NULL, hold TEXT NOT NULL, amount REAL NOT NULL,
     expiry REAL NOT NULL, PRIMARY KEY (key, hold));
 CREATE TABLE IF NOT EXISTS logs (log TEXT NOT NULL, seq INTEGER NOT NULL, entry_id TEXT NOT NULL,
@@ -72,8 +73,10 @@ class SqliteStore:
     # -- counters -------------------------------------------------------------------------
     @staticmethod
     def _load(db: sqlite3.Connection, key: str, now: float) -> Counter:
-        row = db.execute("SELECT base, window_end FROM counters WHERE key = ?", (key,)).fetchone()
-        c = Counter() if row is None else Counter(row[0], row[1])
+        row = db.execute(
+            "SELECT base, window_end, prev, start, slide FROM counters WHERE key = ?", (key,)
+        ).fetchone()
+        c = Counter() if row is None else Counter(row[0], row[1], {}, row[2], row[3], row[4])
         for hold, amount, expiry in db.execute(
             "SELECT hold, amount, expiry FROM holds WHERE key = ?", (key,)
         ):
@@ -84,9 +87,11 @@ class SqliteStore:
     @staticmethod
     def _save(db: sqlite3.Connection, key: str, c: Counter) -> None:
         db.execute(
-            "INSERT INTO counters (key, base, window_end) VALUES (?, ?, ?) ON CONFLICT (key) "
-            "DO UPDATE SET base = excluded.base, window_end = excluded.window_end",
-            (key, c.base, c.window_end),
+            "INSERT INTO counters (key, base, window_end, prev, start, slide) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET base = excluded.base, "
+            "window_end = excluded.window_end, prev = excluded.prev, start = excluded.start, "
+            "slide = excluded.slide",
+            (key, c.base, c.window_end, c.prev, c.start, c.slide),
         )
         db.execute("DELETE FROM holds WHERE key = ?", (key,))
         db.executemany(
@@ -105,12 +110,28 @@ class SqliteStore:
 
         return await self._run(fn)
 
+    async def commit(self, settles: tuple[Settle, ...], entry: Entry | None = None) -> bool:
+        text = None if entry is None else json.dumps(entry.record)
+
+        def fn(db: sqlite3.Connection, now: float) -> bool:
+            if entry is not None and self._seen(db, entry.log, entry.id):
+                return False
+            counters = {s.key: self._load(db, s.key, now) for s in settles}
+            settle_all(counters, settles, now)
+            for key, c in counters.items():
+                self._save(db, key, c)
+            if entry is not None and text is not None:
+                self._insert(db, entry.log, entry.id, text)
+            return True
+
+        return await self._run(fn)
+
     async def settle(self, key: str, hold: str, amount: float) -> float:
         def fn(db: sqlite3.Connection, now: float) -> float:
             c = self._load(db, key, now)
             c.settle(hold, amount)
             self._save(db, key, c)
-            return c.value
+            return c.value(now)
 
         return await self._run(fn)
 
@@ -118,25 +139,33 @@ class SqliteStore:
         return await self.settle(key, hold, 0.0)
 
     async def value(self, key: str) -> float:
-        return await self._run(lambda db, now: self._load(db, key, now).value)
+        return await self._run(lambda db, now: self._load(db, key, now).value(now))
 
     # -- logs -----------------------------------------------------------------------------
+    @staticmethod
+    def _seen(db: sqlite3.Connection, log: str, entry_id: str) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM logs WHERE log = ? AND entry_id = ?", (log, entry_id)
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, log: str, entry_id: str, text: str) -> None:
+        (last,) = db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM logs WHERE log = ?", (log,)
+        ).fetchone()
+        db.execute(
+            "INSERT INTO logs (log, seq, entry_id, record) VALUES (?, ?, ?, ?)",
+            (log, last + 1, entry_id, text),
+        )
+
     async def append(self, log: str, entry_id: str, record: dict[str, Any]) -> bool:
         text = json.dumps(record)
 
         def fn(db: sqlite3.Connection, now: float) -> bool:
-            seen = db.execute(
-                "SELECT 1 FROM logs WHERE log = ? AND entry_id = ?", (log, entry_id)
-            ).fetchone()
-            if seen:
+            if self._seen(db, log, entry_id):
                 return False
-            (last,) = db.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM logs WHERE log = ?", (log,)
-            ).fetchone()
-            db.execute(
-                "INSERT INTO logs (log, seq, entry_id, record) VALUES (?, ?, ?, ?)",
-                (log, last + 1, entry_id, text),
-            )
+            self._insert(db, log, entry_id, text)
             return True
 
         return await self._run(fn)
