@@ -86,24 +86,28 @@ async def test_a_window_starts_again_when_it_ends(backend: Backend) -> None:
     assert again.ok and again.values == (1.0,)
 
 
-async def test_a_sliding_window_counts_the_last_bucket_in_proportion(backend: Backend) -> None:
+async def test_a_sliding_window_never_passes_its_limit_in_any_window(backend: Backend) -> None:
     s = backend.store
 
     def rate(n: float) -> Add:
         return Add("rpm", n, limit=4, window_s=1.0, sliding=True)
 
-    first = await s.add(rate(4))
-    assert first.ok and first.resets_in[0] is not None and 0 < first.resets_in[0] <= 1.0
+    first = await s.add(rate(3))
+    assert first.ok and first.resets_in[0] is not None and 0.98 < first.resets_in[0] <= 1.04
+    await backend.advance(0.6)
+    assert (await s.add(rate(1))).ok
+    # the first 3 have left the last second, the 4th has not: 3 more fit, not 4 (a fixed
+    # window that began at the first add would start again here and take 4)
+    await backend.advance(0.45)
+    assert not (await s.add(rate(4))).ok
+    late = await s.add(rate(3))
+    assert late.ok and late.values == (4.0,)
     assert not (await s.add(rate(1))).ok
-    # just past the bucket's edge, nearly all of the last bucket is still in the window:
-    # a fixed window would let 4 more through here, twice the limit within a second
-    await backend.advance(first.resets_in[0] + 0.05)
-    edge = await s.add(rate(1))
-    assert not edge.ok and 3.0 < edge.values[0] < 4.0
-    await backend.advance(0.6)  # most of the last bucket has slid out
-    assert (await s.add(rate(2))).ok
-    await backend.advance(2.1)  # both buckets are gone
+    await backend.advance(1.1)  # everything has left the window
     assert await s.value("rpm") == 0.0
+    held = await s.add(Add("rpm", 4, limit=4, window_s=1.0, sliding=True, hold="r", hold_ttl_s=5))
+    assert held.ok
+    assert await s.settle("rpm", "r", 1.0) == 1.0  # a hold settles into the current slice
 
 
 async def test_commit_settles_and_records_once(backend: Backend) -> None:

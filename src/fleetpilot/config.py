@@ -41,6 +41,7 @@ from fleetpilot.catalogue import Catalogue
 from fleetpilot.core.model import CapacityClass, Pool, Replica
 from fleetpilot.core.routing import ROUTERS
 from fleetpilot.errors import ConfigError
+from fleetpilot.tenancy.model import TenancyConfig
 
 __all__ = [
     "PRIVATE_NETWORKS",
@@ -211,6 +212,12 @@ class PoolConfig(_Frozen):
     context_tokens: int | None = Field(
         default=None, ge=1, description="the replicas' context length (default: the profile's)"
     )
+    price_per_mtok_input: float | None = Field(
+        default=None, ge=0, description="what tenants pay per million prompt tokens"
+    )
+    price_per_mtok_output: float | None = Field(
+        default=None, ge=0, description="what tenants pay per million completion tokens"
+    )
 
     @field_validator("replicas")
     @classmethod
@@ -218,9 +225,20 @@ class PoolConfig(_Frozen):
         return [replica_url(u) for u in v]
 
 
+class StoreConfig(_Frozen):
+    """The shared store: ``memory://``, ``sqlite:///path/file.db`` or ``redis://host:port/db``
+    (one setting, read by the gateway and the controller alike)."""
+
+    url: str = Field(pattern=r"^(memory|sqlite|redis|rediss|unix)://")
+
+
 class FleetConfig(_Frozen):
     gateway: GatewayConfig = GatewayConfig()
     pools: list[PoolConfig] = Field(default_factory=list)
+    store: StoreConfig | None = Field(
+        default=None, description="shared state; tenants, budgets and limits need one"
+    )
+    tenancy: TenancyConfig = TenancyConfig()
 
     @field_validator("pools")
     @classmethod

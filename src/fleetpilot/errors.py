@@ -9,6 +9,9 @@
         ├── ModelNotFound       404 no pool serves the model
         ├── PayloadTooLarge     413 body over the configured limit
         ├── Overloaded          429 shed: no replica can serve it in time (Retry-After)
+        │   └── RateLimited         a key's, tenant's or model's per-minute limit is spent
+        ├── QuotaExceeded       429 insufficient_quota: a budget cannot take the request
+        ├── StoreDown           503 the shared store is unreachable and budgets fail closed
         ├── NoHealthyReplica    503 every replica of the model is down or cooling down
         └── UpstreamError       502 a replica failed; retried on another replica first
             ├── UpstreamUnavailable   connection refused/reset before the first byte
@@ -37,7 +40,10 @@ __all__ = [
     "NoHealthyReplica",
     "Overloaded",
     "PayloadTooLarge",
+    "QuotaExceeded",
+    "RateLimited",
     "ReplicaGone",
+    "StoreDown",
     "Unauthorized",
     "UpstreamError",
     "UpstreamStatus",
@@ -126,6 +132,37 @@ class Overloaded(ApiError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class RateLimited(Overloaded):
+    """A key's, tenant's or model's requests or tokens per minute are spent for now."""
+
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(ApiError):
+    """A budget cannot take this request's worst-case cost (OpenAI's quota answer)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, message: str, *, resets_in: float | None = None) -> None:
+        super().__init__(message)
+        self.resets_in = resets_in
+
+    def headers(self) -> dict[str, str]:
+        if self.resets_in is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.resets_in)))}
+
+
+class StoreDown(ApiError):
+    """The shared store cannot be reached and the configured policy is to fail closed."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
 
 
 class NoHealthyReplica(ApiError):

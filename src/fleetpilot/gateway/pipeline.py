@@ -26,6 +26,7 @@ from typing import Any
 from fleetpilot.core.model import Request
 from fleetpilot.errors import ApiError, log_line
 from fleetpilot.gateway.intake import Inbound
+from fleetpilot.tenancy.registry import Principal
 
 __all__ = ["Answer", "Call", "Handler", "Stage", "Streamed", "Whole", "compose", "error_reply"]
 
@@ -38,10 +39,11 @@ class Call:
 
     inbound: Inbound  # the checked request, with the client's headers
     request_id: str
-    principal: str | None = None  # who is calling (auth)
-    hold: Any = None  # what admission reserved for it (a budget hold)
+    principal: Principal | None = None  # who is calling (auth)
+    hold: Any = None  # what admission reserved for it (limits and budget holds)
     request: Request | None = None  # the core request as routed (upstream)
-    usage: dict[str, Any] | None = None  # the final usage, once known (upstream)
+    pool: str | None = None  # the pool that served it (upstream)
+    usage: dict[str, Any] | None = None  # what it used, once known (upstream)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,16 @@ from fleetpilot.gateway.membership import add_membership_routes
 from fleetpilot.gateway.metrics import GatewayMetrics
 from fleetpilot.gateway.pipeline import Call, Handler, Stage, compose, error_reply
 from fleetpilot.gateway.stages.auth import auth_stage
+from fleetpilot.gateway.stages.tenant import admission_stage, tenant_auth_stage
 from fleetpilot.gateway.stages.upstream import Proxy
+from fleetpilot.gateway.tenancy_routes import add_tenancy_routes
 from fleetpilot.gateway.upstream import Upstream
 from fleetpilot.replica_metrics import in_flight
+from fleetpilot.store import Store, StoreUnavailable, open_store
+from fleetpilot.tenancy import registry
+from fleetpilot.tenancy.admission import Admission, TenancyMetrics
+from fleetpilot.tenancy.prices import Prices
+from fleetpilot.tenancy.registry import Directory
 
 __all__ = ["CONFIG", "FLEET", "METRICS", "PROXY", "create_app", "run_gateway"]
 
@@ -209,16 +217,66 @@ async def _health_loop(app: web.Application) -> None:
         await asyncio.sleep(cfg.health_interval_s)
 
 
-def pipeline(config: FleetConfig, upstream: Proxy) -> Handler:
+@dataclass(slots=True)
+class Tenancy:
+    """The gateway's tenancy parts, there only when a store is configured."""
+
+    store: Store
+    directory: Directory
+    admission: Admission
+    prices: Prices
+
+
+def tenancy_of(
+    config: FleetConfig, fleet: LiveFleet, metrics: GatewayMetrics, post: Any
+) -> Tenancy | None:
+    if config.store is None:
+        return None
+    store = open_store(config.store.url)
+    directory = Directory(
+        store,
+        refresh_s=config.tenancy.refresh_s,
+        static_digests=tuple(config.gateway.client_keys),
+    )
+    admission = Admission(store, config.tenancy, TenancyMetrics(metrics.registry), post=post)
+    overrides = {p.name: (p.price_per_mtok_input, p.price_per_mtok_output) for p in config.pools}
+    return Tenancy(store, directory, admission, Prices(fleet.pools, overrides))
+
+
+def pipeline(config: FleetConfig, upstream: Proxy, tenancy: Tenancy | None = None) -> Handler:
     """The chain of stages that are on, in DESIGN.md's order, ending upstream."""
     stages: list[Stage] = []
     keys = ClientKeys(tuple(config.gateway.client_keys))
-    if keys.required:
+    if tenancy is not None:
+        stages.append(tenant_auth_stage(tenancy.directory))
+        stages.append(admission_stage(tenancy.admission, tenancy.prices, upstream.fleet))
+    elif keys.required:
         stages.append(auth_stage(keys))
     return compose(stages, upstream)
 
 
+async def _start_tenancy(config: FleetConfig, t: Tenancy) -> None:
+    """Seed the fleet file's tenants, read the registry once and say who may call."""
+    try:
+        for tenant in config.tenancy.tenants:
+            await registry.put_tenant(t.store, tenant)
+        await t.directory.refresh()
+        await t.admission.sync_clock()
+    except StoreUnavailable as exc:
+        log.error("the shared store is unreachable at start-up: %s", exc)
+    if t.directory.anonymous:
+        log.warning(
+            "no API keys in the store (%s): serving every request anonymously as tenant "
+            "'default' until the first key is created (POST /admin/keys)",
+            config.store.url if config.store else "",
+        )
+
+
 _Add = Callable[[str, _Handler], object]
+
+
+def _registry_unreadable(exc: Exception) -> None:
+    log.error("cannot read the tenant registry (keys keep their last state): %s", exc)
 
 
 class _MethodNotAllowed(ApiError):
@@ -278,36 +336,56 @@ def create_app(
     app = web.Application(middlewares=[_errors], client_max_size=cfg.max_body_bytes)
     app[FLEET], app[PROXY], app[METRICS], app[CONFIG] = fleet, proxy, metrics, config
     app[ADMIN] = admin = AdminAuth.from_config(cfg)
-    app[PIPELINE] = pipeline(config, proxy)
+
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> None:
+        resp = await upstream.send(url, body, read_timeout=5.0, headers=headers)
+        await resp.read()
+
+    tenancy = tenancy_of(config, fleet, metrics, post)
+    app[PIPELINE] = pipeline(config, proxy, tenancy)
+    if tenancy is None and not cfg.client_keys:
+        log.warning("no API keys and no store: serving every request anonymously")
     if admin.token is None:
         log.warning(
             "no admin token (gateway.admin_token or %s): /admin/* answers loopback "
             "connections only",
             ADMIN_ENV,
         )
-    post, get, catch_all = _routes(app)
-    post("/v1/chat/completions", _api("chat"))
-    post("/v1/completions", _api("completions"))
-    post("/v1/embeddings", _api("embeddings"))
+    route_post, get, catch_all = _routes(app)
+    route_post("/v1/chat/completions", _api("chat"))
+    route_post("/v1/completions", _api("completions"))
+    route_post("/v1/embeddings", _api("embeddings"))
     get("/v1/models", _models)
     get("/health", _health)
     get("/metrics", _metrics)
     get("/admin/fleet", _fleet_view)
-    post("/admin/drain", _set_state(ReplicaState.DRAINING))
-    post("/admin/undrain", _set_state(ReplicaState.READY))
+    route_post("/admin/drain", _set_state(ReplicaState.DRAINING))
+    route_post("/admin/undrain", _set_state(ReplicaState.READY))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await upstream.start()
-        task = asyncio.create_task(_health_loop(app)) if health_checks else None
+        tasks = [asyncio.create_task(_health_loop(app))] if health_checks else []
+        if tenancy is not None:
+            await _start_tenancy(config, tenancy)
+            tasks.append(asyncio.create_task(tenancy.directory.run(_registry_unreadable)))
+            tasks.append(asyncio.create_task(tenancy.admission.run()))
         yield
-        if task is not None:
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if tenancy is not None:
+            await tenancy.admission.drain()
+            with contextlib.suppress(StoreUnavailable):
+                await tenancy.admission.flush()
+            await tenancy.store.close()
         await upstream.close()
 
     app.cleanup_ctx.append(lifecycle)
-    add_membership_routes(post, catalogue)  # a controller in another process adds/removes them
+    add_membership_routes(route_post, catalogue)  # a controller in another process adds/removes
+    if tenancy is not None:
+        add_tenancy_routes(route_post, get, tenancy.store, tenancy.directory, tenancy.admission)
     catch_all()
     return app
 

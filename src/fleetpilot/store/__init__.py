@@ -11,7 +11,16 @@ from fleetpilot.errors import ConfigError
 from fleetpilot.store.base import Add, Added, Entry, Settle, Store, StoreUnavailable
 from fleetpilot.store.memory import MemoryStore
 
-__all__ = ["Add", "Added", "Entry", "MemoryStore", "Settle", "Store", "StoreUnavailable", "open_store"]
+__all__ = [
+    "Add",
+    "Added",
+    "Entry",
+    "MemoryStore",
+    "Settle",
+    "Store",
+    "StoreUnavailable",
+    "open_store",
+]
 
 
 def open_store(url: str, clock: Clock | None = None) -> Store:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from fleetpilot.clock import Clock, SystemClock
+from fleetpilot.clock import Clock, WallClock
 from fleetpilot.store.base import Add, Added, Entry, Settle
 from fleetpilot.store.counter import Counter, apply_all, settle_all
 
@@ -16,7 +16,7 @@ class MemoryStore:
     """Atomic because nothing here awaits: each call runs to its end on the event loop."""
 
     def __init__(self, clock: Clock | None = None) -> None:
-        self.clock = clock or SystemClock()
+        self.clock = clock or WallClock()
         self._counters: dict[str, Counter] = {}
         self._logs: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
         self._log_ids: dict[str, set[str]] = {}

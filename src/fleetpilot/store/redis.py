@@ -3,7 +3,7 @@ trip and atomic; windows and hold expiries use Redis's own clock (``TIME`` insid
 never a gateway's.  Numbers travel as strings (Lua numbers would come back truncated).
 
 Keys live under ``fp:``: a counter ``c`` is the hash ``fp:c:{c}`` (``base``, ``held``,
-``wend``; a sliding one also ``prev``, ``start``, ``slide``) with its holds in ``fp:h:{c}``
+``wend``; a sliding one also ``slide`` and a ``s:<i>`` per slice) with its holds in ``fp:h:{c}``
 (amounts) and ``fp:e:{c}`` (expiries, a sorted set); a windowed counter's keys expire with
 the window.  Durability of logs is Redis's: run
 it with ``appendonly yes`` where a log must survive a Redis restart.
@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from fleetpilot.store.base import Add, Added, Entry, Settle, StoreUnavailable
+from fleetpilot.store.counter import SLICES
 
 __all__ = ["RedisStore"]
 
@@ -29,17 +30,40 @@ _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function num(v) return tonumber(v or '') end
+local SLICES = @SLICES@
+local function slice(slide) return math.floor(now * SLICES / slide) end
+local function slices(c)
+  local sum, oldest = 0, nil
+  local all = redis.call('HGETALL', c)
+  for j = 1, #all, 2 do
+    if string.sub(all[j], 1, 2) == 's:' then
+      sum = sum + tonumber(all[j + 1])
+      local i = tonumber(string.sub(all[j], 3))
+      if oldest == nil or i < oldest then oldest = i end
+    end
+  end
+  return sum, oldest
+end
+local function count(c, amount)
+  local slide = num(redis.call('HGET', c, 'slide'))
+  if slide then
+    redis.call('HINCRBYFLOAT', c, 's:' .. tostring(slice(slide)), amount)
+  else
+    redis.call('HINCRBYFLOAT', c, 'base', amount)
+  end
+end
 local function tidy(c, h, e)
   local wend = num(redis.call('HGET', c, 'wend'))
   if wend and now >= wend then redis.call('DEL', c, h, e) end
   local slide = num(redis.call('HGET', c, 'slide'))
   if slide then
-    local start = num(redis.call('HGET', c, 'start'))
-    if now >= start + slide then
-      local passed = math.floor((now - start) / slide)
-      local prev = '0'
-      if passed == 1 then prev = redis.call('HGET', c, 'base') or '0' end
-      redis.call('HSET', c, 'prev', prev, 'base', '0', 'start', tostring(start + passed * slide))
+    local oldest = slice(slide) - SLICES
+    local all = redis.call('HGETALL', c)
+    for j = 1, #all, 2 do
+      local f = all[j]
+      if string.sub(f, 1, 2) == 's:' and tonumber(string.sub(f, 3)) < oldest then
+        redis.call('HDEL', c, f)
+      end
     end
   end
   local gone = redis.call('ZRANGEBYSCORE', e, '-inf', now)
@@ -51,17 +75,16 @@ local function tidy(c, h, e)
 end
 local function value(c)
   local v = (num(redis.call('HGET', c, 'base')) or 0) + (num(redis.call('HGET', c, 'held')) or 0)
-  local slide = num(redis.call('HGET', c, 'slide'))
-  if slide then
-    local prev = num(redis.call('HGET', c, 'prev')) or 0
-    local start = num(redis.call('HGET', c, 'start'))
-    v = v + prev * math.max(0, 1 - (now - start) / slide)
-  end
+  if redis.call('HEXISTS', c, 'slide') == 1 then v = v + slices(c) end
   return v
 end
 local function resets(c)
   local slide = num(redis.call('HGET', c, 'slide'))
-  if slide then return tostring(math.max(0, num(redis.call('HGET', c, 'start')) + slide - now)) end
+  if slide then
+    local _, oldest = slices(c)
+    if oldest == nil then return '0' end
+    return tostring(math.max(0, (oldest + SLICES + 1) * slide / SLICES - now))
+  end
   local w = num(redis.call('HGET', c, 'wend'))
   if w then return tostring(math.max(0, w - now)) end
   return ''
@@ -79,7 +102,7 @@ local function expire_all(c, h, e, at)
   redis.call('PEXPIREAT', h, at)
   redis.call('PEXPIREAT', e, at)
 end
-"""
+""".replace("@SLICES@", str(SLICES))
 
 _ADD = (
     _PRELUDE
@@ -103,21 +126,21 @@ for i = 1, n do
   local c, h, e, o = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i], 1 + (i-1)*6
   local amount, window, hold, ttl = tonumber(ARGV[o+1]), num(ARGV[o+3]), ARGV[o+4], num(ARGV[o+5])
   local sliding = ARGV[o+6] == '1'
+  if sliding and redis.call('HEXISTS', c, 'slide') == 0 then
+    redis.call('HSET', c, 'slide', tostring(window))
+  end
   if hold ~= '' then
     local prev = num(redis.call('HGET', h, hold)) or 0
     redis.call('HSET', h, hold, tostring(prev + amount))
     redis.call('ZADD', e, now + ttl, hold)
     redis.call('HINCRBYFLOAT', c, 'held', amount)
   else
-    redis.call('HINCRBYFLOAT', c, 'base', amount)
+    count(c, amount)
   end
-  if window and sliding then
-    if not redis.call('HGET', c, 'slide') then
-      local start = math.floor(now / window) * window
-      redis.call('HSET', c, 'slide', tostring(window), 'start', tostring(start))
-    end
-    local start = num(redis.call('HGET', c, 'start'))
-    expire_all(c, h, e, math.floor((start + 2 * window + 1) * 1000))
+  if sliding then
+    local at = math.floor((now + window * (1 + 2 / SLICES) + 1) * 1000)
+    if hold ~= '' then at = math.max(at, math.floor((now + ttl + 1) * 1000)) end
+    expire_all(c, h, e, at)
   elseif window and not redis.call('HGET', c, 'wend') then
     local wend = now + window
     redis.call('HSET', c, 'wend', tostring(wend))
@@ -134,7 +157,7 @@ _SETTLE = (
 tidy(KEYS[1], KEYS[2], KEYS[3])
 drop_hold(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 local amount = tonumber(ARGV[2])
-if amount ~= 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'base', amount) end
+if amount ~= 0 then count(KEYS[1], amount) end
 return tostring(value(KEYS[1]))
 """
 )
@@ -150,7 +173,7 @@ for i = 1, n do
   tidy(c, h, e)
   drop_hold(c, h, e, ARGV[2*i])
   local amount = tonumber(ARGV[2*i+1])
-  if amount ~= 0 then redis.call('HINCRBYFLOAT', c, 'base', amount) end
+  if amount ~= 0 then count(c, amount) end
 end
 if entry ~= '' then
   local seq = redis.call('RPUSH', KEYS[3*n+2], ARGV[3 + 2*n])

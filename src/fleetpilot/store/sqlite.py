@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, base REAL NOT NULL, window_end REAL,
-    prev REAL NOT NULL DEFAULT 0, start REAL, slide REAL);
+    slide REAL, slices TEXT);
 CREATE TABLE IF NOT EXISTS holds (key TEXT NOT NULL, hold TEXT NOT NULL, amount REAL NOT NULL,
     expiry REAL NOT NULL, PRIMARY KEY (key, hold));
 CREATE TABLE IF NOT EXISTS logs (log TEXT NOT NULL, seq INTEGER NOT NULL, entry_id TEXT NOT NULL,
@@ -74,9 +74,12 @@ class SqliteStore:
     @staticmethod
     def _load(db: sqlite3.Connection, key: str, now: float) -> Counter:
         row = db.execute(
-            "SELECT base, window_end, prev, start, slide FROM counters WHERE key = ?", (key,)
+            "SELECT base, window_end, slide, slices FROM counters WHERE key = ?", (key,)
         ).fetchone()
-        c = Counter() if row is None else Counter(row[0], row[1], {}, row[2], row[3], row[4])
+        c = Counter()
+        if row is not None:
+            c.base, c.window_end, c.slide = row[0], row[1], row[2]
+            c.slices = {int(i): v for i, v in json.loads(row[3] or "{}").items()}
         for hold, amount, expiry in db.execute(
             "SELECT hold, amount, expiry FROM holds WHERE key = ?", (key,)
         ):
@@ -87,11 +90,10 @@ class SqliteStore:
     @staticmethod
     def _save(db: sqlite3.Connection, key: str, c: Counter) -> None:
         db.execute(
-            "INSERT INTO counters (key, base, window_end, prev, start, slide) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET base = excluded.base, "
-            "window_end = excluded.window_end, prev = excluded.prev, start = excluded.start, "
-            "slide = excluded.slide",
-            (key, c.base, c.window_end, c.prev, c.start, c.slide),
+            "INSERT INTO counters (key, base, window_end, slide, slices) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET base = excluded.base, "
+            "window_end = excluded.window_end, slide = excluded.slide, slices = excluded.slices",
+            (key, c.base, c.window_end, c.slide, json.dumps(c.slices) if c.slices else None),
         )
         db.execute("DELETE FROM holds WHERE key = ?", (key,))
         db.executemany(
@@ -129,7 +131,7 @@ class SqliteStore:
     async def settle(self, key: str, hold: str, amount: float) -> float:
         def fn(db: sqlite3.Connection, now: float) -> float:
             c = self._load(db, key, now)
-            c.settle(hold, amount)
+            c.settle(hold, amount, now)
             self._save(db, key, c)
             return c.value(now)
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from fleetpilot.gateway.auth import ClientKeys
 from fleetpilot.gateway.pipeline import Answer, Call, Handler, Stage
+from fleetpilot.tenancy.registry import DEFAULT_TENANT, Principal
 
 __all__ = ["auth_stage"]
 
 
 def auth_stage(keys: ClientKeys) -> Stage:
     async def auth(call: Call, following: Handler) -> Answer:
-        call.principal = "key:" + keys.check(call.inbound.headers)[:8]
+        digest = keys.check(call.inbound.headers)
+        call.principal = Principal(DEFAULT_TENANT, None, "key:" + digest[:8])
         return await following(call)
 
     return auth

@@ -293,6 +293,7 @@ class Proxy:
         request = call.request = self.request_of(inbound)
         t = _Tries(request, limit=self.config.max_attempts)
         held = await self._attempt(t, inbound, None, True)
+        call.pool = t.pool
         data = held.data or b""
         # The answer goes out first and the books are settled just after, on the next turn of
         # the loop: at low concurrency every microsecond before the write is added latency.
@@ -338,6 +339,7 @@ class Proxy:
         body: dict[str, Any] = dict(inbound.body)
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         held = await self._attempt(t, inbound, body, False)
+        call.pool = t.pool
         if held.resp.status != 200:  # a 4xx from the replica: the client's problem, pass it on
             data = await held.resp.read()
             held.lease.release()
@@ -395,6 +397,7 @@ class Proxy:
                     yield self._abort(exc, call)
                     done = True
                     return
+                call.pool = t.pool
                 if held.resp.status != 200:
                     detail = (await held.resp.read()).decode("utf-8", "replace")[:200]
                     held.lease.release()
@@ -424,6 +427,9 @@ class Proxy:
                 held.resp.close()
                 held.lease.release()
                 self.metrics.requests.labels(model, t.pool, "499").inc()
+            if call.usage is None and state.first_at is not None:
+                # cut short: what the client was sent is what it is charged for
+                call.usage = self._final_usage(inbound, state)
 
     async def _relay(
         self, held: _Held, state: _Stream, pool: str, model: str, inbound: Inbound
