@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fleetpilot.clock import WallClock
+from fleetpilot.clock import Clock, WallClock
 from fleetpilot.errors import QuotaExceeded, RateLimited, StoreDown
 from fleetpilot.store.base import Add, Added, Entry, Settle, Store, StoreUnavailable
 from fleetpilot.store.memory import MemoryStore
@@ -134,7 +134,7 @@ class Admission:
         config: TenancyConfig,
         metrics: TenancyMetrics,
         *,
-        clock: WallClock | None = None,
+        clock: Clock | None = None,
         post: Callable[[str, bytes, dict[str, str]], Awaitable[Any]] | None = None,
     ) -> None:
         self.store = store
@@ -266,15 +266,12 @@ class Admission:
         if w.kind == "budget":
             self.metrics.refused.labels(tenant, "budget").inc()
             assert w.period is not None
-            when = (
-                "it does not reset"
-                if resets is None
-                else f"it resets at {_at(self.now(), w.period)}"
-            )
+            _, left = period_label(w.period, self.now())  # not the counter's: it outlives it
+            when = "it does not reset" if left is None else f"it resets at {_at(left, self.now())}"
             return QuotaExceeded(
                 f"the {w.scope} budget of ${w.limit:g} per {w.period.value} cannot take this "
                 f"request ({added.values[i]:.6f} of it is spent or held); {when}",
-                resets_in=None if w.period is Period.TOTAL else resets,
+                resets_in=left,
             )
         self.metrics.refused.labels(tenant, w.kind).inc()
         err = RateLimited(
@@ -425,10 +422,8 @@ class Admission:
         task.add_done_callback(self._tasks.discard)
 
 
-def _at(now: float, period: Period) -> str:
-    _, left = period_label(period, now)
-    end = now + (left or 0.0)
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(round(end)))
+def _at(left: float, now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(round(now + left)))
 
 
 def _duration(seconds: float | None) -> str:
