@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from fleetpilot.config import FleetConfig
@@ -17,3 +19,4 @@ METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 CONFIG: web.AppKey[FleetConfig] = web.AppKey("config", FleetConfig)
 ADMIN: web.AppKey[AdminAuth] = web.AppKey("admin", AdminAuth)
 PIPELINE: web.AppKey[Handler] = web.AppKey("pipeline")
+TENANCY: web.AppKey[Any] = web.AppKey("tenancy")  # gateway.server.Tenancy, when a store is on

@@ -36,7 +36,7 @@ from fleetpilot.errors import (
     PayloadTooLarge,
 )
 from fleetpilot.gateway.aiohttp_front import expect_continue, response, write
-from fleetpilot.gateway.appkeys import ADMIN, CONFIG, FLEET, METRICS, PIPELINE, PROXY
+from fleetpilot.gateway.appkeys import ADMIN, CONFIG, FLEET, METRICS, PIPELINE, PROXY, TENANCY
 from fleetpilot.gateway.auth import ADMIN_ENV, AdminAuth, ClientKeys
 from fleetpilot.gateway.fastlane import listen
 from fleetpilot.gateway.fleet import LiveFleet
@@ -56,7 +56,7 @@ from fleetpilot.tenancy.admission import Admission, TenancyMetrics
 from fleetpilot.tenancy.prices import Prices
 from fleetpilot.tenancy.registry import Directory
 
-__all__ = ["CONFIG", "FLEET", "METRICS", "PROXY", "create_app", "run_gateway"]
+__all__ = ["CONFIG", "FLEET", "METRICS", "PROXY", "TENANCY", "create_app", "run_gateway"]
 
 log = logging.getLogger("fleetpilot.gateway")
 
@@ -341,7 +341,7 @@ def create_app(
         resp = await upstream.send(url, body, read_timeout=5.0, headers=headers)
         await resp.read()
 
-    tenancy = tenancy_of(config, fleet, metrics, post)
+    tenancy = app[TENANCY] = tenancy_of(config, fleet, metrics, post)
     app[PIPELINE] = pipeline(config, proxy, tenancy)
     if tenancy is None and not cfg.client_keys:
         log.warning("no API keys and no store: serving every request anonymously")
