@@ -5,6 +5,7 @@ budgets in one multi-add), settlement with its ledger record, and the store-outa
 from __future__ import annotations
 
 import calendar
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -201,3 +202,36 @@ async def test_the_ledger_summarises_by_any_grouping() -> None:
     assert [r["request_id"] for r in later] == ["r1", "r2"]
     with pytest.raises(ValueError, match="cannot group"):
         ledger.summarise([], ["colour"])
+
+
+def test_fleetpilot_spend_reports_the_ledger(tmp_path: Any) -> None:
+    import asyncio
+    import csv
+    import subprocess
+    import sys
+
+    from fleetpilot.store.sqlite import SqliteStore
+
+    async def fill() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        for i, (tenant, model, usd) in enumerate(
+            [("a", "m", 1.5), ("a", "n", 2.0), ("b", "m", 4.0)]
+        ):
+            rec = {"t": NOON + i, "tenant": tenant, "key": "fp-x", "model": model,
+                   "pool": "p", "class": "spot", "prompt_tokens": 3, "completion_tokens": 4,
+                   "usd": usd}  # fmt: skip
+            await store.append(LEDGER, f"r{i}", rec)
+        await store.close()
+
+    asyncio.run(fill())
+    cmd = [sys.executable, "-m", "fleetpilot", "spend", "--store", f"sqlite://{tmp_path}/s.db"]
+    out = subprocess.run([*cmd, "--by", "tenant,model", "--format", "csv"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    rows = list(csv.DictReader(out.splitlines()))
+    assert [(r["tenant"], r["model"], float(r["usd"])) for r in rows] == [
+        ("b", "m", 4.0), ("a", "n", 2.0), ("a", "m", 1.5)
+    ]  # fmt: skip
+    table = subprocess.run([*cmd, "--tenant", "a"], capture_output=True, text=True, check=True)
+    assert "total" in table.stdout and "3.500000" in table.stdout and " b " not in table.stdout
+    bad = subprocess.run([*cmd, "--by", "colour"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "cannot group by" in bad.stderr

@@ -87,6 +87,32 @@ def hash_key(
 
 
 @app.command()
+def spend(
+    store: Annotated[
+        str | None, typer.Option(help="store URL (sqlite:///FILE or redis://HOST:PORT/DB)")
+    ] = None,
+    fleet: Annotated[Path | None, typer.Option(help="fleet YAML whose store: to read")] = None,
+    by: Annotated[str, typer.Option(help="group by: tenant,key,model,pool,class,day")] = "tenant",
+    tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+    since: Annotated[str | None, typer.Option(help="Unix time or ISO date")] = None,
+    until: Annotated[str | None, typer.Option(help="Unix time or ISO date")] = None,
+    format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
+) -> None:
+    """Report the spend ledger: settled requests, tokens and $ per group."""
+    from fleetpilot.tenancy.ledger import run_report
+
+    text = _guard(
+        run_report, store=store, fleet=fleet, by=by, tenant=tenant, since=since, until=until,
+        fmt=format,
+    )  # fmt: skip
+    if out is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
+        out.write_text(text)
+
+
+@app.command()
 def demo(
     duration: Annotated[float, typer.Option(help="seconds of compressed trace per policy")] = 60.0,
     policies: Annotated[

@@ -72,3 +72,105 @@ def summarise(records: Iterable[dict[str, Any]], by: Sequence[str]) -> list[dict
         row["completion_tokens"] += int(r.get("completion_tokens", 0))
         row["usd"] += float(r.get("usd", 0.0))
     return sorted(rows.values(), key=lambda row: -row["usd"])
+
+
+def parse_time(text: str | None) -> float | None:
+    """A Unix time, or an ISO date / datetime (UTC when it names no zone)."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a Unix time nor an ISO date") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+def render(rows: list[dict[str, Any]], by: Sequence[str], fmt: str) -> str:
+    """``rows`` as a table (with a total), CSV or JSON."""
+    columns = [*by, "requests", "prompt_tokens", "completion_tokens", "usd"]
+    if fmt == "json":
+        import json
+
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        import csv
+        import io
+
+        out = io.StringIO()
+        w = csv.DictWriter(out, columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return out.getvalue()
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}: table, csv or json")
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title="spend (settled requests)")
+    for row in rows:
+        table.add_row(*(_cell(row[c]) for c in columns))
+    total = {c: sum(r[c] for r in rows) for c in columns[len(by) :]}
+    table.add_row(
+        *(["total"] + [""] * (len(by) - 1))[: len(by)],
+        *(_cell(total[c]) for c in columns[len(by) :]),
+    )
+    console = Console(width=160, record=True)
+    with console.capture() as cap:
+        console.print(table)
+    return cap.get()
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.6f}" if isinstance(v, float) else str(v)
+
+
+def run_report(
+    *,
+    store: str | None,
+    fleet: Any,
+    by: str,
+    tenant: str | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+) -> str:
+    """``fleetpilot spend``: the ledger of ``store`` (or of the fleet file's store), rendered."""
+    import asyncio
+
+    from fleetpilot.errors import ConfigError
+    from fleetpilot.store import StoreUnavailable, open_store
+
+    if store is None and fleet is not None:
+        from fleetpilot.config import load_fleet
+
+        cfg = load_fleet(fleet)
+        store = cfg.store.url if cfg.store else None
+    if store is None:
+        raise ConfigError("name the store: --store URL, or --fleet FILE with a store: section")
+    groups = [g for g in by.split(",") if g]
+    try:
+        window = parse_time(since), parse_time(until)
+        summarise([], groups)  # unknown groups fail before the store is opened
+        if fmt not in ("table", "csv", "json"):
+            raise ValueError(f"unknown format {fmt!r}: table, csv or json")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    async def read() -> list[dict[str, Any]]:
+        s = open_store(store)
+        try:
+            return [r async for r in entries(s, since=window[0], until=window[1], tenant=tenant)]
+        finally:
+            await s.close()
+
+    try:
+        records = asyncio.run(read())
+    except StoreUnavailable as exc:
+        raise ConfigError(f"cannot read the ledger: {exc}") from None
+    return render(summarise(records, groups), groups, fmt)
