@@ -600,3 +600,20 @@ async def test_every_shared_capacity_policy_runs_under_the_controller() -> None:
         assert set(after) <= {p.name for p in pools}, name
         assert sum(after.values()) >= 1, name
         assert ctl.steps[-1].snapshot.demand[MODEL].rps == 3.0
+
+
+async def test_the_controller_takes_its_lease_on_the_shared_store_setting(tmp_path: Any) -> None:
+    from fleetpilot.controller.service import ControllerSettings, _lease
+
+    settings = ControllerSettings.model_validate(
+        {"gateway_url": "http://127.0.0.1:1", "models": ["m"],
+         "store": {"url": f"sqlite://{tmp_path}/fleet.db"}}
+    )  # fmt: skip
+    first = _lease(settings, SystemClock())
+    second = _lease(settings, SystemClock())
+    try:
+        assert isinstance(first, StoreLease)
+        assert await first.acquire() and not await second.acquire()  # one file, one holder
+    finally:
+        await first.close()  # type: ignore[attr-defined]
+        await second.close()  # type: ignore[attr-defined]

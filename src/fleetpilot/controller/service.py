@@ -12,7 +12,8 @@ and drives the chosen actuator until SIGTERM or SIGINT.  Example::
     classes: [on_demand, spot]
     actuator: kubernetes            # local | kubernetes | dry-run
     kubernetes: {namespace: serving, image: vllm/vllm-openai:latest}
-    lease: {redis_url: redis://redis:6379/0, ttl_s: 30}
+    store: {url: redis://redis:6379/0}  # shared with the gateways; holds the leader lease
+    lease: {ttl_s: 30}
     plan: {ttft_slo_s: 2.0, spend_cap_per_hour: 400, knobs: {surge_min: 2.0}}
 """
 
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from fleetpilot.catalogue import load_catalogue
 from fleetpilot.clock import SystemClock
-from fleetpilot.config import load_yaml_model
+from fleetpilot.config import StoreConfig, load_yaml_model
 from fleetpilot.controller.actuators.base import Actuator
 from fleetpilot.controller.actuators.dry_run import DryRunActuator
 from fleetpilot.controller.actuators.kubernetes import (
@@ -39,7 +40,7 @@ from fleetpilot.controller.actuators.kubernetes import (
     KubernetesActuator,
 )
 from fleetpilot.controller.actuators.local import LocalActuator, SpotPlay
-from fleetpilot.controller.lease import InProcessLease, Lease, RedisLease
+from fleetpilot.controller.lease import InProcessLease, Lease, RedisLease, StoreLease
 from fleetpilot.controller.loop import Controller, capacity_policy
 from fleetpilot.controller.observe import HttpMembership, MetricsObserver
 from fleetpilot.core.capacity import PlanParams, check_knobs
@@ -121,6 +122,9 @@ class ControllerSettings(_Frozen):
     actuator: Literal["local", "kubernetes", "dry-run"] = "dry-run"
     kubernetes: KubernetesSettings = KubernetesSettings()
     spot: SpotSettings | None = None
+    store: StoreConfig | None = Field(
+        default=None, description="the shared store (the gateway's store: setting); holds the lease"
+    )
     lease: LeaseSettings = LeaseSettings()
     plan: PlanSettings = PlanSettings()
 
@@ -175,7 +179,12 @@ def admin_headers(settings: ControllerSettings) -> dict[str, str]:
 
 def _lease(settings: ControllerSettings, clock: SystemClock) -> Lease:
     ttl = settings.lease.ttl_s or 3 * settings.interval_s
-    if settings.lease.redis_url:
+    if settings.store is not None:
+        from fleetpilot.store import open_store
+
+        store = open_store(settings.store.url)
+        return StoreLease(store, clock, key=settings.lease.key, ttl_s=ttl)
+    if settings.lease.redis_url:  # the older spelling of store: {url: redis://…}
         return RedisLease.from_url(
             settings.lease.redis_url, clock, key=settings.lease.key, ttl_s=ttl
         )
