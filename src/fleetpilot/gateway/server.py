@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -405,7 +406,8 @@ def run_gateway(
             merged = config.gateway.model_dump() | overrides
             config = config.model_copy(update={"gateway": type(config.gateway)(**merged)})
         cat = load_catalogue(catalogue)
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+        level = os.environ.get("FLEETPILOT_LOG_LEVEL", "WARNING").upper()
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
         app = create_app(config, cat)
     except (ConfigError, ValueError) as exc:
         print(f"fleetpilot gateway: {exc}", file=sys.stderr)

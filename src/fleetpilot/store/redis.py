@@ -229,11 +229,19 @@ def _text(v: float | None) -> str:
 
 
 class RedisStore:
-    def __init__(self, url: str, *, timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 2.0, connections: int = 64) -> None:
+        """``connections`` bounds this process's sockets to Redis; a call waits (up to
+        ``timeout_s``) for a free one, so a burst of requests queues here instead of opening
+        a socket each — Redis runs one script at a time anyway."""
         self.url = url
-        self._r = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
         )
+        self._r = aioredis.Redis(connection_pool=pool)
         s = self._r.register_script
         self._add, self._settle, self._value = s(_ADD), s(_SETTLE), s(_VALUE)
         self._commit = s(_COMMIT)
@@ -324,3 +332,4 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._r.aclose()
+        await self._r.connection_pool.disconnect()
