@@ -26,6 +26,7 @@ import json
 import multiprocessing as mp
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +51,8 @@ from upstream_fixed import MODEL, dechunk
 HERE = Path(__file__).resolve().parent
 _MAX_OPEN_CONNECTIONS = 2048  # an open loop against a proxy that falls behind stops here
 TARGETS = {"added_p50_c1_ms": 1.0, "max_rps": 2000.0, "added_p99_rate_ms": 5.0, "rss_mb": 150.0}
+HIGH_RATE_P99_MS = 1.0  # added p99 at --rate-high (TensorZero publishes 0.94 ms at 10,000 QPS)
+STAGES = {"added_p50_c1_ms": 0.5, "rps_share": 0.70}  # stages on, against the same gateway off
 
 
 # --------------------------------------------------------------------------- client process
@@ -161,15 +164,17 @@ def _valid(status: int, body: bytes, stream: bool) -> str | None:
 class _Log:
     """Per-request records of one measurement: (start, first byte, end) for successes."""
 
-    stream: bool
+    stream: bool | str  # True, False or "mixed"
     ok: list[tuple[float, float, float]] = field(default_factory=list)
     errors: int = 0
     first_error: str = ""
     new_conns: int = 0
 
-    def record(self, start: float, res: tuple[float, float, int, bytes, bool]) -> None:
+    def record(
+        self, start: float, res: tuple[float, float, int, bytes, bool], stream: bool | None = None
+    ) -> None:
         t_first, t_end, status, body, _ = res
-        problem = _valid(status, body, self.stream)
+        problem = _valid(status, body, bool(self.stream) if stream is None else stream)
         if problem is None:
             self.ok.append((start, t_first, t_end))
         else:
@@ -183,25 +188,29 @@ class _Log:
 async def _closed_loop(
     spec: dict[str, Any], conns: list[_Conn], log: _Log, t0: float, t_stop: float
 ) -> None:
-    port, raw = spec["port"], _request_bytes(spec["port"], spec["stream"], spec["headers"])
+    port, kind = spec["port"], spec["stream"]
+    # "mixed": each connection alternates non-streamed and streamed requests
+    kinds = [False, True] if kind == "mixed" else [bool(kind)]
+    raws = [_request_bytes(port, k, spec["headers"]) for k in kinds]
 
-    async def worker(conn: _Conn) -> None:
+    async def worker(conn: _Conn, turn: int) -> None:
         while time.perf_counter() < t_stop:
+            turn += 1
             start = time.perf_counter()
             try:
-                res = await conn.request(raw)
+                res = await conn.request(raws[turn % len(raws)])
             except (ConnectionError, ValueError) as exc:
                 log.fail(repr(exc))
                 res = None
             if res is not None:
-                log.record(start, res)
+                log.record(start, res, kinds[turn % len(kinds)])
             if conn.closed or res is None or not res[4]:
                 conn.transport.close()
                 conn = await _connect(port)
                 log.new_conns += 1
         conn.transport.close()
 
-    await _bounded([worker(c) for c in conns], t_stop + spec["grace"], log)
+    await _bounded([worker(c, i) for i, c in enumerate(conns)], t_stop + spec["grace"], log)
 
 
 async def _open_loop(
@@ -557,9 +566,15 @@ def _relay(up_port: int) -> _Proxy:
     return _Proxy("relay", [*cmd, "--relay-to", str(up_port)], port, "/health", {})
 
 
-def _fleetpilot(args: argparse.Namespace, up_port: int, tmp: Path) -> _Proxy:
+def _fleetpilot(
+    args: argparse.Namespace, up_port: int, tmp: Path, store: str | None = None
+) -> _Proxy:
+    """fleetpilot's gateway; with ``store``, with its tenancy stages on: every request carries
+    a tenant key, passes requests- and tokens-per-minute limits and takes a budget hold (one
+    Redis round trip), and is settled into the ledger after its answer."""
     port = _free_port()
-    fleet = tmp / "fleet.yaml"
+    name = "fleetpilot" if store is None else "fleetpilot+stages"
+    fleet = tmp / f"{name}.yaml"
     pool = {
         "name": "bench",
         "model": MODEL,
@@ -567,15 +582,56 @@ def _fleetpilot(args: argparse.Namespace, up_port: int, tmp: Path) -> _Proxy:
         "capacity_class": "on_demand",
         "replicas": [f"http://127.0.0.1:{up_port}"],
     }
-    fleet.write_text(
-        yaml.safe_dump({"gateway": {"host": "127.0.0.1", "port": port}, "pools": [pool]})
-    )
+    data: dict[str, Any] = {"gateway": {"host": "127.0.0.1", "port": port}, "pools": [pool]}
+    headers: dict[str, str] = {}
+    if store is not None:
+        tenant = {"name": "bench", "limits": {"rpm": 10**9, "tpm": 10**12},
+                  "budgets": [{"usd": 1e9, "period": "month"}]}  # fmt: skip
+        data |= {"store": {"url": store}, "tenancy": {"tenants": [tenant]}}
+        headers = {"Authorization": f"Bearer {_tenant_key(store, tenant)}"}
+    fleet.write_text(yaml.safe_dump(data))
     if args.gateway_cmd:
         cmd = shlex.split(args.gateway_cmd.format(fleet=fleet, port=port, python=sys.executable))
     else:
         cmd = [sys.executable, "-m", "fleetpilot", "gateway", "--fleet", str(fleet)]
         cmd += ["--port", str(port)] + (["--router", args.router] if args.router else [])
-    return _Proxy("fleetpilot", cmd, port, "/health", {})
+    return _Proxy(name, cmd, port, "/health", headers)
+
+
+def _tenant_key(store: str, tenant: dict[str, Any]) -> str:
+    """A key for ``tenant``, made in the store before the gateway starts."""
+    from fleetpilot.store import open_store
+    from fleetpilot.tenancy import registry
+    from fleetpilot.tenancy.model import Tenant
+
+    async def make() -> str:
+        s = open_store(store)
+        try:
+            await registry.put_tenant(s, Tenant.model_validate(tenant))
+            return (await registry.create_key(s, tenant["name"], time.time()))[1]
+        finally:
+            await s.close()
+
+    return asyncio.run(make())
+
+
+def _redis(core: int, tmp: Path) -> tuple[_Proc | None, str]:
+    """A redis-server on loopback for the stages' store (no persistence: this measures the
+    round trip, not the disk)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return None, "redis-server is not installed"
+    port = _free_port()
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = _start("redis", cmd, core, tmp)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    proc.stop()
+    return None, "redis-server did not start"
 
 
 def _litellm(up_port: int, tmp: Path) -> tuple[_Proxy | None, str]:
@@ -665,7 +721,9 @@ class _Bench:
             )
         return list(res["paired"])
 
-    def phase(self, proxy: _Proxy, tmp: Path, points: list[tuple[bool, int]]) -> dict[str, Any]:
+    def phase(
+        self, proxy: _Proxy, tmp: Path, points: list[tuple[bool | str, int]]
+    ) -> dict[str, Any]:
         """Start ``proxy`` on the proxy core; measure each (stream, concurrency) point and the
         open-loop rate, both directly and through it; stop it."""
         a = self.args
@@ -682,22 +740,26 @@ class _Bench:
             for stream, conc in points:
                 row: dict[str, Any] = {"stream": stream, "concurrency": conc}
                 if conc == 1 and a.paired_duration > 0:
-                    label = f"{proxy.name} {'stream' if stream else 'json'} c=1"
+                    label = f"{proxy.name} {_kind(stream)} c=1"
                     ways = [(port, hdrs) for _, port, hdrs in both]
                     row["direct"], row["via"] = self.paired(label, ways, stream)
                     out["closed"].append(row)
                     continue
                 for way, port, hdrs in both:
-                    label = f"{proxy.name} {way} {'stream' if stream else 'json'} c={conc}"
+                    label = f"{proxy.name} {way} {_kind(stream)} c={conc}"
                     row[way] = self.point(
                         label, port, hdrs, mode="closed", stream=stream, concurrency=conc
                     )
                 out["closed"].append(row)
-            for way, port, hdrs in both:
-                label = f"{proxy.name} {way} open {a.rate:g}/s"
-                out["open"][way] = self.point(
-                    label, port, hdrs, mode="open", stream=False, rate=a.rate
-                )
+            out["open_high"] = {}
+            for rate, key in ((a.rate, "open"), (a.rate_high, "open_high")):
+                if rate <= 0:
+                    continue
+                for way, port, hdrs in both:
+                    label = f"{proxy.name} {way} open {rate:g}/s"
+                    out[key][way] = self.point(
+                        label, port, hdrs, mode="open", stream=False, rate=rate
+                    )
             out["peak_rss_bytes"] = max(
                 self.sampler.peak_rss.get(proxy.name, 0), _vm_hwm(proc.popen.pid)
             )
@@ -730,7 +792,7 @@ def _closed_table(name: str, res: dict[str, Any]) -> Table:
         dl, vl = d["latency_ms"], v["latency_ms"]
         cpu = v.get(f"cpu_{name}")
         t.add_row(
-            "stream" if row["stream"] else "json",
+            _kind(row["stream"]),
             str(row["concurrency"]),
             _ms(dl["p50"]),
             _ms(vl["p50"]),
@@ -746,6 +808,39 @@ def _closed_table(name: str, res: dict[str, Any]) -> Table:
             _others(d, v),
         )
     return t
+
+
+def _kind(stream: bool | str) -> str:
+    return "mixed" if stream == "mixed" else "stream" if stream else "json"
+
+
+def _stages_table(off: dict[str, Any], on: dict[str, Any]) -> Table:
+    """The pipeline's tenancy stages (auth, limits, budget on Redis) against the same gateway
+    with them off, each beside its own direct baseline of the same run."""
+    t = Table(title="fleetpilot with auth + limits + budget on (Redis on loopback) vs off")
+    for col in ("point", "off", "on", "on − off / on ÷ off", "goal", ""):
+        t.add_column(col, justify="right")
+    a, b = _added(_c1(off), "p50"), _added(_c1(on), "p50")
+    ok = b - a <= STAGES["added_p50_c1_ms"]
+    t.add_row("added p50, json c=1, ms", _ms(a), _ms(b), _ms(b - a), "≤ 0.5",
+              "[green]PASS" if ok else "[red]MISS")  # fmt: skip
+    top = max(r["concurrency"] for r in on["closed"] if r["stream"] is False)
+    pick = [next(r for r in res["closed"] if r["stream"] is False and r["concurrency"] == top)
+            for res in (off, on)]  # fmt: skip
+    share = pick[1]["via"]["rps"] / pick[0]["via"]["rps"] if pick[0]["via"]["rps"] else 0.0
+    t.add_row(f"req/s via, json c={top}", f"{pick[0]['via']['rps']:.0f}",
+              f"{pick[1]['via']['rps']:.0f}", f"{share:.2f}", "≥ 0.70",
+              "[green]PASS" if share >= STAGES["rps_share"] else "[red]MISS")  # fmt: skip
+    for key in ("open", "open_high"):
+        if off.get(key) and on.get(key):
+            x, y = _added(off[key], "p99"), _added(on[key], "p99")
+            t.add_row(f"added p99, {key.replace('_', ' ')}, ms", _ms(x), _ms(y), _ms(y - x), "", "")
+    t.add_row("others (cores)", _others(*_points(off)), _others(*_points(on)), "", "", "")
+    return t
+
+
+def _points(res: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for r in res["closed"] for p in (r["direct"], r["via"])]
 
 
 def _others(*points: dict[str, Any]) -> str:
@@ -813,7 +908,7 @@ def _verdicts(
     p99 = _added(res["open"], "p99")
     rss = res["peak_rss_bytes"] / 1e6
     conc = _c1(res)["concurrency"]
-    return [
+    out = [
         (f"added p50, json c={conc}, ms", c1, c1 - _added(_c1(floor), "p50"), "≤ 1",
          c1 <= t["added_p50_c1_ms"]),
         (f"max json req/s, one core (c={best['concurrency']})", rps, None, "≥ 2,000",
@@ -822,6 +917,12 @@ def _verdicts(
          p99 <= t["added_p99_rate_ms"]),
         ("peak RSS, MB", rss, None, "≤ 150", rss <= t["rss_mb"]),
     ]  # fmt: skip
+    if res.get("open_high"):
+        high = _added(res["open_high"], "p99")
+        net = high - _added(floor["open_high"], "p99") if floor.get("open_high") else None
+        out.append(("added p99, open loop at --rate-high, ms", high, net, "≤ 1",
+                    high <= HIGH_RATE_P99_MS))  # fmt: skip
+    return out
 
 
 def _target_table(name: str, res: dict[str, Any], floor: dict[str, Any]) -> Table:
@@ -848,7 +949,7 @@ def _ratio_table(fp: dict[str, Any], ll: dict[str, Any]) -> Table:
 def _comparable(fp: dict[str, Any], ll: dict[str, Any]) -> list[tuple[str, float, float]]:
     rows = []
     for r1, r2 in zip(fp["closed"], ll["closed"], strict=True):
-        tag = f"{'stream' if r1['stream'] else 'json'} c={r1['concurrency']}"
+        tag = f"{_kind(r1['stream'])} c={r1['concurrency']}"
         add = [r["via"]["latency_ms"]["p50"] - r["direct"]["latency_ms"]["p50"] for r in (r1, r2)]
         rows.append((f"added p50 ms, {tag}", add[0], add[1]))
         rows.append((f"req/s via, {tag}", r1["via"]["rps"], r2["via"]["rps"]))
@@ -891,6 +992,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--concurrency", default="1,16,64,256", help="closed-loop workers")
     ap.add_argument("--saturation", type=int, default=512, help="extra json point for max req/s")
     ap.add_argument("--rate", type=float, default=1000.0, help="open-loop arrivals per second")
+    ap.add_argument(
+        "--rate-high", type=float, default=2500.0, help="a second open-loop rate (0: none)"
+    )
+    ap.add_argument(
+        "--mixed",
+        type=int,
+        default=64,
+        help="workers mixing streamed and json requests on each connection (0: none)",
+    )
+    ap.add_argument("--no-stages", action="store_true", help="skip the tenancy stages' phase")
     ap.add_argument("--delay", type=float, default=0.05, help="upstream latency, seconds")
     ap.add_argument("--router", default=None, help="fleetpilot routing policy")
     ap.add_argument(
@@ -951,14 +1062,29 @@ def main(argv: list[str] | None = None) -> int:
             bench = _Bench(args, parent, sampler, up_port, console)
             c1 = min(args.concurrency)
             results["relay"] = bench.phase(_relay(up_port), tmp, [(False, c1), (True, c1)])
-            points = [(s, c) for s in (False, True) for c in args.concurrency]
+            points: list[tuple[bool | str, int]] = [
+                (s, c) for s in (False, True) for c in args.concurrency
+            ]
             points.append((False, args.saturation))
+            if args.mixed:
+                points.append(("mixed", args.mixed))
             proxies = [_fleetpilot(args, up_port, tmp)]
             ll, why = _litellm(up_port, tmp)
             if ll is not None:
                 proxies.append(ll)
             for proxy in proxies:
                 results[proxy.name] = bench.phase(proxy, tmp, points)
+            stages_why = "--no-stages" if args.no_stages else ""
+            if not args.no_stages and not args.gateway_cmd:
+                redis_proc, store = _redis(up_core, tmp)
+                if redis_proc is None:
+                    stages_why = store
+                else:
+                    procs.append(redis_proc)
+                    sampler.watch["redis"] = redis_proc.popen.pid
+                    on = _fleetpilot(args, up_port, tmp, store)
+                    top = max(args.concurrency)
+                    results[on.name] = bench.phase(on, tmp, [(False, c1), (False, top)])
         except RuntimeError as exc:
             console.print(f"[red]{exc}")
             return 2
@@ -976,6 +1102,8 @@ def main(argv: list[str] | None = None) -> int:
         res = results[proxy.name]
         console.print(_closed_table(proxy.name, res))
         console.print(_open_table(proxy.name, res, args.rate))
+        if res.get("open_high"):
+            console.print(_open_table(proxy.name, res | {"open": res["open_high"]}, args.rate_high))
     console.print(_floor_table(floor, [p.name for p in proxies], results))
     for proxy in proxies:
         res = results[proxy.name]
@@ -984,6 +1112,10 @@ def main(argv: list[str] | None = None) -> int:
             {"target": lbl, "measured": v, "less_hop_floor": net, "goal": g, "pass": ok}
             for lbl, v, net, g, ok in _verdicts(res, floor)
         ]
+    if "fleetpilot+stages" in results:
+        console.print(_stages_table(results["fleetpilot"], results["fleetpilot+stages"]))
+    else:
+        console.print(f"Stages on/off comparison skipped: {stages_why}.")
     if ll is not None:
         console.print(_ratio_table(results["fleetpilot"], results["litellm"]))
         results["ratios"] = _comparable(results["fleetpilot"], results["litellm"])

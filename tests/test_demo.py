@@ -283,3 +283,25 @@ async def test_pooled_lengths_average_over_windows_weighted_by_rate() -> None:
     assert (second.rps, second.mean_prompt_tokens, second.mean_output_tokens) == (3.0, 175, 40)
     third = (await pooled.demand())["m"]  # no requests: the rate is 0, the lengths are kept
     assert (third.rps, third.mean_prompt_tokens, third.mean_output_tokens) == (0.0, 175, 40)
+
+
+@pytest.mark.timeout(120)
+def test_the_tenants_part_shows_one_tenant_refused_for_quota_and_the_other_served() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, width=200, force_terminal=False, color_system=None)
+    code = run_demo(10, ["cost_slo"], seed=1, console=console, parts=["tenants"])
+    out = buf.getvalue()
+    assert code == 0, out
+    header = next(line for line in out.splitlines() if line.startswith("┃") and "spend" in line)
+    names = [c.strip() for c in header.strip("┃ ").split("┃")]
+    rows = {
+        cells[0]: dict(zip(names, cells, strict=True))
+        for line in out.splitlines()
+        if line.startswith("│")
+        for cells in [[c.strip() for c in line.strip("│ ").split("│")]]
+    }
+    research, product = rows["research"], rows["product"]
+    assert int(research["429 insufficient_quota"]) > 0
+    assert int(research["served"]) == int(research["settled requests"]) > 0
+    assert float(research["spend $"]) <= 0.0006
+    assert product["429 insufficient_quota"] == "0" and product["served"] == product["sent"]

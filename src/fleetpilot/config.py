@@ -127,7 +127,12 @@ class GatewayConfig(_Frozen):
     cooldown_s: float = Field(default=2.0, gt=0, description="first ejection of a replica")
     max_cooldown_s: float = Field(default=60.0, gt=0)
     health_interval_s: float = Field(default=2.0, gt=0)
-    scrape_metrics: bool = False
+    scrape_metrics: bool | None = Field(
+        default=None,
+        description="read each replica's /metrics for the load other gateways put on it; "
+        "default: on when gateways share a store (a Redis one, or tenancy.gateway_replicas > 1)",
+    )
+    scrape_interval_s: float = Field(default=0.5, gt=0, description="how often (real s)")
     time_scale: float = Field(
         default=1.0,
         gt=0,
@@ -247,6 +252,16 @@ class FleetConfig(_Frozen):
         if len(set(names)) != len(names):
             raise ValueError("pool names must be unique")
         return v
+
+    @property
+    def scrapes(self) -> bool:
+        """Whether the gateway reads replicas' own load (see ``gateway.scrape_metrics``)."""
+        if self.gateway.scrape_metrics is not None:
+            return self.gateway.scrape_metrics
+        if self.store is None:
+            return False
+        shared = self.store.url.startswith(("redis", "unix"))
+        return shared or self.tenancy.gateway_replicas > 1
 
     def build(self, catalogue: Catalogue) -> tuple[list[Pool], list[Replica]]:
         """Resolve pools against the catalogue into core values."""

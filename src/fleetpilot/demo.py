@@ -1,9 +1,11 @@
-"""``fleetpilot demo``: routing policies over a static fleet, then the controller over a day.
+"""``fleetpilot demo``: routing policies over a static fleet, the controller over a day, and
+two tenants on one fleet.
 
 Part 1 (this module) compares routing policies.  Part 2 (:mod:`fleetpilot.demo_controller`)
 runs the capacity controller with the local actuator over one synthetic day: the fleet grows
-with the day's peak, shrinks after it, and survives spot pre-emptions.  The exit code is 0
-only when neither part lost a request.
+with the day's peak, shrinks after it, and survives spot pre-emptions.  Part 3
+(:mod:`fleetpilot.demo_tenants`) runs two tenants, one into its budget.  The exit code is 0
+only when no part lost a request and part 3 showed its refusals where they belong.
 
 Part 1.  The fleet mixes cheap-slow and fast-expensive capacity (two A10G spot, an L4 and an
 L40S on demand, an A100 reserved) for one model.  For every policy the demo starts a gateway in
@@ -40,6 +42,7 @@ from fleetpilot.core.model import CapacityClass
 from fleetpilot.core.routing import ROUTERS
 from fleetpilot.core.workload import LengthDist, TraceRequest, synthetic_trace
 from fleetpilot.demo_controller import DayResult, DaySettings, describe, print_day, run_day
+from fleetpilot.demo_tenants import TenantsResult, print_tenants, run_tenants
 from fleetpilot.errors import FleetpilotError
 from fleetpilot.loadgen import LoadSummary, Outcome, replay
 from fleetpilot.procs import Child, ChildFailed, Supervisor, fleetpilot_command, free_port
@@ -52,7 +55,7 @@ TIME_SCALE = 0.25  # real seconds per modelled second: 60 s replay four trace mi
 MEAN_RPS = 3.6  # trace requests per second, averaged over the day
 TTFT_SLO_S = 2.0
 NOTICE_S = 2.0  # trace seconds between the spot notice (drain) and the kill
-PARTS = ("routing", "controller")
+PARTS = ("routing", "controller", "tenants")
 # Chat-sized answers: the Azure 2023 spread (sigma ~1) around a shorter median, and a cap that
 # keeps the slowest replica's longest answer within a demo's patience.
 PROMPTS = LengthDist(median=256, sigma=1.0, low=16, high=2048)
@@ -357,6 +360,7 @@ def run_demo(
         return 2
     results: list[PolicyResult] = []
     outcome: DayResult | None = None
+    tenants: TenantsResult | None = None
     try:
         if routing:
             results = _routing_part(duration, policies, seed, time_scale, out)
@@ -366,6 +370,10 @@ def run_demo(
             out.print(describe(settings))
             outcome = asyncio.run(run_day(settings, console=out))
             print_day(outcome, out)
+        if "tenants" in parts:
+            out.rule("Part 3 · two tenants, one of which runs into its budget")
+            tenants = asyncio.run(run_tenants(out))
+            print_tenants(tenants, out)
     except KeyboardInterrupt:
         out.print("[yellow]interrupted; every process stopped[/]")
         return 130
@@ -373,10 +381,11 @@ def run_demo(
         out.print(f"[red]fleetpilot demo failed:[/] {exc}")
         return 1
     lost = sum(r.load.lost for r in results) + (outcome.load.lost if outcome else 0)
+    lost += tenants.lost if tenants else 0
     if lost:
         out.print(f"[bold red]{lost} request(s) lost[/]")
         return 1
-    return 0
+    return 0 if tenants is None or tenants.ok else 1
 
 
 def _routing_part(

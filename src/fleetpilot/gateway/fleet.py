@@ -41,7 +41,7 @@ class LiveReplica:
     cooldown_until: float = 0.0
     failures: int = 0  # consecutive
     state: ReplicaState = ReplicaState.READY
-    scraped_in_flight: int = 0  # from the replica's own /metrics, when scraping is on
+    others_in_flight: int = 0  # other gateways' requests on it, from its /metrics (scraping)
     # cost integral
     share_integral: float = 0.0
     idle_cost: float = 0.0
@@ -59,13 +59,17 @@ class LiveReplica:
         healthy = self.healthy(now)
         view = self._view
         if view is None or view.healthy != healthy:
-            n = max(self.in_flight, self.scraped_in_flight)
+            n = self.in_flight + self.others_in_flight
             cap = self.base.profile.max_batch
+            remaining = self.remaining_tokens
+            if self.others_in_flight:  # theirs, guessed at the mean of ours (or 128 each)
+                mean = remaining / self.in_flight if self.in_flight else 128.0
+                remaining += round(self.others_in_flight * mean)
             load = ReplicaLoad(
                 running=min(n, cap),
                 waiting=max(0, n - cap),
                 pending_prefill_tokens=self.prompt_tokens_pending,
-                remaining_decode_tokens=self.remaining_tokens,
+                remaining_decode_tokens=remaining,
             )
             view = replace(self.base, load=load, state=self.state, healthy=healthy)
             self._view = view
@@ -73,6 +77,15 @@ class LiveReplica:
 
     def touch(self) -> None:
         self._view = None
+
+    def scraped(self, total: int, ours_before: int) -> None:
+        """The replica reported ``total`` requests in flight while this gateway had between
+        ``ours_before`` (when it asked) and ``in_flight`` (now) there: the rest are other
+        gateways'.  The fewer of ours is taken, so others are never undercounted."""
+        others = max(0, total - min(ours_before, self.in_flight))
+        if others != self.others_in_flight:
+            self.others_in_flight = others
+            self.touch()
 
     def accrue(self, now: float) -> None:
         dt = now - self.last_t

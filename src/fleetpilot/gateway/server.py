@@ -40,7 +40,7 @@ from fleetpilot.gateway.aiohttp_front import expect_continue, response, write
 from fleetpilot.gateway.appkeys import ADMIN, CONFIG, FLEET, METRICS, PIPELINE, PROXY, TENANCY
 from fleetpilot.gateway.auth import ADMIN_ENV, AdminAuth, ClientKeys
 from fleetpilot.gateway.fastlane import listen
-from fleetpilot.gateway.fleet import LiveFleet
+from fleetpilot.gateway.fleet import LiveFleet, LiveReplica
 from fleetpilot.gateway.intake import admit, new_request_id
 from fleetpilot.gateway.membership import add_membership_routes
 from fleetpilot.gateway.metrics import GatewayMetrics
@@ -197,19 +197,6 @@ async def _health_loop(app: web.Application) -> None:
         elif not ok and fleet.find(rid) is not None:
             down.add(rid)
             fleet.failed(rid)
-        if ok and cfg.scrape_metrics:
-            await _scrape(rid, url)
-
-    async def _scrape(rid: str, url: str) -> None:
-        try:
-            status, text = await upstream.get(url + "/metrics", timeout=1.0)
-        except Exception:
-            return
-        live = fleet.find(rid)
-        if status != 200 or live is None:
-            return
-        live.scraped_in_flight = in_flight(text.decode("utf-8", "replace"))
-        live.touch()
 
     while True:
         await asyncio.gather(
@@ -242,6 +229,27 @@ def tenancy_of(
     admission = Admission(store, config.tenancy, TenancyMetrics(metrics.registry), post=post)
     overrides = {p.name: (p.price_per_mtok_input, p.price_per_mtok_output) for p in config.pools}
     return Tenancy(store, directory, admission, Prices(fleet.pools, overrides))
+
+
+async def _scrape_loop(app: web.Application) -> None:
+    """Other gateways' load on each replica, from the replica's own ``/metrics``: with
+    several gateways, each one's in-flight counts are only its share of the truth."""
+    fleet, upstream = app[FLEET], app[PROXY].upstream
+    interval = app[CONFIG].gateway.scrape_interval_s
+
+    async def scrape(live: LiveReplica) -> None:
+        ours = live.in_flight
+        try:
+            status, text = await upstream.get(live.base.url + "/metrics", timeout=1.0)
+        except Exception:
+            return  # the health checks deal with a replica that does not answer
+        if status == 200:
+            live.scraped(in_flight(text.decode("utf-8", "replace")), ours)
+
+    while True:
+        now = fleet.clock.now()
+        await asyncio.gather(*(scrape(r) for r in fleet.replicas if r.frozen(now).routable))
+        await asyncio.sleep(interval)
 
 
 def pipeline(config: FleetConfig, upstream: Proxy, tenancy: Tenancy | None = None) -> Handler:
@@ -366,6 +374,8 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await upstream.start()
         tasks = [asyncio.create_task(_health_loop(app))] if health_checks else []
+        if config.scrapes:
+            tasks.append(asyncio.create_task(_scrape_loop(app)))
         if tenancy is not None:
             await _start_tenancy(config, tenancy)
             tasks.append(asyncio.create_task(tenancy.directory.run(_registry_unreadable)))
