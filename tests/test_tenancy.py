@@ -11,7 +11,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fleetpilot.clock import ManualClock
-from fleetpilot.errors import ModelNotFound, QuotaExceeded, RateLimited, StoreDown, Unauthorized
+from fleetpilot.errors import (
+    ModelNotFound,
+    QuotaExceeded,
+    RateLimited,
+    SpendCapReached,
+    StoreDown,
+    Unauthorized,
+)
 from fleetpilot.store import Entry, MemoryStore, open_store
 from fleetpilot.tenancy import ledger, registry
 from fleetpilot.tenancy.admission import LEDGER, Admission, TenancyMetrics, period_label
@@ -235,3 +242,55 @@ def test_fleetpilot_spend_reports_the_ledger(tmp_path: Any) -> None:
     assert "total" in table.stdout and "3.500000" in table.stdout and " b " not in table.stdout
     bad = subprocess.run([*cmd, "--by", "colour"], capture_output=True, text=True)
     assert bad.returncode == 2 and "cannot group by" in bad.stderr
+
+
+async def test_the_fleet_spend_cap_sheds_batch_first() -> None:
+    clock = ManualClock(NOON)
+    store = MemoryStore(clock)
+    adm = admission(store, clock, spend_cap_per_hour=60.0, batch_cap_share=0.5)  # $1/minute
+    p = Principal(Tenant(name="a"))
+    b1 = await adm.admit(p, "b1", "m", 1, 0.4, batch=True)
+    with pytest.raises(SpendCapReached) as exc:  # 0.8 > the batch share of $0.5
+        await adm.admit(p, "b2", "m", 1, 0.4, batch=True)
+    assert exc.value.status == 429 and exc.value.code == "spend_cap_reached"
+    t = await adm.admit(p, "i1", "m", 1, 0.4)  # interactive work still fits under $1
+    with pytest.raises(SpendCapReached):
+        await adm.admit(p, "i2", "m", 1, 0.4)
+    await adm.settle(t, USAGE, 0.1, pool=None, capacity_class=None)  # committed: 0.5
+    i3 = await adm.admit(p, "i3", "m", 1, 0.4)
+    for ticket in (b1, i3):  # a hold counts until it is settled...
+        await adm.settle(ticket, USAGE, 0.2, pool=None, capacity_class=None)
+    clock.advance(61.5)  # ...and what was spent leaves the window a minute later
+    await adm.admit(p, "b3", "m", 1, 0.4, batch=True)
+
+
+async def test_a_budget_alert_fires_once_across_gateways_and_is_signed() -> None:
+    import hashlib
+    import hmac
+    import json
+
+    clock = ManualClock(NOON)
+    store = MemoryStore(clock)
+    sent: list[tuple[str, bytes, dict[str, str]]] = []
+
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> None:
+        sent.append((url, body, headers))
+
+    cfg = TenancyConfig(alert_webhook="http://127.0.0.1:9/hook", alert_secret="s3cret")
+    gateways = [
+        Admission(store, cfg, TenancyMetrics(CollectorRegistry()), clock=clock, post=post)
+        for _ in range(2)
+    ]
+    p = Principal(Tenant(name="a", budgets=[Budget(usd=1.0, period=Period.DAY, alerts=[0.5])]))
+    await gateways[0].admit(p, "r1", "m", 1, 0.3)
+    await gateways[1].admit(p, "r2", "m", 1, 0.3)  # 0.6 committed: over half
+    await gateways[0].admit(p, "r3", "m", 1, 0.3)  # still over half: no second alert
+    for g in gateways:
+        await g.drain()
+    assert len(sent) == 1
+    _, body, headers = sent[0]
+    record = json.loads(body)
+    assert record["tenant"] == "a" and record["threshold"] == 0.5 and record["budget_usd"] == 1.0
+    digest = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert headers["X-Fleetpilot-Signature"] == "sha256=" + digest
+    assert len(await store.read("alerts")) == 1

@@ -9,7 +9,8 @@
         ├── ModelNotFound       404 no pool serves the model
         ├── PayloadTooLarge     413 body over the configured limit
         ├── Overloaded          429 shed: no replica can serve it in time (Retry-After)
-        │   └── RateLimited         a key's, tenant's or model's per-minute limit is spent
+        │   ├── RateLimited         a key's, tenant's or model's per-minute limit is spent
+        │   └── SpendCapReached     the fleet's $/hour cap is committed (batch first)
         ├── QuotaExceeded       429 insufficient_quota: a budget cannot take the request
         ├── StoreDown           503 the shared store is unreachable and budgets fail closed
         ├── NoHealthyReplica    503 every replica of the model is down or cooling down
@@ -43,6 +44,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "ReplicaGone",
+    "SpendCapReached",
     "StoreDown",
     "Unauthorized",
     "UpstreamError",
@@ -138,6 +140,12 @@ class RateLimited(Overloaded):
     """A key's, tenant's or model's requests or tokens per minute are spent for now."""
 
     code = "rate_limit_exceeded"
+
+
+class SpendCapReached(Overloaded):
+    """The fleet's committed spend rate is at its cap (batch work is refused first)."""
+
+    code = "spend_cap_reached"
 
 
 class QuotaExceeded(ApiError):

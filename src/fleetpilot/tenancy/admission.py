@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleetpilot.clock import Clock, WallClock
-from fleetpilot.errors import QuotaExceeded, RateLimited, StoreDown
+from fleetpilot.errors import QuotaExceeded, RateLimited, SpendCapReached, StoreDown
 from fleetpilot.store.base import Add, Added, Entry, Settle, Store, StoreUnavailable
 from fleetpilot.store.memory import MemoryStore
 from fleetpilot.tenancy.model import Budget, Limits, Period, TenancyConfig
@@ -47,6 +47,7 @@ log = logging.getLogger("fleetpilot.tenancy")
 
 LEDGER = "ledger"
 ALERTS = "alerts"
+FLEET_SPEND = "rl:fleet:usd"  # $ committed across the fleet, sliding over a minute
 MINUTE = 60.0
 
 
@@ -181,12 +182,26 @@ class Admission:
 
     # -- admission --------------------------------------------------------------------------
     def _adds(
-        self, p: Principal, rid: str, model: str, tokens: int, usd: float, share: float
+        self,
+        p: Principal,
+        rid: str,
+        model: str,
+        tokens: int,
+        usd: float,
+        share: float,
+        batch: bool,
     ) -> tuple[list[Add], list[_Why]]:
         ttl = self.config.hold_ttl_s
         adds: list[Add] = []
         why: list[_Why] = []
         now = self.now()
+        cap = self.config.spend_cap_per_hour
+        if cap is not None:  # the fleet's committed $ over the last minute, batch held lower
+            limit = cap / 60.0 * share * (self.config.batch_cap_share if batch else 1.0)
+            adds.append(
+                Add(FLEET_SPEND, usd, limit, MINUTE, sliding=True, hold=rid, hold_ttl_s=ttl)
+            )
+            why.append(_Why("spend_cap", "the fleet", limit, counter=FLEET_SPEND))
         scopes: list[tuple[str, str, Limits, list[Budget]]] = []
         if p.key is not None:
             scopes.append((f"k:{p.key.id}", f"key {p.key.prefix}", p.key.limits, p.key.budgets))
@@ -223,11 +238,18 @@ class Admission:
         return adds, why
 
     async def admit(
-        self, p: Principal, rid: str, model: str, tokens: int, worst_usd: float
+        self,
+        p: Principal,
+        rid: str,
+        model: str,
+        tokens: int,
+        worst_usd: float,
+        *,
+        batch: bool = False,
     ) -> Ticket:
         """Reserve the request's place under every limit and budget, or raise the 429 that
         names the one it does not fit (503 when the store is down and budgets fail closed)."""
-        adds, why = self._adds(p, rid, model, tokens, worst_usd, 1.0)
+        adds, why = self._adds(p, rid, model, tokens, worst_usd, 1.0, batch)
         local = False
         try:
             added = await self.store.add(*adds) if adds else Added(True, (), ())
@@ -237,7 +259,7 @@ class Admission:
             if self.config.on_store_outage == "closed":
                 raise StoreDown("budgets and limits cannot be checked just now") from None
             share = 1.0 / self.config.gateway_replicas
-            adds, why = self._adds(p, rid, model, tokens, worst_usd, share)
+            adds, why = self._adds(p, rid, model, tokens, worst_usd, share, batch)
             added = await self.local.add(*adds) if adds else Added(True, (), ())
             local = True
         if not added.ok:
@@ -249,7 +271,7 @@ class Admission:
             worst_usd,
             tokens,
             tuple(w.counter for w in why if w.kind == "tokens"),
-            tuple(w.counter for w in why if w.kind == "budget"),
+            tuple(w.counter for w in why if w.kind in ("budget", "spend_cap")),
             local,
             _headers(why, added),
         )
@@ -274,6 +296,13 @@ class Admission:
                 resets_in=left,
             )
         self.metrics.refused.labels(tenant, w.kind).inc()
+        if w.kind == "spend_cap":
+            share = self.config.batch_cap_share
+            return SpendCapReached(
+                f"the fleet's committed spend is at its cap of ${self.config.spend_cap_per_hour:g}"
+                f" per hour (batch requests stop at {share:.0%} of it); try again shortly",
+                retry_after=max(1.0, resets or 1.0),
+            )
         err = RateLimited(
             f"rate limit of {w.limit:g} {w.kind} per minute reached for {w.scope}",
             retry_after=max(1.0, resets or 1.0),

@@ -110,6 +110,12 @@ class TenancyConfig(_Model):
     refresh_s: float = Field(
         default=0.25, gt=0, le=1.0, description="how often keys are re-read (revocation)"
     )
+    spend_cap_per_hour: float | None = Field(
+        default=None, gt=0, description="the fleet's $/hour, enforced at admission as well"
+    )
+    batch_cap_share: float = Field(
+        default=0.8, gt=0, le=1, description="batch requests stop at this share of the cap"
+    )
     alert_webhook: str | None = Field(default=None, description="POSTed budget alerts")
     alert_secret: str | None = Field(default=None, description="HMAC-SHA256 signs them")
 

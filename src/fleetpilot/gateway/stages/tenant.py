@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from fleetpilot.core.model import ServiceClass
 from fleetpilot.gateway.auth import bearer
 from fleetpilot.gateway.fleet import LiveFleet
 from fleetpilot.gateway.pipeline import Answer, Call, Handler, Stage, Streamed
@@ -80,8 +81,9 @@ def admission_stage(admission: Admission, prices: Prices, fleet: LiveFleet) -> S
             inbound.max_tokens,
         )
         tokens = inbound.prompt_tokens + inbound.max_tokens * _choices(inbound.body)
+        batch = inbound.service_class is ServiceClass.BATCH
         ticket = call.hold = await admission.admit(
-            call.principal, call.request_id, inbound.model, tokens, worst
+            call.principal, call.request_id, inbound.model, tokens, worst, batch=batch
         )
         try:
             answer = await following(call)
