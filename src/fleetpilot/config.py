@@ -127,10 +127,15 @@ class GatewayConfig(_Frozen):
     cooldown_s: float = Field(default=2.0, gt=0, description="first ejection of a replica")
     max_cooldown_s: float = Field(default=60.0, gt=0)
     health_interval_s: float = Field(default=2.0, gt=0)
-    scrape_metrics: bool | None = Field(
+    share_load: bool | None = Field(
         default=None,
-        description="read each replica's /metrics for the load other gateways put on it; "
-        "default: on when gateways share a store (a Redis one, or tenancy.gateway_replicas > 1)",
+        description="share each gateway's load on each replica through the store; default: "
+        "on when gateways share one (a Redis store, or tenancy.gateway_replicas > 1)",
+    )
+    share_interval_s: float = Field(default=0.02, gt=0, description="how often (real s)")
+    scrape_metrics: bool = Field(
+        default=False,
+        description="read each replica's /metrics for other gateways' requests (no store)",
     )
     scrape_interval_s: float = Field(default=0.5, gt=0, description="how often (real s)")
     time_scale: float = Field(
@@ -254,12 +259,12 @@ class FleetConfig(_Frozen):
         return v
 
     @property
-    def scrapes(self) -> bool:
-        """Whether the gateway reads replicas' own load (see ``gateway.scrape_metrics``)."""
-        if self.gateway.scrape_metrics is not None:
-            return self.gateway.scrape_metrics
+    def shares_load(self) -> bool:
+        """Whether gateways share their load on replicas through the store (``share_load``)."""
         if self.store is None:
             return False
+        if self.gateway.share_load is not None:
+            return self.gateway.share_load
         shared = self.store.url.startswith(("redis", "unix"))
         return shared or self.tenancy.gateway_replicas > 1
 

@@ -41,7 +41,10 @@ class LiveReplica:
     cooldown_until: float = 0.0
     failures: int = 0  # consecutive
     state: ReplicaState = ReplicaState.READY
-    others_in_flight: int = 0  # other gateways' requests on it, from its /metrics (scraping)
+    # other gateways' requests on it: shared through the store, or scraped from its /metrics
+    others_in_flight: int = 0
+    others_prefill: int = 0  # their prompt tokens not yet answered with a first token
+    others_remaining: int = 0  # their output tokens still owed
     # cost integral
     share_integral: float = 0.0
     idle_cost: float = 0.0
@@ -61,15 +64,11 @@ class LiveReplica:
         if view is None or view.healthy != healthy:
             n = self.in_flight + self.others_in_flight
             cap = self.base.profile.max_batch
-            remaining = self.remaining_tokens
-            if self.others_in_flight:  # theirs, guessed at the mean of ours (or 128 each)
-                mean = remaining / self.in_flight if self.in_flight else 128.0
-                remaining += round(self.others_in_flight * mean)
             load = ReplicaLoad(
                 running=min(n, cap),
                 waiting=max(0, n - cap),
-                pending_prefill_tokens=self.prompt_tokens_pending,
-                remaining_decode_tokens=remaining,
+                pending_prefill_tokens=self.prompt_tokens_pending + self.others_prefill,
+                remaining_decode_tokens=self.remaining_tokens + self.others_remaining,
             )
             view = replace(self.base, load=load, state=self.state, healthy=healthy)
             self._view = view
@@ -78,14 +77,22 @@ class LiveReplica:
     def touch(self) -> None:
         self._view = None
 
+    def set_others(self, in_flight: int, prefill: int, remaining: int) -> None:
+        """Other gateways' load on this replica (see :mod:`fleetpilot.gateway.shared_load`)."""
+        others = (in_flight, prefill, remaining)
+        if others != (self.others_in_flight, self.others_prefill, self.others_remaining):
+            self.others_in_flight, self.others_prefill, self.others_remaining = others
+            self.touch()
+
     def scraped(self, total: int, ours_before: int) -> None:
         """The replica reported ``total`` requests in flight while this gateway had between
         ``ours_before`` (when it asked) and ``in_flight`` (now) there: the rest are other
-        gateways'.  The fewer of ours is taken, so others are never undercounted."""
+        gateways'.  The fewer of ours is taken, so others are never undercounted; a replica's
+        metrics do not say how much of their work is left, so it is guessed at the mean of
+        ours (or 128 output tokens each)."""
         others = max(0, total - min(ours_before, self.in_flight))
-        if others != self.others_in_flight:
-            self.others_in_flight = others
-            self.touch()
+        mean = self.remaining_tokens / self.in_flight if self.in_flight else 128.0
+        self.set_others(others, 0, round(others * mean))
 
     def accrue(self, now: float) -> None:
         dt = now - self.last_t

@@ -45,6 +45,7 @@ from fleetpilot.gateway.intake import admit, new_request_id
 from fleetpilot.gateway.membership import add_membership_routes
 from fleetpilot.gateway.metrics import GatewayMetrics
 from fleetpilot.gateway.pipeline import Call, Handler, Stage, compose, error_reply
+from fleetpilot.gateway.shared_load import SharedLoad
 from fleetpilot.gateway.stages.auth import auth_stage
 from fleetpilot.gateway.stages.tenant import admission_stage, tenant_auth_stage
 from fleetpilot.gateway.stages.upstream import Proxy
@@ -232,8 +233,9 @@ def tenancy_of(
 
 
 async def _scrape_loop(app: web.Application) -> None:
-    """Other gateways' load on each replica, from the replica's own ``/metrics``: with
-    several gateways, each one's in-flight counts are only its share of the truth."""
+    """Other gateways' requests on each replica, from the replica's own ``/metrics``: with
+    several gateways and no store to share their load through, each one's in-flight
+    counts are only its share of the truth."""
     fleet, upstream = app[FLEET], app[PROXY].upstream
     interval = app[CONFIG].gateway.scrape_interval_s
 
@@ -374,7 +376,10 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await upstream.start()
         tasks = [asyncio.create_task(_health_loop(app))] if health_checks else []
-        if config.scrapes:
+        if tenancy is not None and config.shares_load:
+            shared = SharedLoad(tenancy.store, fleet, interval_s=cfg.share_interval_s)
+            tasks.append(asyncio.create_task(shared.run()))
+        elif cfg.scrape_metrics:
             tasks.append(asyncio.create_task(_scrape_loop(app)))
         if tenancy is not None:
             await _start_tenancy(config, tenancy)
