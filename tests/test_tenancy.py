@@ -294,3 +294,19 @@ async def test_a_budget_alert_fires_once_across_gateways_and_is_signed() -> None
     digest = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     assert headers["X-Fleetpilot-Signature"] == "sha256=" + digest
     assert len(await store.read("alerts")) == 1
+
+
+async def test_a_long_request_renews_its_holds() -> None:
+    clock = ManualClock(NOON)
+    store = MemoryStore(clock)
+    adm = admission(store, clock, hold_ttl_s=10.0)
+    p = Principal(Tenant(name="a", budgets=[Budget(usd=1.0, period=Period.TOTAL)]))
+    ticket = await adm.admit(p, "r1", "m", 10, 0.7)
+    clock.advance(8)
+    await adm.renew(ticket)
+    clock.advance(8)  # 16 s after it was taken, the renewed hold still stands
+    assert await store.value("b:t:a:all") == pytest.approx(0.7)
+    with pytest.raises(QuotaExceeded):
+        await adm.admit(p, "r2", "m", 10, 0.7)
+    clock.advance(3)  # not renewed again: it lapses
+    assert await store.value("b:t:a:all") == 0.0

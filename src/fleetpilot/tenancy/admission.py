@@ -416,6 +416,20 @@ class Admission:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def renew(self, ticket: Ticket) -> None:
+        """Push the request's holds' expiry ``hold_ttl_s`` further on: a stream that runs
+        longer than the hold's life keeps its reservation (an add of nothing under the same
+        hold name only moves its expiry)."""
+        ttl = self.config.hold_ttl_s
+        adds = [
+            Add(c, 0.0, hold=ticket.hold, hold_ttl_s=ttl) for c in ticket.settles + ticket.budgets
+        ]
+        if ticket.settled or not adds:
+            return
+        store = self.local if ticket.local else self.store
+        with contextlib.suppress(StoreUnavailable):
+            await store.add(*adds)
+
     def _queue(self, settles: tuple[Settle, ...], entry: Entry) -> None:
         self.outbox.append((settles, entry))
         self.metrics.pending.set(len(self.outbox))

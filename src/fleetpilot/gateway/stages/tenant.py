@@ -58,12 +58,19 @@ def admission_stage(admission: Admission, prices: Prices, fleet: LiveFleet) -> S
         after the upstream stage's own books (scheduled before it) have filled the usage."""
         admission.spawn(books(call, ticket))
 
+    renew_every = admission.config.hold_ttl_s / 3
+    clock = admission.clock
+
     async def settling(
         call: Call, ticket: Ticket, events: AsyncIterator[bytes]
     ) -> AsyncIterator[bytes]:
+        renewed = clock.now()
         try:
             async for event in events:
                 yield event
+                if clock.now() - renewed > renew_every:  # a long stream keeps its holds
+                    renewed = clock.now()
+                    admission.spawn(admission.renew(ticket))
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
