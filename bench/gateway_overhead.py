@@ -1002,6 +1002,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="workers mixing streamed and json requests on each connection (0: none)",
     )
     ap.add_argument("--no-stages", action="store_true", help="skip the tenancy stages' phase")
+    ap.add_argument(
+        "--skip-relay",
+        action="store_true",
+        help="no byte-relay phase (and so no hop floor or target verdicts): for a quick "
+        "stages-on-vs-off comparison",
+    )
     ap.add_argument("--delay", type=float, default=0.05, help="upstream latency, seconds")
     ap.add_argument("--router", default=None, help="fleetpilot routing policy")
     ap.add_argument(
@@ -1061,7 +1067,8 @@ def main(argv: list[str] | None = None) -> int:
             sampler.start()
             bench = _Bench(args, parent, sampler, up_port, console)
             c1 = min(args.concurrency)
-            results["relay"] = bench.phase(_relay(up_port), tmp, [(False, c1), (True, c1)])
+            if not args.skip_relay:
+                results["relay"] = bench.phase(_relay(up_port), tmp, [(False, c1), (True, c1)])
             points: list[tuple[bool | str, int]] = [
                 (s, c) for s in (False, True) for c in args.concurrency
             ]
@@ -1097,21 +1104,24 @@ def main(argv: list[str] | None = None) -> int:
                     client.kill()
             for p in procs:
                 p.stop()
-    floor = results["relay"]
     for proxy in proxies:
         res = results[proxy.name]
         console.print(_closed_table(proxy.name, res))
         console.print(_open_table(proxy.name, res, args.rate))
         if res.get("open_high"):
             console.print(_open_table(proxy.name, res | {"open": res["open_high"]}, args.rate_high))
-    console.print(_floor_table(floor, [p.name for p in proxies], results))
-    for proxy in proxies:
-        res = results[proxy.name]
-        console.print(_target_table(proxy.name, res, floor))
-        res["targets"] = [
-            {"target": lbl, "measured": v, "less_hop_floor": net, "goal": g, "pass": ok}
-            for lbl, v, net, g, ok in _verdicts(res, floor)
-        ]
+    floor = results.get("relay")
+    if floor is not None:
+        console.print(_floor_table(floor, [p.name for p in proxies], results))
+        for proxy in proxies:
+            res = results[proxy.name]
+            console.print(_target_table(proxy.name, res, floor))
+            res["targets"] = [
+                {"target": lbl, "measured": v, "less_hop_floor": net, "goal": g, "pass": ok}
+                for lbl, v, net, g, ok in _verdicts(res, floor)
+            ]
+    if "fleetpilot+stages" in results:
+        console.print(_closed_table("fleetpilot+stages", results["fleetpilot+stages"]))
     if "fleetpilot+stages" in results:
         console.print(_stages_table(results["fleetpilot"], results["fleetpilot+stages"]))
     else:

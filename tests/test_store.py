@@ -108,6 +108,16 @@ async def test_a_sliding_window_never_passes_its_limit_in_any_window(backend: Ba
     held = await s.add(Add("rpm", 4, limit=4, window_s=1.0, sliding=True, hold="r", hold_ttl_s=5))
     assert held.ok
     assert await s.settle("rpm", "r", 1.0) == 1.0  # a hold settles into the current slice
+    # a hold keeps the counter alive while its slices age out over several windows
+    assert (
+        await s.add(Add("rpm", 2, limit=4, window_s=1.0, sliding=True, hold="q", hold_ttl_s=9))
+    ).ok
+    assert (await s.add(rate(1))).ok
+    await backend.advance(2.5)
+    assert await s.value("rpm") == 2.0  # the slices left, the hold stays
+    assert (await s.add(rate(2))).ok and not (await s.add(rate(1))).ok
+    await backend.advance(1.1)
+    assert await s.value("rpm") == 2.0
 
 
 async def test_commit_settles_and_records_once(backend: Backend) -> None:
