@@ -7,7 +7,10 @@ Keys live under ``fp:``: a counter ``c`` is the hash ``fp:c:{c}`` (``base``, ``h
 oldest ``sold``) with its holds in ``fp:h:{c}``
 (amounts) and ``fp:e:{c}`` (expiries, a sorted set); a windowed counter's keys expire with
 the window.  Durability of logs is Redis's: run
-it with ``appendonly yes`` where a log must survive a Redis restart.
+it with ``appendonly yes`` where a log must survive a Redis restart.  The busiest scripts
+(add, commit) take their arguments as one JSON string and name their keys themselves:
+packing a command's arguments is most of redis-py's cost per command, and it is one Redis
+(or a replicated primary), not a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -137,29 +140,35 @@ end
 _ADD = (
     _PRELUDE
     + """
-local n = tonumber(ARGV[1])
-for i = 1, n do tidy(KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]) end
+local spec = cjson.decode(ARGV[1])
+local n = #spec
+local C, H, E = {}, {}, {}
+for i = 1, n do
+  local name = spec[i][1]
+  C[i], H[i], E[i] = 'fp:c:' .. name, 'fp:h:' .. name, 'fp:e:' .. name
+  tidy(C[i], H[i], E[i])
+end
+local function opt(v) if v == cjson.null then return nil end return v end
 local function report(ok, refused)
   local vals, rs = {}, {}
-  for j = 1, n do vals[j] = tostring(value(KEYS[3*j-2])); rs[j] = resets(KEYS[3*j-2]) end
+  for j = 1, n do vals[j] = tostring(value(C[j])); rs[j] = resets(C[j]) end
   return {ok, refused, vals, rs}
 end
 local pending = {}
 for i = 1, n do
-  local c, o = KEYS[3*i-2], 1 + (i-1)*6
-  local amount, limit = tonumber(ARGV[o+1]), num(ARGV[o+2])
+  local c, amount, limit = C[i], spec[i][2], opt(spec[i][3])
   local after = value(c) + (pending[c] or 0) + amount
   if limit and amount > 0 and after > limit + 1e-9 then return report(0, i-1) end
   pending[c] = (pending[c] or 0) + amount
 end
 for i = 1, n do
-  local c, h, e, o = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i], 1 + (i-1)*6
-  local amount, window, hold, ttl = tonumber(ARGV[o+1]), num(ARGV[o+3]), ARGV[o+4], num(ARGV[o+5])
-  local sliding = ARGV[o+6] == '1'
+  local c, h, e = C[i], H[i], E[i]
+  local amount, window, hold, ttl = spec[i][2], opt(spec[i][4]), opt(spec[i][5]), opt(spec[i][6])
+  local sliding = spec[i][7]
   if sliding and redis.call('HEXISTS', c, 'slide') == 0 then
     redis.call('HSET', c, 'slide', tostring(window))
   end
-  if hold ~= '' then
+  if hold then
     local prev = num(redis.call('HGET', h, hold)) or 0
     redis.call('HSET', h, hold, tostring(prev + amount))
     redis.call('ZADD', e, now + ttl, hold)
@@ -169,7 +178,7 @@ for i = 1, n do
   end
   if sliding then
     local at = math.floor((now + window * (1 + 2 / SLICES) + 1) * 1000)
-    if hold ~= '' then at = math.max(at, math.floor((now + ttl + 1) * 1000)) end
+    if hold then at = math.max(at, math.floor((now + ttl + 1) * 1000)) end
     expire_all(c, h, e, at)
   elseif window and not redis.call('HGET', c, 'wend') then
     local wend = now + window
@@ -195,19 +204,20 @@ return tostring(value(KEYS[1]))
 _COMMIT = (
     _PRELUDE
     + """
-local n = tonumber(ARGV[1])
-local entry = ARGV[2 + 2*n]
-if entry ~= '' and redis.call('HEXISTS', KEYS[3*n+1], entry) == 1 then return 0 end
-for i = 1, n do
-  local c, h, e = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
+local spec = cjson.decode(ARGV[1])
+local entry, log = ARGV[2], ARGV[4]
+if entry ~= '' and redis.call('HEXISTS', 'fp:li:' .. log, entry) == 1 then return 0 end
+for i = 1, #spec do
+  local name = spec[i][1]
+  local c, h, e = 'fp:c:' .. name, 'fp:h:' .. name, 'fp:e:' .. name
   tidy(c, h, e)
-  drop_hold(c, h, e, ARGV[2*i])
-  local amount = tonumber(ARGV[2*i+1])
+  drop_hold(c, h, e, spec[i][2])
+  local amount = spec[i][3]
   if amount ~= 0 then count(c, amount) end
 end
 if entry ~= '' then
-  local seq = redis.call('RPUSH', KEYS[3*n+2], ARGV[3 + 2*n])
-  redis.call('HSET', KEYS[3*n+1], entry, seq)
+  local seq = redis.call('RPUSH', 'fp:l:' .. log, ARGV[3])
+  redis.call('HSET', 'fp:li:' .. log, entry, seq)
 end
 return 1
 """
@@ -252,10 +262,6 @@ return 1
 
 def _keys(counter: str) -> list[str]:
     return [f"fp:c:{counter}", f"fp:h:{counter}", f"fp:e:{counter}"]
-
-
-def _text(v: float | None) -> str:
-    return "" if v is None else repr(float(v))
 
 
 class _Batcher:
@@ -361,13 +367,11 @@ class RedisStore:
         return float(await self._call(self._now, [], []))
 
     async def add(self, *adds: Add) -> Added:
-        keys: list[str] = []
-        args: list[Any] = [len(adds)]
-        for a in adds:
-            keys += _keys(a.key)
-            args += [repr(float(a.amount)), _text(a.limit), _text(a.window_s), a.hold or ""]
-            args += [_text(a.hold_ttl_s), "1" if a.sliding else "0"]
-        ok, refused, values, resets = await self._call(self._add, keys, args)
+        spec = [
+            [a.key, float(a.amount), a.limit, a.window_s, a.hold, a.hold_ttl_s, a.sliding]
+            for a in adds
+        ]
+        ok, refused, values, resets = await self._call(self._add, [], [json.dumps(spec)])
         return Added(
             bool(ok),
             tuple(float(v) for v in values),
@@ -376,17 +380,12 @@ class RedisStore:
         )
 
     async def commit(self, settles: tuple[Settle, ...], entry: Entry | None = None) -> bool:
-        keys: list[str] = []
-        args: list[Any] = [len(settles)]
-        for st in settles:
-            keys += _keys(st.key)
-            args += [st.hold, repr(float(st.amount))]
+        spec = json.dumps([[st.key, st.hold, float(st.amount)] for st in settles])
         if entry is None:
-            args += ["", ""]
+            args = [spec, "", "", ""]
         else:
-            keys += [f"fp:li:{entry.log}", f"fp:l:{entry.log}"]
-            args += [entry.id, json.dumps([entry.id, entry.record])]
-        return bool(await self._call(self._commit, keys, args))
+            args = [spec, entry.id, json.dumps([entry.id, entry.record]), entry.log]
+        return bool(await self._call(self._commit, [], args))
 
     async def settle(self, key: str, hold: str, amount: float) -> float:
         return float(await self._call(self._settle, _keys(key), [hold, repr(float(amount))]))

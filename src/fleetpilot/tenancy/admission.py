@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -55,13 +56,20 @@ def period_label(period: Period, now: float) -> tuple[str, float | None]:
     """The budget period ``now`` falls in, and the seconds until it ends (None: never)."""
     if period is Period.TOTAL:
         return "all", None
-    t = datetime.fromtimestamp(now, UTC)
+    label, end = _period(period, int(now))
+    return label, end - now
+
+
+@functools.lru_cache(maxsize=64)
+def _period(period: Period, second: int) -> tuple[str, int]:
+    """A period's label and end (a Unix time): every request asks, so once per second."""
+    t = datetime.fromtimestamp(second, UTC)
     if period is Period.DAY:
         end = calendar.timegm((t.year, t.month, t.day, 0, 0, 0)) + 86400
-        return t.strftime("d%Y-%m-%d"), end - now
+        return t.strftime("d%Y-%m-%d"), end
     year, month = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
     end = calendar.timegm((year, month, 1, 0, 0, 0))
-    return t.strftime("m%Y-%m"), end - now
+    return t.strftime("m%Y-%m"), end
 
 
 @dataclass(frozen=True, slots=True)
