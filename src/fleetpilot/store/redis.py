@@ -33,107 +33,131 @@ __all__ = ["RedisStore"]
 _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local function num(v) return tonumber(v or '') end
 local SLICES = @SLICES@
+local function num(v) return tonumber(v or '') end
+local function fmt(x) return string.format('%.17g', x) end
 local function slice(slide) return math.floor(now * SLICES / slide) end
--- a sliding window's slices are fields s:<i>; stot is their sum and sold the oldest index
--- that may still be there, so a call touches only the slices that just left the window
-local function count(c, amount)
-  local slide = num(redis.call('HGET', c, 'slide'))
-  if slide then
-    local i = slice(slide)
-    redis.call('HINCRBYFLOAT', c, 's:' .. tostring(i), amount)
-    redis.call('HINCRBYFLOAT', c, 'stot', amount)
-    local old = num(redis.call('HGET', c, 'sold'))
-    if not old or i < old then redis.call('HSET', c, 'sold', tostring(i)) end
-  else
-    redis.call('HINCRBYFLOAT', c, 'base', amount)
-  end
-end
-local function tidy_slices(c, slide)
-  local old = num(redis.call('HGET', c, 'sold'))
-  if not old then return end
-  local cur = slice(slide)
+local FIELDS = {'base', 'held', 'wend', 'slide', 'sold', 'stot', 'exp'}
+
+-- A counter is read with one HMGET, worked on in a Lua table, and written back with one
+-- HSET of the fields that changed (save).  A sliding window's slices are fields s:<i>,
+-- with their sum in stot and the oldest index in sold, so a call touches only the slices
+-- that just left the window.  exp is the expiry set on the counter's keys.
+local function tidy_slices(c)
+  if not c.sold then return end
+  local cur = slice(c.slide)
   local keep = cur - SLICES
-  if old >= keep then return end
-  if keep - old > 2 * SLICES then  -- idle for long (a hold kept the key): sweep it whole
-    local all = redis.call('HGETALL', c)
-    local sum, first = 0, nil
+  if c.sold >= keep then return end
+  local gone, first = 0, nil
+  if keep - c.sold > 2 * SLICES then  -- idle for long (a hold kept the key): sweep it whole
+    local all = redis.call('HGETALL', c.k)
+    local left = 0
     for j = 1, #all, 2 do
       if string.sub(all[j], 1, 2) == 's:' then
         local i = tonumber(string.sub(all[j], 3))
-        if i < keep then
-          redis.call('HDEL', c, all[j])
-        else
-          sum = sum + tonumber(all[j + 1])
+        if i < keep then redis.call('HDEL', c.k, all[j]) else
+          left = left + tonumber(all[j + 1])
           if first == nil or i < first then first = i end
         end
       end
     end
-    if first == nil then redis.call('HDEL', c, 'sold', 'stot') else
-      redis.call('HSET', c, 'sold', tostring(first), 'stot', tostring(sum))
-    end
-    return
-  end
-  local gone = 0
-  local i = old
-  while i < keep do
-    local a = num(redis.call('HGET', c, 's:' .. tostring(i)))
-    if a then
-      gone = gone + a
-      redis.call('HDEL', c, 's:' .. tostring(i))
-    end
-    i = i + 1
-  end
-  while i <= cur and redis.call('HEXISTS', c, 's:' .. tostring(i)) == 0 do i = i + 1 end
-  if i > cur then
-    redis.call('HDEL', c, 'sold', 'stot')
+    c.stot = left
   else
-    redis.call('HSET', c, 'sold', tostring(i))
-    redis.call('HINCRBYFLOAT', c, 'stot', -gone)
+    for i = c.sold, keep - 1 do
+      local a = num(redis.call('HGET', c.k, 's:' .. i))
+      if a then gone = gone + a; redis.call('HDEL', c.k, 's:' .. i) end
+    end
+    local i = keep
+    while i <= cur and redis.call('HEXISTS', c.k, 's:' .. i) == 0 do i = i + 1 end
+    if i <= cur then first = i end
+    c.stot = c.stot - gone
   end
+  c.sold = first
+  if first == nil then c.stot = 0 end
+  c.dirty.sold, c.dirty.stot = true, true
 end
-local function tidy(c, h, e)
-  local wend = num(redis.call('HGET', c, 'wend'))
-  if wend and now >= wend then redis.call('DEL', c, h, e) end
-  local slide = num(redis.call('HGET', c, 'slide'))
-  if slide then tidy_slices(c, slide) end
-  local gone = redis.call('ZRANGEBYSCORE', e, '-inf', now)
-  for _, name in ipairs(gone) do
-    redis.call('HINCRBYFLOAT', c, 'held', -(num(redis.call('HGET', h, name)) or 0))
-    redis.call('HDEL', h, name)
+
+local function load(name)
+  local c = {k = 'fp:c:' .. name, h = 'fp:h:' .. name, e = 'fp:e:' .. name, dirty = {}}
+  local f = redis.call('HMGET', c.k, unpack(FIELDS))
+  c.base, c.held, c.wend = num(f[1]) or 0, num(f[2]) or 0, num(f[3])
+  c.slide, c.sold, c.stot, c.exp = num(f[4]), num(f[5]), num(f[6]) or 0, num(f[7])
+  if c.wend and now >= c.wend then  -- a fixed window is over: start again
+    redis.call('DEL', c.k, c.h, c.e)
+    c.base, c.held, c.wend, c.slide, c.sold, c.stot, c.exp = 0, 0, nil, nil, nil, 0, nil
   end
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', e, '-inf', now) end
+  if c.slide then tidy_slices(c) end
+  local gone = redis.call('ZRANGEBYSCORE', c.e, '-inf', now)
+  if #gone > 0 then
+    for _, a in ipairs(redis.call('HMGET', c.h, unpack(gone))) do
+      c.held = c.held - (num(a) or 0)
+    end
+    redis.call('HDEL', c.h, unpack(gone))
+    redis.call('ZREMRANGEBYSCORE', c.e, '-inf', now)
+    c.dirty.held = true
+  end
+  return c
 end
-local function value(c)
-  local f = redis.call('HMGET', c, 'base', 'held', 'stot')
-  return (num(f[1]) or 0) + (num(f[2]) or 0) + (num(f[3]) or 0)
+
+local function save(c)
+  local set, del = {}, {}
+  for _, f in ipairs(FIELDS) do
+    if c.dirty[f] then
+      if c[f] == nil then del[#del + 1] = f else
+        set[#set + 1] = f
+        set[#set + 1] = fmt(c[f])
+      end
+    end
+  end
+  if #set > 0 then redis.call('HSET', c.k, unpack(set)) end
+  if #del > 0 then redis.call('HDEL', c.k, unpack(del)) end
+  c.dirty = {}
 end
+
+local function value(c) return c.base + c.held + c.stot end
+
 local function resets(c)
-  local f = redis.call('HMGET', c, 'slide', 'sold', 'wend')
-  local slide, old, w = num(f[1]), num(f[2]), num(f[3])
-  if slide then
-    if not old then return '0' end
-    return tostring(math.max(0, (old + SLICES + 1) * slide / SLICES - now))
+  if c.slide then
+    if not c.sold then return '0' end
+    return fmt(math.max(0, (c.sold + SLICES + 1) * c.slide / SLICES - now))
   end
-  if w then return tostring(math.max(0, w - now)) end
+  if c.wend then return fmt(math.max(0, c.wend - now)) end
   return ''
 end
-local function drop_hold(c, h, e, hold)
-  local a = num(redis.call('HGET', h, hold))
-  if a then
-    redis.call('HDEL', h, hold)
-    redis.call('ZREM', e, hold)
-    redis.call('HINCRBYFLOAT', c, 'held', -a)
+
+local function count(c, amount)
+  if c.slide then
+    local i = slice(c.slide)
+    redis.call('HINCRBYFLOAT', c.k, 's:' .. i, amount)
+    c.stot = c.stot + amount
+    c.dirty.stot = true
+    if not c.sold or i < c.sold then c.sold = i; c.dirty.sold = true end
+  else
+    c.base = c.base + amount
+    c.dirty.base = true
   end
 end
-local function expire_all(c, h, e, at)  -- at ``at`` (ms) or later: an expiry only moves on
-  for _, k in ipairs({c, h, e}) do
-    local left = redis.call('PTTL', k)
-    if left == -1 or (left >= 0 and now * 1000 + left < at) then
-      redis.call('PEXPIREAT', k, at)
-    end
+
+local function drop_hold(c, hold)
+  local a = num(redis.call('HGET', c.h, hold))
+  if a then
+    redis.call('HDEL', c.h, hold)
+    redis.call('ZREM', c.e, hold)
+    c.held = c.held - a
+    c.dirty.held = true
   end
+end
+
+-- the counter's keys live until ``at`` (s) at least; an expiry only ever moves on, and is
+-- pushed a window further than needed so that most calls leave it alone
+local function expire_from(c, at, slack)
+  if c.exp and c.exp >= at then return end
+  local when = math.floor((at + slack) * 1000)
+  redis.call('PEXPIREAT', c.k, when)
+  redis.call('PEXPIREAT', c.h, when)
+  redis.call('PEXPIREAT', c.e, when)
+  c.exp = (at + slack)
+  c.dirty.exp = true
 end
 """.replace("@SLICES@", str(SLICES))
 
@@ -142,50 +166,60 @@ _ADD = (
     + """
 local spec = cjson.decode(ARGV[1])
 local n = #spec
-local C, H, E = {}, {}, {}
+local C = {}
+local byname = {}
 for i = 1, n do
   local name = spec[i][1]
-  C[i], H[i], E[i] = 'fp:c:' .. name, 'fp:h:' .. name, 'fp:e:' .. name
-  tidy(C[i], H[i], E[i])
+  if not byname[name] then byname[name] = load(name) end
+  C[i] = byname[name]
 end
 local function opt(v) if v == cjson.null then return nil end return v end
 local function report(ok, refused)
   local vals, rs = {}, {}
-  for j = 1, n do vals[j] = tostring(value(C[j])); rs[j] = resets(C[j]) end
+  for j = 1, n do vals[j] = fmt(value(C[j])); rs[j] = resets(C[j]) end
   return {ok, refused, vals, rs}
 end
 local pending = {}
 for i = 1, n do
   local c, amount, limit = C[i], spec[i][2], opt(spec[i][3])
-  local after = value(c) + (pending[c] or 0) + amount
-  if limit and amount > 0 and after > limit + 1e-9 then return report(0, i-1) end
-  pending[c] = (pending[c] or 0) + amount
+  local after = value(c) + (pending[c.k] or 0) + amount
+  if limit and amount > 0 and after > limit + 1e-9 then
+    for _, x in pairs(byname) do save(x) end  -- what tidying changed
+    return report(0, i - 1)
+  end
+  pending[c.k] = (pending[c.k] or 0) + amount
 end
 for i = 1, n do
-  local c, h, e = C[i], H[i], E[i]
+  local c = C[i]
   local amount, window, hold, ttl = spec[i][2], opt(spec[i][4]), opt(spec[i][5]), opt(spec[i][6])
   local sliding = spec[i][7]
-  if sliding and redis.call('HEXISTS', c, 'slide') == 0 then
-    redis.call('HSET', c, 'slide', tostring(window))
-  end
+  if sliding and not c.slide then c.slide = window; c.dirty.slide = true end
   if hold then
-    local prev = num(redis.call('HGET', h, hold)) or 0
-    redis.call('HSET', h, hold, tostring(prev + amount))
-    redis.call('ZADD', e, now + ttl, hold)
-    redis.call('HINCRBYFLOAT', c, 'held', amount)
+    local prev = num(redis.call('HGET', c.h, hold)) or 0
+    redis.call('HSET', c.h, hold, fmt(prev + amount))
+    redis.call('ZADD', c.e, now + ttl, hold)
+    c.held = c.held + amount
+    c.dirty.held = true
+    if c.exp then  -- the hold's keys (maybe new) live exactly as long as the counter's
+      expire_from(c, now + ttl + 1, sliding and window or 0)
+      local when = math.floor(c.exp * 1000)
+      redis.call('PEXPIREAT', c.h, when)
+      redis.call('PEXPIREAT', c.e, when)
+    end
   else
     count(c, amount)
   end
   if sliding then
-    local at = math.floor((now + window * (1 + 2 / SLICES) + 1) * 1000)
-    if hold then at = math.max(at, math.floor((now + ttl + 1) * 1000)) end
-    expire_all(c, h, e, at)
-  elseif window and not redis.call('HGET', c, 'wend') then
-    local wend = now + window
-    redis.call('HSET', c, 'wend', tostring(wend))
-    expire_all(c, h, e, math.floor((wend + 1) * 1000))
+    local need = now + window * (1 + 2 / SLICES) + 1
+    if hold then need = math.max(need, now + ttl + 1) end
+    expire_from(c, need, window)
+  elseif window and not c.wend then
+    c.wend = now + window
+    c.dirty.wend = true
+    expire_from(c, c.wend + 1, 0)
   end
 end
+for _, x in pairs(byname) do save(x) end
 return report(1, -1)
 """
 )
@@ -193,11 +227,12 @@ return report(1, -1)
 _SETTLE = (
     _PRELUDE
     + """
-tidy(KEYS[1], KEYS[2], KEYS[3])
-drop_hold(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
-local amount = tonumber(ARGV[2])
-if amount ~= 0 then count(KEYS[1], amount) end
-return tostring(value(KEYS[1]))
+local c = load(ARGV[1])
+drop_hold(c, ARGV[2])
+local amount = tonumber(ARGV[3])
+if amount ~= 0 then count(c, amount) end
+save(c)
+return fmt(value(c))
 """
 )
 
@@ -207,14 +242,16 @@ _COMMIT = (
 local spec = cjson.decode(ARGV[1])
 local entry, log = ARGV[2], ARGV[4]
 if entry ~= '' and redis.call('HEXISTS', 'fp:li:' .. log, entry) == 1 then return 0 end
+local byname = {}
 for i = 1, #spec do
   local name = spec[i][1]
-  local c, h, e = 'fp:c:' .. name, 'fp:h:' .. name, 'fp:e:' .. name
-  tidy(c, h, e)
-  drop_hold(c, h, e, spec[i][2])
+  local c = byname[name]
+  if not c then c = load(name); byname[name] = c end
+  drop_hold(c, spec[i][2])
   local amount = spec[i][3]
   if amount ~= 0 then count(c, amount) end
 end
+for _, c in pairs(byname) do save(c) end
 if entry ~= '' then
   local seq = redis.call('RPUSH', 'fp:l:' .. log, ARGV[3])
   redis.call('HSET', 'fp:li:' .. log, entry, seq)
@@ -226,8 +263,9 @@ return 1
 _VALUE = (
     _PRELUDE
     + """
-tidy(KEYS[1], KEYS[2], KEYS[3])
-return tostring(value(KEYS[1]))
+local c = load(ARGV[1])
+save(c)
+return fmt(value(c))
 """
 )
 
@@ -260,10 +298,6 @@ return 1
 """
 
 
-def _keys(counter: str) -> list[str]:
-    return [f"fp:c:{counter}", f"fp:h:{counter}", f"fp:e:{counter}"]
-
-
 class _Batcher:
     """Every command issued in one turn of the event loop goes to Redis as one pipeline.
 
@@ -274,7 +308,7 @@ class _Batcher:
     flight form the next one, on another connection.
     """
 
-    def __init__(self, r: aioredis.Redis, url: str, scripts: dict[str, str], limit: int = 512):
+    def __init__(self, r: aioredis.Redis, url: str, scripts: dict[str, str], limit: int = 32):
         self._r = r
         self._url = url
         self._scripts = scripts  # sha -> source, loaded again after NOSCRIPT
@@ -388,13 +422,13 @@ class RedisStore:
         return bool(await self._call(self._commit, [], args))
 
     async def settle(self, key: str, hold: str, amount: float) -> float:
-        return float(await self._call(self._settle, _keys(key), [hold, repr(float(amount))]))
+        return float(await self._call(self._settle, [], [key, hold, repr(float(amount))]))
 
     async def release(self, key: str, hold: str) -> float:
-        return float(await self._call(self._settle, _keys(key), [hold, "0"]))
+        return float(await self._call(self._settle, [], [key, hold, "0"]))
 
     async def value(self, key: str) -> float:
-        return float(await self._call(self._value, _keys(key), []))
+        return float(await self._call(self._value, [], [key]))
 
     async def append(self, log: str, entry_id: str, record: dict[str, Any]) -> bool:
         data = json.dumps([entry_id, record])
