@@ -222,6 +222,7 @@ async def test_the_sqlite_store_keeps_a_budget_under_concurrency(
                 await _call(c, False)
             except openai.RateLimitError:
                 break
+        await settled(gw)
         store = open_store(url)
         rows = [r async for r in ledger.entries(store)]
         spent = sum(r["usd"] for r in rows)
