@@ -144,7 +144,9 @@ def fleet4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         replicas = [emus.start().url for _ in range(3)]
         config = FleetConfig.model_validate(
             {
-                "gateway": {"health_interval_s": 0.5, "admin_token": TOKEN},
+                # 2,000 at once is far past what three emulated replicas serve in time: this
+                # proves budgets and limits, not shedding, so nothing is shed
+                "gateway": {"health_interval_s": 0.5, "admin_token": TOKEN, "shed_factor": 1e9},
                 "pools": [{"name": "a10g", "model": MODEL, "accelerator": "A10G",
                            "replicas": replicas}],
                 "store": {"url": r.url},

@@ -13,7 +13,6 @@ import pytest
 
 from fleetpilot.config import FleetConfig
 from fleetpilot.gateway.server import TENANCY
-from fleetpilot.store import open_store
 from fleetpilot.tenancy import ledger
 
 from conftest import Emulators, serve_gateway
@@ -197,38 +196,64 @@ async def test_a_revoked_key_is_refused_within_a_second_and_no_key_is_logged(
     assert not any(s in caplog.text for s in secrets)
 
 
-async def test_the_sqlite_store_keeps_a_budget_under_concurrency(
+async def test_the_sqlite_store_keeps_a_budget_under_2000_concurrent_requests(
     emulators: Emulators, tmp_path: Any
 ) -> None:
+    """The fleet proof's budget test with the embedded store and one gateway."""
     emus = [emulators.start(), emulators.start()]
     url = f"sqlite://{tmp_path}/fleet.db"
-    tenants = [{"name": "t", "budgets": [{"usd": 0.004, "period": "total"}]}]
-    async with serve_gateway(config([e.url for e in emus], url, tenants=tenants)) as gw:
+    cfg = config([e.url for e in emus], url, tenants=[{"name": "probe"}])
+    cfg = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"shed_factor": 1e9})})
+    async with serve_gateway(cfg) as gw:
+        probe = (await admin(gw.url, "POST", "/admin/keys", {"tenant": "probe"}))["key"]
+        await asyncio.sleep(0.4)
+        await _call(client(gw.url, probe), False)
+        await settled(gw)
+        store = gw.app[TENANCY].store
+        per_request = next(r async for r in ledger.entries(store, tenant="probe"))["usd"]
+        budget = 1000 * per_request  # about half of 2,000
+        await admin(gw.url, "POST", "/admin/tenants",
+                    {"name": "t", "budgets": [{"usd": budget, "period": "total"}]})  # fmt: skip
         key = (await admin(gw.url, "POST", "/admin/keys", {"tenant": "t"}))["key"]
         await asyncio.sleep(0.4)
         c = client(gw.url, key)
-        outcomes = await asyncio.gather(
-            *(_call(c, i % 2 == 1) for i in range(300)), return_exceptions=True
-        )
-        refused = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
-        errors = [o for o in outcomes if isinstance(o, Exception) and o not in refused]
+        served, errors = 0, []
+
+        async def worker(i: int) -> None:
+            nonlocal served
+            while True:
+                try:
+                    await _call(c, i % 2 == 1)
+                    served += 1
+                except openai.RateLimitError as exc:
+                    assert exc.code == "insufficient_quota", exc.message
+                    return
+                except Exception as exc:
+                    errors.append(repr(exc)[:200])
+                    return
+
+        await asyncio.gather(*(worker(i) for i in range(2000)))
         assert not errors, errors[:3]
-        assert refused and all(e.code == "insufficient_quota" for e in refused)
         await settled(gw)
         # now one at a time until refused: nothing in flight, so what is left is less than
         # one request's worst case
         while True:
             try:
                 await _call(c, False)
+                served += 1
             except openai.RateLimitError:
                 break
         await settled(gw)
-        store = open_store(url)
-        rows = [r async for r in ledger.entries(store)]
+        rows = [r async for r in ledger.entries(store, tenant="t")]
         spent = sum(r["usd"] for r in rows)
-        assert spent <= 0.004 + 1e-12
-        assert await store.value("b:t:t:all") == pytest.approx(spent)
-        await store.close()
+        worst = gw.app[TENANCY].prices.worst_case(MODEL, 512, 1, 20)  # a bound on one hold
+        print(f"\nSQLite, 1 gateway: budget ${budget:.6f}; {served} served of 2,000 workers; "
+              f"settled ${spent:.6f} = {spent / budget:.4%}; left ${budget - spent:.8f} "
+              f"(worst case ${worst:.8f})")  # fmt: skip
+        assert len(rows) == served
+        assert spent <= budget + 1e-12
+        assert spent >= budget - worst
+        assert await store.value("b:t:t:all") == pytest.approx(spent, rel=1e-9)
 
 
 async def _call(c: openai.AsyncOpenAI, stream: bool) -> int:
