@@ -210,7 +210,8 @@ async def test_the_sqlite_store_keeps_a_budget_under_2000_concurrent_requests(
         await _call(client(gw.url, probe), False)
         await settled(gw)
         store = gw.app[TENANCY].store
-        per_request = next(r async for r in ledger.entries(store, tenant="probe"))["usd"]
+        (first,) = [r async for r in ledger.entries(store, tenant="probe")]
+        per_request = first["usd"]
         budget = 1000 * per_request  # about half of 2,000
         await admin(gw.url, "POST", "/admin/tenants",
                     {"name": "t", "budgets": [{"usd": budget, "period": "total"}]})  # fmt: skip
