@@ -24,11 +24,11 @@ from fleetpilot.tenancy.registry import Directory
 
 __all__ = ["admission_stage", "tenant_auth_stage"]
 
-# Settling waits this long after the answer: a burst of answers goes out before the burst's
-# settlements compete with it for the gateway's one core (bench/gateway_overhead.py, stages
-# on, concurrency 256: 0.64 of the off path's req/s settling at once, 0.76 after 10 ms).  The
-# holds stand meanwhile, so budgets stay safe; a gateway killed within it loses those ledger
-# entries (their holds expire), as it would the settlements it had not sent.
+# Settling waits this long after the answer, so a burst of answers goes out before the
+# burst's settlements compete with it for the gateway's one core (see bench/README.md,
+# "stages on vs off").  The holds stand meanwhile, so budgets stay safe; a gateway killed
+# within it loses those ledger entries (their holds expire), as it would any settlement it
+# had not sent.
 SETTLE_AFTER_S = 0.01
 
 
