@@ -130,7 +130,7 @@ async def test_a_key_budget_and_a_tenant_budget_both_hold() -> None:
     tenant = Tenant(name="a", budgets=[Budget(usd=10.0, period=Period.MONTH)])
     p = Principal(tenant, key, key.prefix)
     await adm.admit(p, "r1", "m", 10, 0.4)
-    with pytest.raises(QuotaExceeded, match=f"key {key.prefix} budget of \\$0.5 per total"):
+    with pytest.raises(QuotaExceeded, match=f"key {key.prefix} budget of \\$0.5 in total"):
         await adm.admit(p, "r2", "m", 10, 0.4)
     # the refused request took nothing from the tenant's budget (all or nothing)
     assert await store.value("b:t:a:m2026-12") == pytest.approx(0.4)

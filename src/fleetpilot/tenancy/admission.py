@@ -298,8 +298,9 @@ class Admission:
             assert w.period is not None
             _, left = period_label(w.period, self.now())  # not the counter's: it outlives it
             when = "it does not reset" if left is None else f"it resets at {_at(left, self.now())}"
+            per = "in total" if w.period is Period.TOTAL else f"per {w.period.value}"
             return QuotaExceeded(
-                f"the {w.scope} budget of ${w.limit:g} per {w.period.value} cannot take this "
+                f"the {w.scope} budget of ${w.limit:g} {per} cannot take this "
                 f"request ({added.values[i]:.6f} of it is spent or held); {when}",
                 resets_in=left,
             )
@@ -319,8 +320,12 @@ class Admission:
 
     def _budget_seen(self, p: Principal, w: _Why, value: float) -> None:
         assert w.period is not None
-        self.metrics.remaining.labels(p.tenant.name, w.period.value).set(max(0.0, w.limit - value))
-        alerts = p.key.budgets if p.key and w.scope.startswith("key") else p.tenant.budgets
+        of_key = p.key is not None and w.scope.startswith("key")
+        if not of_key:  # the gauge is the tenant's; a key's own budget has its alerts only
+            self.metrics.remaining.labels(p.tenant.name, w.period.value).set(
+                max(0.0, w.limit - value)
+            )
+        alerts = p.key.budgets if of_key and p.key is not None else p.tenant.budgets
         for b in alerts:
             if b.period is not w.period:
                 continue
