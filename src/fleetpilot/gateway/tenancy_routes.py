@@ -58,24 +58,20 @@ async def _json(request: web.Request, model: type[BaseModel]) -> Any:
 
 
 def _window(request: web.Request) -> tuple[float | None, float | None]:
-    def number(name: str) -> float | None:
-        text = request.query.get(name)
-        if text is None:
-            return None
+    def when(name: str) -> float | None:
         try:
-            return float(text)
-        except ValueError:
-            raise BadRequest(f"'{name}' must be a Unix time in seconds", param=name) from None
+            return ledger.parse_time(request.query.get(name))
+        except ValueError as exc:
+            raise BadRequest(str(exc), param=name) from None
 
-    return number("since"), number("until")
+    return when("since"), when("until")
 
 
 def _groups(request: web.Request, default: str) -> list[str]:
-    by = [g for g in request.query.get("by", default).split(",") if g]
-    unknown = [g for g in by if g not in ledger.GROUPS]
-    if unknown:
-        raise BadRequest(f"cannot group by {unknown}: use {','.join(ledger.GROUPS)}", param="by")
-    return by
+    try:
+        return ledger.groups(request.query.get("by", default))
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="by") from None
 
 
 def add_tenancy_routes(

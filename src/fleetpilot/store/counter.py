@@ -45,7 +45,7 @@ class Counter:
         assert self.slide is not None
         return math.floor(now * SLICES / self.slide)
 
-    def value(self, now: float) -> float:
+    def value(self) -> float:
         held = sum(amount for amount, _ in self.holds.values())
         return self.base + held + sum(self.slices.values())
 
@@ -87,11 +87,11 @@ def apply_all(counters: dict[str, Counter], adds: tuple[Add, ...], now: float) -
         c.tidy(now)
     pending: dict[str, float] = {}
     for i, add in enumerate(adds):
-        after = counters[add.key].value(now) + pending.get(add.key, 0.0) + add.amount
+        after = counters[add.key].value() + pending.get(add.key, 0.0) + add.amount
         if add.limit is not None and add.amount > 0 and after > add.limit + 1e-9:
             return Added(
                 False,
-                tuple(counters[a.key].value(now) for a in adds),
+                tuple(counters[a.key].value() for a in adds),
                 tuple(counters[a.key].resets_in(now) for a in adds),
                 refused=i,
             )
@@ -100,7 +100,7 @@ def apply_all(counters: dict[str, Counter], adds: tuple[Add, ...], now: float) -
         counters[add.key].apply(add, now)
     return Added(
         True,
-        tuple(counters[a.key].value(now) for a in adds),
+        tuple(counters[a.key].value() for a in adds),
         tuple(counters[a.key].resets_in(now) for a in adds),
     )
 
@@ -113,4 +113,4 @@ def settle_all(
         c.tidy(now)
     for s in settles:
         counters[s.key].settle(s.hold, s.amount, now)
-    return tuple(counters[s.key].value(now) for s in settles)
+    return tuple(counters[s.key].value() for s in settles)

@@ -54,7 +54,7 @@ class MemoryStore:
         return await self.settle(key, hold, 0.0)
 
     async def value(self, key: str) -> float:
-        return self._counter(key).value(self.clock.now())
+        return self._counter(key).value()
 
     async def append(self, log: str, entry_id: str, record: dict[str, Any]) -> bool:
         return self._append(log, entry_id, record)

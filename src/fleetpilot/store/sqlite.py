@@ -133,7 +133,7 @@ class SqliteStore:
             c = self._load(db, key, now)
             c.settle(hold, amount, now)
             self._save(db, key, c)
-            return c.value(now)
+            return c.value()
 
         return await self._run(fn)
 
@@ -141,7 +141,7 @@ class SqliteStore:
         return await self.settle(key, hold, 0.0)
 
     async def value(self, key: str) -> float:
-        return await self._run(lambda db, now: self._load(db, key, now).value(now))
+        return await self._run(lambda db, now: self._load(db, key, now).value())
 
     # -- logs -----------------------------------------------------------------------------
     @staticmethod

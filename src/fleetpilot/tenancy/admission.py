@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
 from fleetpilot.clock import Clock, WallClock
 from fleetpilot.errors import QuotaExceeded, RateLimited, SpendCapReached, StoreDown
 from fleetpilot.store.base import Add, Added, Entry, Settle, Store, StoreUnavailable
@@ -100,9 +102,7 @@ class Ticket:
 
 
 class TenancyMetrics:
-    def __init__(self, registry: Any) -> None:
-        from prometheus_client import Counter, Gauge
-
+    def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         self.spend = Counter(
             "fleetpilot_tenant_spend_dollars", "Settled spend, $", ["tenant"], registry=r

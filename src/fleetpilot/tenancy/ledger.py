@@ -44,6 +44,18 @@ async def entries(
             return
 
 
+def groups(text: str) -> list[str]:
+    """``tenant,model`` as group names, each one of :data:`GROUPS` (else ValueError)."""
+    return _checked([g for g in text.split(",") if g])
+
+
+def _checked(by: Sequence[str]) -> list[str]:
+    unknown = [g for g in by if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"cannot group by {unknown}: choose from {', '.join(GROUPS)}")
+    return list(by)
+
+
 def _group_value(record: dict[str, Any], group: str) -> str:
     if group == "day":
         return time.strftime("%Y-%m-%d", time.gmtime(float(record.get("t", 0.0))))
@@ -52,10 +64,9 @@ def _group_value(record: dict[str, Any], group: str) -> str:
 
 
 def summarise(records: Iterable[dict[str, Any]], by: Sequence[str]) -> list[dict[str, Any]]:
-    """Requests, tokens and $ per group of ``by`` (names from :data:`GROUPS`), dearest first."""
-    unknown = [g for g in by if g not in GROUPS]
-    if unknown:
-        raise ValueError(f"cannot group by {unknown}: choose from {', '.join(GROUPS)}")
+    """Requests, tokens and $ per group of ``by`` (names from :data:`GROUPS`, see
+    :func:`groups`), dearest first."""
+    by = _checked(by)
     rows: dict[tuple[str, ...], dict[str, Any]] = {}
     for r in records:
         key = tuple(_group_value(r, g) for g in by)
@@ -153,10 +164,9 @@ def run_report(
         store = cfg.store.url if cfg.store else None
     if store is None:
         raise ConfigError("name the store: --store URL, or --fleet FILE with a store: section")
-    groups = [g for g in by.split(",") if g]
     try:
+        by_groups = groups(by)
         window = parse_time(since), parse_time(until)
-        summarise([], groups)  # unknown groups fail before the store is opened
         if fmt not in ("table", "csv", "json"):
             raise ValueError(f"unknown format {fmt!r}: table, csv or json")
     except ValueError as exc:
@@ -173,4 +183,4 @@ def run_report(
         records = asyncio.run(read())
     except StoreUnavailable as exc:
         raise ConfigError(f"cannot read the ledger: {exc}") from None
-    return render(summarise(records, groups), groups, fmt)
+    return render(summarise(records, by_groups), by_groups, fmt)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from fleetpilot.errors import BadRequest, Forbidden, ModelNotFound, Unauthorized
+from fleetpilot.errors import BadRequest, ModelNotFound, Unauthorized
 from fleetpilot.store.base import Store, StoreUnavailable
 from fleetpilot.tenancy.model import ApiKey, Budget, Limits, Registry, Tenant
 
@@ -225,9 +225,3 @@ class Directory:
             if any(hmac.compare_digest(digest, d) for d in self.static):
                 return Principal(self.tenant("default"), None, "key:" + digest[:8])
         raise Unauthorized("invalid API key")
-
-
-def check_tenant_access(principal: Principal, tenant: str) -> None:
-    """A tenant's key reads only its own tenant's usage."""
-    if principal.tenant.name != tenant:
-        raise Forbidden("this key cannot read another tenant's usage")

@@ -90,13 +90,14 @@ def admission_stage(admission: Admission, prices: Prices, fleet: LiveFleet) -> S
         inbound = call.inbound
         assert call.principal is not None, "the auth stage comes first"
         messages = inbound.body.get("messages")
-        worst = _choices(inbound.body) * prices.worst_case(
+        choices = _choices(inbound.body)
+        worst = choices * prices.worst_case(
             inbound.model,
             len(inbound.raw),
             len(messages) if isinstance(messages, list) else 1,
             inbound.max_tokens,
         )
-        tokens = inbound.prompt_tokens + inbound.max_tokens * _choices(inbound.body)
+        tokens = inbound.prompt_tokens + inbound.max_tokens * choices
         batch = inbound.service_class is ServiceClass.BATCH
         ticket = call.hold = await admission.admit(
             call.principal, call.request_id, inbound.model, tokens, worst, batch=batch
