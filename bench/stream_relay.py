@@ -222,6 +222,7 @@ def _gateway(
             "fast_lane_streams": fast_streams,
             "admin_token": "bench",
             "health_interval_s": 5.0,
+            "max_connections_per_replica": 4096,  # every stream in flight at once, none queued
         },
         "pools": [
             {
@@ -242,6 +243,22 @@ def _gateway(
     )
     _wait(f"http://127.0.0.1:{port}/health", proc)
     return proc, port
+
+
+FLOOR = "byte relay (floor)"
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open")
 
 
 def main() -> None:
@@ -279,6 +296,22 @@ def main() -> None:
         rows["direct"] = _measure(
             up_port, args.streams, args.tokens, args.warmup, args.duration, [upstream.pid]
         )
+        relay_port = _free_port()
+        relay = subprocess.Popen(
+            [sys.executable, str(HERE / "upstream_fixed.py"), "--port", str(relay_port),
+             "--relay-to", str(up_port), "--uvloop"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            _wait_port(relay_port, relay)
+            r = _measure(
+                relay_port, args.streams, args.tokens, args.warmup, args.duration, [relay.pid]
+            )
+            r["gateway_cpu_s"] = r["cpu"][relay.pid]
+            rows[FLOOR] = r
+        finally:
+            relay.terminate()
+            relay.wait(10)
         with tempfile.TemporaryDirectory() as tmp:
             for label, fast in (("aiohttp (old path)", False), ("fast lane", True)):
                 gw, port = _gateway(up_port, fast, Path(tmp))
@@ -323,6 +356,12 @@ def main() -> None:
         old["gateway_cpu_s"] / max(old["events"], 1)
     )
     console.print(f"fast lane CPU per event / aiohttp's: {ratio:.2f} (target ≤ 0.50)")
+    floor = rows[FLOOR]["gateway_cpu_s"] / max(rows[FLOOR]["events"], 1)
+    console.print(
+        f"byte relay's CPU per event / aiohttp's: "
+        f"{floor / (old['gateway_cpu_s'] / max(old['events'], 1)):.2f}: no relay that reads "
+        "and writes each event on its own socket goes below it"
+    )
     if args.json is not None:
         for r in rows.values():
             r.pop("cpu", None)

@@ -311,10 +311,19 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, default=None, help="pin to this core")
     ap.add_argument("--pace", type=float, default=0.0, help="streams: seconds between tokens")
     ap.add_argument("--tokens", type=int, default=200, help="streams: tokens, with --pace")
+    ap.add_argument(
+        "--uvloop", action="store_true", help="run on uvloop, as the gateway does (relay floors)"
+    )
     args = ap.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    asyncio.run(serve(args.host, args.port, args.delay, args.relay_to, args.pace, args.tokens))
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if args.uvloop:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(args.host, args.port, args.delay, args.relay_to, args.pace, args.tokens))
 
 
 if __name__ == "__main__":

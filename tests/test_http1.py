@@ -258,3 +258,78 @@ async def test_cut_mid_chunk_is_a_disconnect_and_extra_bytes_drop_the_connection
     assert (await _one(client, extra.url + "/x"))[2] == b"{}"
     assert (await _one(client, extra.url + "/x"))[2] == b"{}"
     assert extra.connections == 2 and client.in_use == 0
+
+
+async def _paced_stream(
+    events: int, gap: float, then_stall: bool
+) -> tuple[asyncio.Server, str]:
+    """A server that sends one SSE event per chunk every ``gap`` s, each its own write, and
+    then either ends the stream or goes silent with it open."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(events):
+                frame = b"data: %d\n\n" % i
+                writer.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+                await writer.drain()
+                await asyncio.sleep(gap)
+            if then_stall:
+                await reader.read()
+            else:
+                frame = b"data: [DONE]\n\n"
+                writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(frame), frame))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/completions"
+
+
+async def test_diverted_events_and_read_events_keep_the_stream_s_order() -> None:
+    server, url = await _paced_stream(40, 0.002, then_stall=False)
+    up = await _upstream()
+    seen: list[tuple[str, bytes]] = []
+    resp = await up.send(url, b"{}")
+
+    def take(payload: bytes) -> bool:
+        if int(payload) % 7 == 3:  # declined: the reader gets it, and whatever follows it
+            return False
+        seen.append(("listener", payload))
+        return True
+
+    resp.divert(take)
+    async for payload in resp.events():
+        seen.append(("reader", payload))
+        await asyncio.sleep(0.005)  # a slow reader: events pile up behind a declined one
+    assert [p for _, p in seen] == [b"%d" % i for i in range(40)] + [b"[DONE]"]
+    by = {who for who, _ in seen}
+    assert by == {"listener", "reader"}  # both paths took part
+    resp.close()
+    assert up.client.in_use == 0
+    server.close()
+    await up.close()
+
+
+async def test_a_diverted_stream_is_timed_by_its_silence_not_by_its_length() -> None:
+    """The reader sleeps while a listener takes the events, so its one wait outlives the
+    read timeout several times over; only silence may end the stream."""
+    server, url = await _paced_stream(12, 0.05, then_stall=True)  # 0.6 s of events, then none
+    up = await _upstream()
+    resp = await up.send(url, b"{}", read_timeout=0.2)
+    got: list[bytes] = []
+    resp.divert(lambda p: got.append(p) is None)
+    t0 = asyncio.get_running_loop().time()
+    with pytest.raises(ReplicaGone):
+        async for p in resp.events():
+            got.append(p)  # at most what was in before the listener was set
+    elapsed = asyncio.get_running_loop().time() - t0
+    assert got == [b"%d" % i for i in range(12)]  # every event arrived before the stall
+    assert 0.6 <= elapsed < 1.5
+    assert up.client.in_use == 0
+    server.close()
+    await up.close()

@@ -289,6 +289,8 @@ class FastLane(asyncio.Protocol):
         head.append(b"\r\n")
         try:
             self._send(b"".join(head))
+            if answer.direct is not None:
+                answer.direct(self._event)
             async for payload in events:
                 size = len(payload) + 8  # "data: " + payload + "\n\n"
                 self._send(b"%x\r\ndata: %s\n\n\r\n" % (size, payload))
@@ -308,6 +310,15 @@ class FastLane(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
+
+    def _event(self, payload: bytes) -> bool:
+        """The stream's sink: one event written now, unless the client is not taking more (the
+        stream's reader then waits for it, and so pauses the replica's connection)."""
+        transport = self.transport
+        if self.closing or not self.writable or transport is None or transport.is_closing():
+            return False
+        transport.write(b"%x\r\ndata: %s\n\n\r\n" % (len(payload) + 8, payload))
+        return True
 
     async def _drained(self) -> None:
         if self.writable or self.closing:

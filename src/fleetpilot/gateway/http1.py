@@ -27,14 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
 
 __all__ = ["BadResponse", "Http1Client", "Http1Response", "ServerDisconnected", "no_delay"]
+
+log = logging.getLogger("fleetpilot.gateway")
 
 _MAX_HEAD = 64 * 1024
 _MAX_LINE = 4 * 1024 * 1024  # one SSE line; far above any token chunk
@@ -86,6 +90,11 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.whole = False  # the reader wants the whole body: never pause
         self.idle_since = 0.0
+        self.active_at = 0.0  # the last byte, or the start of the wait: silence counts from it
+        self.silence = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.listener: Callable[[bytes], bool] | None = None  # see Http1Response.divert
+        self.held = False  # a data line was declined: the reader takes the body from there
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -107,6 +116,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received = True
+        self.active_at = self.loop.time()
         parser = self.parser
         if self.state in (_IDLE, _DONE) or parser is None:
             self.keep_alive = False  # bytes nobody asked for: do not reuse this connection
@@ -128,11 +138,39 @@ class _Conn(asyncio.Protocol):
                     else BadResponse(f"malformed HTTP response: {exc}")
                 )
                 self._abort()
+        if self.listener is not None and not self.held and self.error is None:
+            self._divert()
+            if self.state != _DONE and not self.held and self.body.find(b"\n") < 0:
+                return  # every event went to the listener: the reader sleeps on
         if not self.paused and not self.whole and len(self.body) > _HIGH_WATER:
             self.paused = True
             assert self.transport is not None
             self.transport.pause_reading()
         self._wake()
+
+    def _divert(self) -> None:
+        """Offer each whole ``data:`` line to the listener, in order, until it declines one;
+        other lines (blank, comments, ``event:``) are dropped, as the reader drops them."""
+        body, listener = self.body, self.listener
+        assert listener is not None
+        start = 0
+        while True:
+            eol = body.find(b"\n", start)
+            if eol < 0:
+                break
+            if body.startswith(b"data:", start):
+                payload = bytes(body[start + 5 : eol]).strip()
+                try:
+                    taken = listener(payload)
+                except Exception:  # a bug in a listener must not cost the stream
+                    log.exception("a stream listener failed; its events go the slow way")
+                    taken = False
+                if not taken:
+                    self.held = True
+                    break
+            start = eol + 1
+        if start:
+            del body[:start]
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost finishes the body or fails it
@@ -212,20 +250,29 @@ class _Conn(asyncio.Protocol):
             waiter.set_result(None)
 
     def _expire(self) -> None:
+        self.timer = None
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(TimeoutError("no bytes from the server in time"))
+        if waiter is None or waiter.done():
+            return
+        left = self.active_at + self.silence - self.loop.time()
+        if left > 0.001:  # bytes came meanwhile (to a listener): the silence starts again
+            self.timer = self.loop.call_later(left, self._expire)
+            return
+        waiter.set_exception(TimeoutError("no bytes from the server in time"))
 
     async def wait(self, timeout: float) -> None:
         """Until something happens on this connection, at most ``timeout`` s of silence."""
         if self.error is not None:
             raise self.error
         self.waiter = waiter = self.loop.create_future()
-        timer = self.loop.call_later(timeout, self._expire)
+        self.silence, self.active_at = timeout, self.loop.time()
+        self.timer = self.loop.call_later(timeout, self._expire)
         try:
             await waiter
         finally:
-            timer.cancel()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             self.waiter = None
         if self.error is not None:
             raise self.error
@@ -242,7 +289,8 @@ class _Conn(asyncio.Protocol):
         self.state = _HEAD
         self.status, self.content_type = 0, ""
         self.head_only = head_only
-        self.received = self.whole = False
+        self.received = self.whole = self.held = False
+        self.listener = None
         self.error = None
         assert self.transport is not None
         self.transport.write(raw)
@@ -320,21 +368,35 @@ class Http1Response:
                 if len(body) > _MAX_LINE:
                     raise BadResponse("a line of the response body is over 4 MiB")
                 start = len(body)
+                conn.held = False  # every line held back is read: the listener may go on
                 conn.consumed(need_more=True)
                 await conn.wait(self._timeout)
+                if conn.listener is not None:
+                    start = 0  # the listener may have taken the start of the body meanwhile
         except BaseException:
             self.close()
             raise
+
+    def divert(self, listener: Callable[[bytes], bool] | None) -> None:
+        """Hand each ``data:`` payload of an event stream to ``listener`` as it arrives, in
+        the connection's own callback: no task wakes for an event the listener takes (returns
+        True).  The first one it declines, and every line after it, is read with
+        :meth:`readline` as before, until the reader has caught up; the end of the body,
+        an error and a stall still wake the reader.  ``None`` stops diverting."""
+        if self._conn is not None:
+            self._conn.listener = listener
 
     def release(self) -> None:
         """Give the connection back: to the pool if the body was read to its end."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.listener = None
             self._client._release(conn, reuse=conn.state == _DONE and conn.keep_alive)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.listener = None
             self._client._release(conn, reuse=False)
 
 

@@ -8,11 +8,19 @@ switched on, in DESIGN.md's order, ending in the terminal *upstream* stage
 is off is simply not in the chain.
 
 An :class:`Answer` is a :class:`Whole` reply or a :class:`Streamed` one, whose ``events`` are
-the SSE payloads (the bytes after ``data:``).  The HTTP fronts turn a request into a call and
-an answer into bytes, and know no stage.  A stage that holds something (a budget hold, a
-lease on a replica) releases it in one place: ``try/finally`` around ``next`` for a whole
-answer, or a wrapping generator's ``finally`` for a stream — a front that stops reading (the
-client left) closes the stream's iterator, so those ``finally`` blocks run on every path.
+the SSE payloads (the bytes after ``data:``).  A stream may also offer ``direct``: a front
+that can write an event at once hands it a :data:`Sink`, and the producer then writes the
+ordinary events from its own socket callback, with no task woken per event (most of a
+relayed event's CPU otherwise); whatever the sink declines, and everything that is not
+ordinary (the first event, the last, usage, a failure, a continuation), still comes through
+``events``, in order.  A stage that must see every event (an output check) wraps ``direct``
+or sets it to ``None``; one that needs only the end (settlement) leaves it.
+
+The HTTP fronts turn a request into a call and an answer into bytes, and know no stage.  A
+stage that holds something (a budget hold, a lease on a replica) releases it in one place:
+``try/finally`` around ``next`` for a whole answer, or a wrapping generator's ``finally`` for
+a stream — a front that stops reading (the client left) closes the stream's iterator, so
+those ``finally`` blocks run on every path.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from fleetpilot.errors import ApiError, log_line
 from fleetpilot.gateway.intake import Inbound
 from fleetpilot.tenancy.registry import Principal
 
-__all__ = ["Answer", "Call", "Handler", "Stage", "Streamed", "Whole", "compose", "error_reply"]
+__all__ = [
+    "Answer", "Call", "Handler", "Sink", "Stage", "Streamed", "Whole", "compose", "error_reply",
+]  # fmt: skip
 
 log = logging.getLogger("fleetpilot.gateway")
 
@@ -56,6 +66,10 @@ class Whole:
     headers: dict[str, str]
 
 
+# Writes one event's payload to the client now; False (nothing written) when it cannot.
+Sink = Callable[[bytes], bool]
+
+
 @dataclass(slots=True)
 class Streamed:
     """A server-sent event stream: the head is decided, the events come as they come."""
@@ -63,6 +77,7 @@ class Streamed:
     headers: dict[str, str]
     events: AsyncIterator[bytes]  # SSE payloads, "[DONE]" last when the stream ends well
     status: int = 200
+    direct: Callable[[Sink], None] | None = None  # offer a sink, before reading ``events``
 
 
 Answer = Whole | Streamed

@@ -9,7 +9,7 @@ response for the client to see.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from fleetpilot.errors import ReplicaGone, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable
@@ -57,6 +57,11 @@ class UpstreamResponse:
             raise ReplicaGone(
                 "the replica broke off its stream", detail=f"{self._where}: {exc!r}"
             ) from exc
+
+    def divert(self, listener: Callable[[bytes], bool] | None) -> None:
+        """Events to ``listener`` as they arrive, bypassing :meth:`events` for each one it
+        takes (see :meth:`~fleetpilot.gateway.http1.Http1Response.divert`)."""
+        self._resp.divert(listener)
 
     def close(self) -> None:
         """Drop the connection (a replica stops generating for a client that went away);

@@ -68,19 +68,24 @@ def admission_stage(admission: Admission, prices: Prices, fleet: LiveFleet) -> S
         admission.spawn(books(call, ticket))
 
     renew_every = admission.config.hold_ttl_s / 3
-    clock = admission.clock
 
     async def settling(
         call: Call, ticket: Ticket, events: AsyncIterator[bytes]
     ) -> AsyncIterator[bytes]:
-        renewed = clock.now()
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+
+        def renew() -> None:  # a long stream keeps its holds (on a timer: see Streamed.direct)
+            nonlocal timer
+            admission.spawn(admission.renew(ticket))
+            timer = loop.call_later(renew_every, renew)
+
+        timer = loop.call_later(renew_every, renew)
         try:
             async for event in events:
                 yield event
-                if clock.now() - renewed > renew_every:  # a long stream keeps its holds
-                    renewed = clock.now()
-                    admission.spawn(admission.renew(ticket))
         finally:
+            timer.cancel()
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()  # the upstream's own finally: leases released, usage known

@@ -49,7 +49,7 @@ from fleetpilot.errors import (
 from fleetpilot.gateway.fleet import Lease, LiveFleet, LiveReplica
 from fleetpilot.gateway.intake import Inbound
 from fleetpilot.gateway.metrics import GatewayMetrics
-from fleetpilot.gateway.pipeline import Answer, Call, Streamed, Whole, log
+from fleetpilot.gateway.pipeline import Answer, Call, Sink, Streamed, Whole, log
 from fleetpilot.gateway.upstream import Upstream, UpstreamResponse
 
 __all__ = ["Proxy"]
@@ -76,6 +76,7 @@ class _Stream:
     first_at: float | None = None
     last_at: float | None = None
     segments: int = 0
+    sink: Sink | None = None  # the front's, when it writes ordinary events itself
     deadline: float = float("inf")  # of the first token (learns the router's headroom)
     learn: bool = False  # whether its first token teaches the router's headroom
 
@@ -355,15 +356,21 @@ class Proxy:
             "x-request-id": call.request_id,
         }
         t.limit = self.config.max_attempts + self.config.max_continuations
-        return Streamed(headers, self._events(call, t, held))
-
-    async def _events(self, call: Call, t: _Tries, held: _Held) -> AsyncIterator[bytes]:
-        inbound = call.inbound
-        model = inbound.model
-        arrival = t.request.arrival
         state = _Stream(
             chat=inbound.kind == "chat", deadline=t.request.deadline, learn=self._learns(inbound)
         )
+
+        def offer(sink: Sink) -> None:
+            state.sink = sink
+
+        return Streamed(headers, self._events(call, t, held, state), direct=offer)
+
+    async def _events(
+        self, call: Call, t: _Tries, held: _Held, state: _Stream
+    ) -> AsyncIterator[bytes]:
+        inbound = call.inbound
+        model = inbound.model
+        arrival = t.request.arrival
         done = False
         try:
             while True:
@@ -440,6 +447,24 @@ class Proxy:
         chat = inbound.kind == "chat"
         itl = self.metrics.served(model, pool).itl
         lease = held.lease
+        sink = state.sink
+        if sink is not None and not continuing:
+
+            def take(payload: bytes) -> bool:
+                """The common event, written by the front at once (see below)."""
+                if (
+                    state.stream_id is None
+                    or payload == _DONE
+                    or _ENDS.search(payload) is not None
+                    or b'"usage"' in payload
+                    or not sink(payload)
+                ):
+                    return False
+                if _TEXT.search(payload) is not None:
+                    self._token(state, lease, model, itl, payload)
+                return True
+
+            held.resp.divert(take)
         try:
             async for payload in held.resp.events():
                 if payload == _DONE:
