@@ -260,9 +260,7 @@ async def test_cut_mid_chunk_is_a_disconnect_and_extra_bytes_drop_the_connection
     assert extra.connections == 2 and client.in_use == 0
 
 
-async def _paced_stream(
-    events: int, gap: float, then_stall: bool
-) -> tuple[asyncio.Server, str]:
+async def _paced_stream(events: int, gap: float, then_stall: bool) -> tuple[asyncio.Server, str]:
     """A server that sends one SSE event per chunk every ``gap`` s, each its own write, and
     then either ends the stream or goes silent with it open."""
 
