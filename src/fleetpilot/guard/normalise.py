@@ -1,0 +1,136 @@
+"""Undo what hides an attack from a matcher, so every later layer sees the plain text.
+
+An attacker who knows a guard matches "ignore previous instructions" writes it with a
+zero-width space inside a word, with Cyrillic letters that look Latin, in fullwidth or
+mathematical letters, spaced out letter by letter, in leetspeak, or not at all: base64, hex,
+rot13, URL-encoding, or Unicode tag characters that render as nothing.  :func:`clean` undoes
+what can be undone without changing an honest text (NFKC, confusables, invisible characters);
+:func:`variants` adds the decodings, each as its own text to check, because applying them to
+every text would turn honest prose into noise.
+
+Every step is a C-speed ``str`` operation or one regex pass, so a 16,000-character prompt
+is cleaned in well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+import unicodedata
+import urllib.parse
+from dataclasses import dataclass
+
+__all__ = ["Variant", "clean", "variants"]
+
+# Characters that render as nothing or reorder text: zero-width spaces and joiners, word
+# joiner and invisible operators, the byte-order mark, soft hyphen, Mongolian vowel separator,
+# and the bidirectional controls (embeddings, overrides, isolates, marks).
+_INVISIBLE = dict.fromkeys(
+    [0x00AD, 0x180E, 0xFEFF, *range(0x200B, 0x2010), *range(0x202A, 0x202F),
+     *range(0x2060, 0x2065), *range(0x2066, 0x206A)]
+)  # fmt: skip
+
+# Letters that NFKC leaves alone but that look Latin: Cyrillic and Greek homoglyphs (the
+# common part of Unicode's confusables list that attacks use).
+_CONFUSABLE_PAIRS = (
+    "аa еe оo рp сc уy хx іi јj ѕs ԁd һh ӏl ԛq ԝw ѵv ɡg "
+    "АA ВB ЕE КK МM НH ОO РP СC ТT ХX ІI ЈJ ЅS "
+    "αa οo ρp ιi κk νv τt υu χx ΑA ΒB ΕE ΖZ ΗH ΙI ΚK ΜM ΝN ΟO ΡP ΤT ΥY ΧX"
+)
+_CONFUSABLES = {ord(p[0]): p[1] for p in _CONFUSABLE_PAIRS.split()}
+_CLEAN = {**_INVISIBLE, **_CONFUSABLES}
+
+# Unicode tag characters (U+E0020..U+E007E) mirror printable ASCII and render as nothing:
+# text written in them is read by a model and seen by no one.
+_TAGS = re.compile("[\U000e0020-\U000e007e]+")
+_TAG_ANY = re.compile("[\U000e0000-\U000e007f]")
+
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a",
+                       "$": "s", "!": "i", "|": "l", "+": "t"})  # fmt: skip
+# letters one by one with one separator between: "i g n o r e", "i.g.n.o.r.e"; words apart by
+# two or more ("i g n o r e   a l l")
+_SPACED = re.compile(r"(?<![^\W_])(?:[^\W\d_][ .\-_*]){2,}[^\W\d_](?![^\W_])")
+_SEPARATORS = re.compile(r"[ .\-_*]")
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4}){4,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_BASE64_URL = re.compile(r"[A-Za-z0-9_-]{20,}={0,2}")
+_HEX = re.compile(r"(?:(?:\\x|0x)?[0-9A-Fa-f]{2}[ :]?){8,}")
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One reading of a text: ``how`` it was obtained ("clean", "base64", ...)."""
+
+    how: str
+    text: str
+
+
+def clean(text: str) -> str:
+    """NFKC, homoglyphs to Latin, invisible and bidirectional characters removed."""
+    if text.isascii():
+        return text
+    text = unicodedata.normalize("NFKC", text)
+    if _TAG_ANY.search(text):
+        text = _TAG_ANY.sub("", text)
+    return text.translate(_CLEAN)
+
+
+def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
+    """The clean text, then each hidden reading found in it (at most ``max_decoded``)."""
+    out = [Variant("clean", clean(text))]
+    base = out[0].text
+    found: list[Variant] = []
+    if not text.isascii():
+        hidden = "".join(chr(ord(c) - 0xE0000) for m in _TAGS.finditer(text) for c in m.group())
+        if hidden:
+            found.append(Variant("tags", hidden))
+    for m in _BASE64.finditer(base):
+        decoded = _printable(_b64(m.group(), urlsafe=False))
+        if decoded:
+            found.append(Variant("base64", decoded))
+    for m in _BASE64_URL.finditer(base):
+        if "-" in m.group() or "_" in m.group():
+            decoded = _printable(_b64(m.group(), urlsafe=True))
+            if decoded:
+                found.append(Variant("base64", decoded))
+    for m in _HEX.finditer(base):
+        digits = re.sub(r"\\x|0x|[ :]", "", m.group())
+        if len(digits) % 2 == 0:
+            with_bytes = _printable(binascii.unhexlify(digits))
+            if with_bytes:
+                found.append(Variant("hex", with_bytes))
+    if len(_PERCENT.findall(base)) >= 3:
+        found.append(Variant("url", urllib.parse.unquote(base)))
+    if _SPACED.search(base):
+        found.append(
+            Variant("spacing", _SPACED.sub(lambda m: _SEPARATORS.sub("", m.group()), base))
+        )
+    leet = base.translate(_LEET)
+    if leet != base:
+        found.append(Variant("leet", leet))
+    found.append(Variant("rot13", codecs.encode(base, "rot13")))
+    return out + found[:max_decoded]
+
+
+def _b64(chunk: str, *, urlsafe: bool) -> bytes:
+    pad = "=" * (-len(chunk) % 4)
+    try:
+        if urlsafe:
+            return base64.urlsafe_b64decode(chunk + pad)
+        return base64.b64decode(chunk + pad, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _printable(raw: bytes) -> str:
+    """The decoded bytes as text, if they read as text (a random blob does not)."""
+    if len(raw) < 8:
+        return ""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    letters = sum(c.isalpha() or c.isspace() for c in text)
+    return clean(text) if letters >= 0.8 * len(text) else ""

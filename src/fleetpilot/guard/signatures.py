@@ -1,0 +1,108 @@
+"""The phrasing of known attacks, matched on every reading of a text (see :mod:`.normalise`).
+
+Each signature is a phrase, not a word: "ignore" and "instructions" are in countless honest
+prompts ("ignore the noise in this data", "follow the instructions below"), and a guard that
+fires on trigger words over-defends (NotInject's benign prompts exist to catch exactly
+that).  What an attack needs is the *relation*: an order to drop what came before, a demand
+for the hidden prompt, a persona without rules, a forged system turn.  A hit in a decoded
+reading (base64, hex, tags, rot13) counts for more: honest text does not hide its requests.
+
+These are the first layer, and features of the trained model that follows; they are not
+meant to catch every attack alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fleetpilot.guard.normalise import Variant, variants
+
+__all__ = ["SIGNATURES", "Hit", "Signature", "hits"]
+
+# up to two words between the parts of a phrase, within one clause (no ".;:" between)
+_W = r"(?:[\s,]+[\w'-]+){0,2}?[\s,]+"
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    name: str
+    kind: str  # "injection" or "jailbreak"
+    pattern: re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    name: str
+    kind: str
+    how: str  # the reading it was found in
+
+
+def _sig(name: str, kind: str, pattern: str) -> Signature:
+    return Signature(name, kind, re.compile(pattern, re.IGNORECASE))
+
+
+SIGNATURES: tuple[Signature, ...] = (
+    _sig(
+        "override",
+        "injection",
+        r"\b(?:ignore|disregard|forget|skip|override|bypass|abandon)\b"
+        + _W
+        + r"(?:previous|prior|above|earlier|preceding|former|initial|original|all|any|your)\b"
+        + _W
+        + r"(?:instructions?|prompts?|rules|directions|directives|guidelines"
+        + r"|guardrails|constraints|programming|orders)\b",
+    ),
+    _sig(
+        "new-orders",
+        "injection",
+        r"\b(?:new|updated|real|actual|revised|override)\s+(?:instructions?|system\s+prompt|"
+        r"task|rules)\s*(?::|are\b|is\b)",
+    ),
+    _sig(
+        "reveal",
+        "injection",
+        r"\b(?:reveal|print|show|repeat|output|display|leak|dump|disclose|spell out|tell me)\b"
+        + _W
+        + r"(?:system|initial|hidden|secret|original|pre-?prompt|above)\s+"
+        r"(?:prompt|instructions?|message|password|rules)",
+    ),
+    _sig(
+        "forged-turn",
+        "injection",
+        r"(?:^|\n)\s*(?:\[/?(?:system|INST)\]|<\|?(?:system|im_start|im_end|endoftext)\|?>"
+        r"|#{2,}\s*(?:system|new instructions?)\b|(?:system|assistant)\s*:\s*(?:you|ignore|new))",
+    ),
+    _sig(
+        "persona",  # the word "jailbreak" alone is a topic (phones, games), not an attack
+        "jailbreak",
+        r"\b(?:do anything now|developer mode (?:enabled|output|on)|jailbroken|jailbreak mode|"
+        r"unfiltered and amoral|evil (?:confidant|assistant)|no (?:ethical|moral) "
+        r"(?:guidelines|restrictions|principles|boundaries))\b",
+    ),
+    _sig(
+        "no-limits",  # a fixed set of qualifiers: "without violating copyright policies" is fine
+        "jailbreak",
+        r"\b(?:free(?:d)? (?:from|of)|without|not bound by|no longer (?:bound|restricted) by|"
+        r"breaks? free (?:of|from)|(?:don't|do not) have to (?:abide by|follow))\s+"
+        r"(?:(?:any|all|the|its|your|their|of|usual|typical|openai's|openai|content|ethical|"
+        r"moral|safety|normal)\s+)*(?:rules|restrictions|policies|guidelines|filters|"
+        r"censorship|limitations)\b",
+    ),
+    _sig("dan", "jailbreak", r"(?-i:\bDAN\b)|\bSTAN\b|(?-i:\bDUDE\b)|\bAIM\b(?=.*machiavell)"),
+    _sig(
+        "stay-in-character",
+        "jailbreak",
+        r"\b(?:stay in character|never break character|if you break character)\b",
+    ),
+)
+
+
+def hits(text: str, readings: list[Variant] | None = None) -> list[Hit]:
+    """Every signature found in any reading of ``text`` (its variants unless given)."""
+    found: list[Hit] = []
+    for v in readings if readings is not None else variants(text):
+        for sig in SIGNATURES:
+            if sig.pattern.search(v.text):
+                found.append(Hit(sig.name, sig.kind, v.how))
+    return found
