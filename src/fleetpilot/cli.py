@@ -259,6 +259,70 @@ def advise(
     print_advice(advice, Console(width=max(Console().width, 140)))
 
 
+guard_app = typer.Typer(
+    help="Guardrails: prompt injection, jailbreaks, personal data and secrets.",
+    no_args_is_help=True,
+)
+app.add_typer(guard_app, name="guard")
+
+_MODEL = Annotated[
+    Path | None, typer.Option(help="a model file from `fleetpilot guard train` (default: shipped)")
+]
+
+
+@guard_app.command("check")
+def guard_check(
+    text: Annotated[str, typer.Argument(help="the text to check ('-' reads stdin)")],
+    model: _MODEL = None,
+    json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+) -> None:
+    """Verdict, score, the layer that decided, and the text with personal data redacted;
+    exit status 1 for an attack."""
+    import sys
+
+    from rich.console import Console
+
+    from fleetpilot.guard.commands import run_check
+
+    body = sys.stdin.read() if text == "-" else text
+    raise typer.Exit(1 if _guard(run_check, body, model, json, Console()) else 0)
+
+
+@guard_app.command("eval")
+def guard_eval(
+    data: Annotated[
+        Path | None,
+        typer.Option(help="the guard data folder (default: $FLEETPILOT_DATA/guard) or one file"),
+    ] = None,
+    model: _MODEL = None,
+    side: Annotated[str, typer.Option(help="test (never trained on) | train | all")] = "test",
+) -> None:
+    """Per set: true- and false-positive rates, F1, ROC-AUC and latency, beside length alone."""
+    from rich.console import Console
+
+    from fleetpilot.guard.commands import run_eval
+
+    if side not in ("test", "train", "all"):
+        raise typer.BadParameter("--side is test, train or all")
+    _guard(run_eval, data, model, side, Console(width=max(Console().width, 150)))
+
+
+@guard_app.command("train")
+def guard_train(
+    data: Annotated[
+        Path | None, typer.Option(help="the guard data folder (default: $FLEETPILOT_DATA/guard)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="where to write the model")] = Path("guard-model.npz"),
+    seed: Annotated[int, typer.Option(help="the family split's and the folds' seed")] = 20261201,
+) -> None:
+    """Train the linear layer on the training side of the family split (reproducible)."""
+    from rich.console import Console
+
+    from fleetpilot.guard.commands import run_train
+
+    _guard(run_train, data, out, seed, Console())
+
+
 def _guard(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     """Run an engine; a configuration error becomes one line on stderr and exit status 2."""
     from fleetpilot.errors import FleetpilotError

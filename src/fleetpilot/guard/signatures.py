@@ -28,7 +28,9 @@ _W = r"(?:[\s,]+[\w'-]+){0,2}?[\s,]+"
 class Signature:
     name: str
     kind: str  # "injection" or "jailbreak"
-    pattern: re.Pattern[str]
+    pattern: re.Pattern[str]  # on the lowercased reading, unless ``cased``
+    anchors: frozenset[str]  # words one of which every match contains: no word, no search
+    cased: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +40,8 @@ class Hit:
     how: str  # the reading it was found in
 
 
-def _sig(name: str, kind: str, pattern: str) -> Signature:
-    return Signature(name, kind, re.compile(pattern, re.IGNORECASE))
+def _sig(name: str, kind: str, pattern: str, anchors: str, *, cased: bool = False) -> Signature:
+    return Signature(name, kind, re.compile(pattern), frozenset(anchors.split()), cased)
 
 
 SIGNATURES: tuple[Signature, ...] = (
@@ -52,12 +54,14 @@ SIGNATURES: tuple[Signature, ...] = (
         + _W
         + r"(?:instructions?|prompts?|rules|directions|directives|guidelines"
         + r"|guardrails|constraints|programming|orders)\b",
+        "ignore disregard forget skip override bypass abandon",
     ),
     _sig(
         "new-orders",
         "injection",
         r"\b(?:new|updated|real|actual|revised|override)\s+(?:instructions?|system\s+prompt|"
         r"task|rules)\s*(?::|are\b|is\b)",
+        "instruction instructions system task rules",
     ),
     _sig(
         "reveal",
@@ -66,12 +70,14 @@ SIGNATURES: tuple[Signature, ...] = (
         + _W
         + r"(?:system|initial|hidden|secret|original|pre-?prompt|above)\s+"
         r"(?:prompt|instructions?|message|password|rules)",
+        "prompt instruction instructions message password rules",
     ),
     _sig(
         "forged-turn",
         "injection",
         r"(?:^|\n)\s*(?:\[/?(?:system|INST)\]|<\|?(?:system|im_start|im_end|endoftext)\|?>"
         r"|#{2,}\s*(?:system|new instructions?)\b|(?:system|assistant)\s*:\s*(?:you|ignore|new))",
+        "system inst im_start im_end endoftext assistant new",
     ),
     _sig(
         "persona",  # the word "jailbreak" alone is a topic (phones, games), not an attack
@@ -79,6 +85,7 @@ SIGNATURES: tuple[Signature, ...] = (
         r"\b(?:do anything now|developer mode (?:enabled|output|on)|jailbroken|jailbreak mode|"
         r"unfiltered and amoral|evil (?:confidant|assistant)|no (?:ethical|moral) "
         r"(?:guidelines|restrictions|principles|boundaries))\b",
+        "anything developer jailbroken jailbreak unfiltered evil ethical moral",
     ),
     _sig(
         "no-limits",  # a fixed set of qualifiers: "without violating copyright policies" is fine
@@ -88,21 +95,41 @@ SIGNATURES: tuple[Signature, ...] = (
         r"(?:(?:any|all|the|its|your|their|of|usual|typical|openai's|openai|content|ethical|"
         r"moral|safety|normal)\s+)*(?:rules|restrictions|policies|guidelines|filters|"
         r"censorship|limitations)\b",
+        "rules restrictions policies guidelines filters censorship limitations",
     ),
-    _sig("dan", "jailbreak", r"(?-i:\bDAN\b)|\bSTAN\b|(?-i:\bDUDE\b)|\bAIM\b(?=.*machiavell)"),
+    _sig(
+        "dan",
+        "jailbreak",
+        r"\bDAN\b|\b[Ss][Tt][Aa][Nn]\b|\bDUDE\b|\bAIM\b(?=.*[Mm]achiavell)",
+        "dan stan dude aim",
+        cased=True,
+    ),
     _sig(
         "stay-in-character",
         "jailbreak",
         r"\b(?:stay in character|never break character|if you break character)\b",
+        "character",
     ),
 )
 
 
+# punctuation to spaces, so that str.split() yields the words (C speed, no regex scan)
+_WORDS = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^`{|}~\n\t\r"})
+
+
 def hits(text: str, readings: list[Variant] | None = None) -> list[Hit]:
-    """Every signature found in any reading of ``text`` (its variants unless given)."""
+    """Every signature found in any reading of ``text`` (its variants unless given).
+
+    A regex scan of a long text costs a quarter of a millisecond, so a signature is searched
+    for only in a reading that has one of its anchor words; most readings of most texts have
+    none (a rot13 reading of honest text never does)."""
     found: list[Hit] = []
     for v in readings if readings is not None else variants(text):
+        lower = v.text.lower()
+        words = set(lower.translate(_WORDS).split())
         for sig in SIGNATURES:
-            if sig.pattern.search(v.text):
+            if sig.anchors.isdisjoint(words):
+                continue
+            if sig.pattern.search(v.text if sig.cased else lower):
                 found.append(Hit(sig.name, sig.kind, v.how))
     return found
