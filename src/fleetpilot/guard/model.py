@@ -93,18 +93,17 @@ def _windows(w: np.ndarray, size: int) -> float:
     """The highest window score: the n-grams of every order that start in the window,
     summed, over the square root of their number.  ``w`` holds each order's n-grams in turn
     (as :func:`ngram_buckets` returns them), ``size`` - n + 1 of order n."""
-    starts = np.arange(0, size - WINDOW + 1, STRIDE)
-    total = np.zeros(len(starts))
-    count = np.zeros(len(starts))
+    per_position = np.zeros(size, dtype=np.float64)
     at = 0
     for n in ORDERS:
         length = size - n + 1
-        c = np.concatenate([[0.0], np.cumsum(w[at : at + length], dtype=np.float64)])
-        ends = np.minimum(starts + WINDOW, length)
-        total += c[ends] - c[starts]
-        count += ends - starts
+        per_position[:length] += w[at : at + length]
         at += length
-    return float((total / np.sqrt(np.maximum(count, 1))).max())
+    c = np.concatenate([[0.0], np.cumsum(per_position)])
+    starts = np.arange(0, size - WINDOW + 1, STRIDE)
+    ends = starts + WINDOW
+    # every order has an n-gram at every position of a window but the last few of the text
+    return float(((c[ends] - c[starts]) / math.sqrt(WINDOW * len(ORDERS))).max())
 
 
 @dataclass(slots=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import re
 import unicodedata
 import urllib.parse
@@ -43,14 +42,18 @@ _CONFUSABLE_PAIRS = (
 )
 _CONFUSABLES = {ord(p[0]): p[1] for p in _CONFUSABLE_PAIRS.split()}
 _CLEAN = {**_INVISIBLE, **_CONFUSABLES}
+_CLEAN_ANY = re.compile("[" + "".join(map(chr, _CLEAN)) + "]+")
 
 # Unicode tag characters (U+E0020..U+E007E) mirror printable ASCII and render as nothing:
 # text written in them is read by a model and seen by no one.
 _TAGS = re.compile("[\U000e0020-\U000e007e]+")
 _TAG_ANY = re.compile("[\U000e0000-\U000e007f]")
 
-_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a",
-                       "$": "s", "!": "i", "|": "l", "+": "t"})  # fmt: skip
+_LEET = bytes.maketrans(b"013457@$!|+", b"oieastasilt")
+_ROT13 = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    b"NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm",
+)
 # letters one by one with one separator between: "i g n o r e", "i.g.n.o.r.e"; words apart by
 # two or more ("i g n o r e   a l l")
 _SPACED = re.compile(r"(?<![^\W_])(?:[^\W\d_][ .\-_*]){2,}[^\W\d_](?![^\W_])")
@@ -70,6 +73,7 @@ def _table(chars: str) -> np.ndarray:
 _B64_BYTES = _table("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-")
 _HEX_BYTES = _table("0123456789abcdefABCDEF")
 _LETTER = _table("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_LEET_BYTES = _table("013457@$!|+")
 _SEP = _table(" .-_*")
 
 
@@ -96,7 +100,9 @@ def clean(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     if _TAG_ANY.search(text):
         text = _TAG_ANY.sub("", text)
-    return text.translate(_CLEAN)
+    # str.translate with a table this size costs a millisecond on a long text; the few
+    # characters there are to change are changed where they are
+    return _CLEAN_ANY.sub(lambda m: m.group().translate(_CLEAN), text)
 
 
 def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
@@ -139,10 +145,14 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
             found.append(
                 Variant("spacing", _SPACED.sub(lambda m: _SEPARATORS.sub("", m.group()), base))
             )
-    leet = base.translate(_LEET)
-    if leet != base:
-        found.append(Variant("leet", leet))
-    found.append(Variant("rot13", codecs.encode(base, "rot13")))
+    if len(b) > 2:
+        # leetspeak: a leet character inside a word, more than once ("1gn0r3", not "in 2024")
+        letter, leet = _LETTER[b], _LEET_BYTES[b]
+        inside = (letter[:-2] & leet[1:-1] & letter[2:]) | (leet[:-2] & leet[1:-1] & letter[2:])
+        if np.count_nonzero(inside | (letter[:-2] & leet[1:-1] & leet[2:])) >= 2:
+            found.append(Variant("leet", raw.translate(_LEET).decode("utf-8", "replace")))
+    # rot13 on the bytes: UTF-8's multi-byte sequences have no byte below 0x80 to change
+    found.append(Variant("rot13", raw.translate(_ROT13).decode("utf-8", "replace")))
     return out + found[:max_decoded]
 
 

@@ -29,7 +29,7 @@ class Signature:
     name: str
     kind: str  # "injection" or "jailbreak"
     pattern: re.Pattern[str]  # on the lowercased reading, unless ``cased``
-    anchors: frozenset[str]  # words one of which every match contains: no word, no search
+    anchors: frozenset[bytes]  # words one of which every match contains: no word, no search
     cased: bool = False
 
 
@@ -41,7 +41,7 @@ class Hit:
 
 
 def _sig(name: str, kind: str, pattern: str, anchors: str, *, cased: bool = False) -> Signature:
-    return Signature(name, kind, re.compile(pattern), frozenset(anchors.split()), cased)
+    return Signature(name, kind, re.compile(pattern), frozenset(anchors.encode().split()), cased)
 
 
 SIGNATURES: tuple[Signature, ...] = (
@@ -114,7 +114,8 @@ SIGNATURES: tuple[Signature, ...] = (
 
 
 # punctuation to spaces, so that str.split() yields the words (C speed, no regex scan)
-_WORDS = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^`{|}~\n\t\r"})
+_PUNCT = b"!\"#$%&'()*+,-./:;<=>?@[\\]^`{|}~\n\t\r"
+_WORDS = bytes.maketrans(_PUNCT, b" " * len(_PUNCT))
 
 
 def hits(text: str, readings: list[Variant] | None = None) -> list[Hit]:
@@ -126,10 +127,39 @@ def hits(text: str, readings: list[Variant] | None = None) -> list[Hit]:
     found: list[Hit] = []
     for v in readings if readings is not None else variants(text):
         lower = v.text.lower()
-        words = set(lower.translate(_WORDS).split())
+        words = set(lower.encode("utf-8", "replace").translate(_WORDS).split())
         for sig in SIGNATURES:
-            if sig.anchors.isdisjoint(words):
-                continue
-            if sig.pattern.search(v.text if sig.cased else lower):
+            present = sig.anchors.intersection(words)
+            if present and _search(sig, v.text if sig.cased else lower, lower, present):
                 found.append(Hit(sig.name, sig.kind, v.how))
     return found
+
+
+_REACH = 240  # characters a match may span on either side of its anchor word
+
+
+def _search(sig: Signature, text: str, lower: str, anchors: frozenset[bytes]) -> bool:
+    """Search only around the anchor words' occurrences (a match contains one), unless
+    they are so many that the whole text is cheaper."""
+    if len(text) <= 4 * _REACH:
+        return sig.pattern.search(text) is not None
+    spans: list[tuple[int, int]] = []
+    for word in anchors:
+        needle = word.decode()
+        at = lower.find(needle)
+        while at >= 0:
+            spans.append((max(0, at - _REACH), at + len(needle) + _REACH))
+            if len(spans) > 16:
+                return sig.pattern.search(text) is not None
+            at = lower.find(needle, at + 1)
+    return any(sig.pattern.search(text, start, end) for start, end in _merge(spans))
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
