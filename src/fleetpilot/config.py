@@ -22,7 +22,7 @@ import ipaddress
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -235,6 +235,41 @@ class PoolConfig(_Frozen):
         return [replica_url(u) for u in v]
 
 
+Action = Literal["block", "flag", "log", "off"]
+
+
+class GuardPolicy(_Frozen):
+    """What the guard does about each finding: ``block`` (400 before the request goes on, or
+    the answer cut), ``flag`` (served, with an ``x-fleetpilot-guard`` header and a metric),
+    ``log`` (served; a log line and the metric), ``off`` (not checked).  Personal data may
+    also be ``redact``ed: replaced by placeholders before the replica sees it."""
+
+    attack: Action = "block"  # prompt injection or jailbreak in the user's own text
+    indirect: Action = "block"  # the same in text that is not the user's (tool results)
+    pii: Literal["block", "redact", "flag", "log", "off"] = "redact"
+    output: Action = "block"  # the answer leaks the system prompt, its canary or a secret
+
+
+class GuardConfig(_Frozen):
+    """The fleet file's ``guard:`` section; off unless ``enabled``.  A route's policy (by
+    path) wins over a tenant's, which wins over ``default``."""
+
+    enabled: bool = False
+    model: str | None = Field(default=None, description="a `guard train` file; default: shipped")
+    threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
+    canary: bool = Field(default=True, description="plant a canary token in system prompts")
+    default: GuardPolicy = GuardPolicy()
+    tenants: dict[str, GuardPolicy] = Field(default_factory=dict)
+    routes: dict[str, GuardPolicy] = Field(default_factory=dict)
+
+    def policy(self, tenant: str | None, path: str) -> GuardPolicy:
+        if path in self.routes:
+            return self.routes[path]
+        if tenant is not None and tenant in self.tenants:
+            return self.tenants[tenant]
+        return self.default
+
+
 class StoreConfig(_Frozen):
     """The shared store: ``memory://``, ``sqlite:///path/file.db`` or ``redis://host:port/db``
     (one setting, read by the gateway and the controller alike)."""
@@ -249,6 +284,7 @@ class FleetConfig(_Frozen):
         default=None, description="shared state; tenants, budgets and limits need one"
     )
     tenancy: TenancyConfig = TenancyConfig()
+    guard: GuardConfig = GuardConfig()
 
     @field_validator("pools")
     @classmethod

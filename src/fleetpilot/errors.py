@@ -97,6 +97,16 @@ class BadRequest(ApiError):
     type = "invalid_request_error"
 
 
+class GuardBlocked(BadRequest):
+    """A guardrail refused the request, or cut its answer; ``code`` says which rule
+    (``prompt_injection``, ``jailbreak``, ``indirect_prompt_injection``, ``pii_detected``,
+    ``output_leak``)."""
+
+    def __init__(self, message: str, *, code: str, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.code = code
+
+
 class Unauthorized(ApiError):
     status = 401
     type = "invalid_request_error"

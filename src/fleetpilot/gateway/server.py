@@ -263,6 +263,16 @@ def pipeline(config: FleetConfig, upstream: Proxy, tenancy: Tenancy | None = Non
         stages.append(admission_stage(tenancy.admission, tenancy.prices, upstream.fleet))
     elif keys.required:
         stages.append(auth_stage(keys))
+    if config.guard.enabled:  # imported only when on: a gateway without it does no guard work
+        from fleetpilot.gateway.stages.guard import GuardMetrics, guard_stage
+        from fleetpilot.guard.detector import Detector
+
+        path = Path(config.guard.model) if config.guard.model else None
+        try:
+            detector = Detector.from_path(path, threshold=config.guard.threshold)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"guard.model: {exc}") from None
+        stages.append(guard_stage(config.guard, detector, GuardMetrics(upstream.metrics.registry)))
     return compose(stages, upstream)
 
 

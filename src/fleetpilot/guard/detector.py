@@ -2,9 +2,12 @@
 stage for the uncertain band.
 
 1. Every reading of the text (:func:`~fleetpilot.guard.normalise.variants`).
-2. A signature found in a *hidden* reading (decoded base64 or hex, tag characters, rot13,
-   spaced letters, leetspeak) decides alone: honest text does not hide an order to ignore
-   the rules.
+2. A signature decides alone, in any reading: each is a phrase, not a word, and on the
+   shared benign sets (NotInject, xstest, role-play, WildGuard, llm-warden's benign) they
+   fire on at most 0.8% of rows; found in a *hidden* reading (decoded base64 or hex, tag
+   characters, rot13, spaced letters, leetspeak) it is all the more telling, since honest
+   text does not hide an order to ignore the rules.  The model alone missed short
+   injections that the signatures name exactly ("ignore all previous instructions and ...").
 3. Otherwise the model scores the clean text and each decoded payload; the highest score is
    the verdict, against the threshold chosen in training.
 4. A score inside the model's uncertain band goes to the second stage, when one is set (a
@@ -67,11 +70,10 @@ class Detector:
         readings = variants(text)
         found = hits(text, readings)
         names = tuple(dict.fromkeys(h.name for h in found))
-        hidden = next((h for h in found if h.how != "clean"), None)
-        if hidden is not None:
-            return Verdict(True, 1.0, "signature", hidden.how, names)
-        clean_hits = [h for h in found if h.how == "clean"]
-        score, reading = self.model.score(readings[0].text, clean_hits), "clean"
+        if found:
+            first = next((h for h in found if h.how != "clean"), found[0])
+            return Verdict(True, 1.0, "signature", first.how, names)
+        score, reading = self.model.score(readings[0].text, []), "clean"
         for v in readings[1:]:
             if v.how in _DECODED:
                 s = self.model.score(v.text, [])
