@@ -53,6 +53,7 @@ _MAX_OPEN_CONNECTIONS = 2048  # an open loop against a proxy that falls behind s
 TARGETS = {"added_p50_c1_ms": 1.0, "max_rps": 2000.0, "added_p99_rate_ms": 5.0, "rss_mb": 150.0}
 HIGH_RATE_P99_MS = 1.0  # added p99 at --rate-high (TensorZero publishes 0.94 ms at 10,000 QPS)
 STAGES = {"added_p50_c1_ms": 0.5, "rps_share": 0.70}  # stages on, against the same gateway off
+GUARD_ADDED_P50_MS = 0.3  # the guard stage on, against the same gateway off, at concurrency 1
 
 
 # --------------------------------------------------------------------------- client process
@@ -567,13 +568,17 @@ def _relay(up_port: int) -> _Proxy:
 
 
 def _fleetpilot(
-    args: argparse.Namespace, up_port: int, tmp: Path, store: str | None = None
+    args: argparse.Namespace,
+    up_port: int,
+    tmp: Path,
+    store: str | None = None,
+    guard: bool = False,
 ) -> _Proxy:
     """fleetpilot's gateway; with ``store``, with its tenancy stages on: every request carries
     a tenant key, passes requests- and tokens-per-minute limits and takes a budget hold (one
     Redis round trip), and is settled into the ledger after its answer."""
     port = _free_port()
-    name = "fleetpilot" if store is None else "fleetpilot+stages"
+    name = "fleetpilot+guard" if guard else "fleetpilot" if store is None else "fleetpilot+stages"
     fleet = tmp / f"{name}.yaml"
     pool = {
         "name": "bench",
@@ -589,6 +594,8 @@ def _fleetpilot(
                   "budgets": [{"usd": 1e9, "period": "month"}]}  # fmt: skip
         data |= {"store": {"url": store}, "tenancy": {"tenants": [tenant]}}
         headers = {"Authorization": f"Bearer {_tenant_key(store, tenant)}"}
+    if guard:  # input checks, canary and output checks on every request
+        data["guard"] = {"enabled": True}
     fleet.write_text(yaml.safe_dump(data))
     if args.gateway_cmd:
         cmd = shlex.split(args.gateway_cmd.format(fleet=fleet, port=port, python=sys.executable))
@@ -841,6 +848,35 @@ def _stages_table(off: dict[str, Any], on: dict[str, Any]) -> Table:
     return t
 
 
+def _guard_table(off: dict[str, Any], on: dict[str, Any]) -> Table:
+    """The guard stage (input checks, canary, output checks) against the same gateway with
+    it off, at concurrency 1, each beside its own direct baseline of the same run."""
+    t = Table(title="fleetpilot with the guard stage on vs off (lowest concurrency)")
+    for col in ("point", "off", "on", "on − off", "goal", ""):
+        t.add_column(col, justify="right")
+    for stream in (False, True):
+        if not any(r["stream"] is stream for r in on["closed"]):
+            continue
+        a_row, b_row = _c1(off, stream), _c1(on, stream)
+        a, b = _added(a_row, "p50"), _added(b_row, "p50")
+        label = "stream" if stream else "json"
+        goal = "" if stream else f"≤ {GUARD_ADDED_P50_MS}"
+        verdict = (
+            ""
+            if stream
+            else _verdict(
+                b - a <= GUARD_ADDED_P50_MS,
+                a_row["direct"],
+                a_row["via"],
+                b_row["direct"],
+                b_row["via"],
+            )
+        )
+        c = a_row["concurrency"]
+        t.add_row(f"added p50, {label} c={c}, ms", _ms(a), _ms(b), _ms(b - a), goal, verdict)
+    return t
+
+
 BUSY_CORES = 0.25  # other processes' load above which a figure is not judged
 
 
@@ -1022,6 +1058,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="workers mixing streamed and json requests on each connection (0: none)",
     )
     ap.add_argument("--no-stages", action="store_true", help="skip the tenancy stages' phase")
+    ap.add_argument("--no-guard", action="store_true", help="skip the guard stage's phase")
     ap.add_argument(
         "--skip-relay",
         action="store_true",
@@ -1112,6 +1149,9 @@ def main(argv: list[str] | None = None) -> int:
                     on = _fleetpilot(args, up_port, tmp, store)
                     top = max(args.concurrency)
                     results[on.name] = bench.phase(on, tmp, [(False, c1), (False, top)])
+            if not args.no_guard and not args.gateway_cmd:
+                g = _fleetpilot(args, up_port, tmp, guard=True)
+                results[g.name] = bench.phase(g, tmp, [(False, c1), (True, c1)])
         except RuntimeError as exc:
             console.print(f"[red]{exc}")
             return 2
@@ -1146,6 +1186,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(_stages_table(results["fleetpilot"], results["fleetpilot+stages"]))
     else:
         console.print(f"Stages on/off comparison skipped: {stages_why}.")
+    if "fleetpilot+guard" in results:
+        console.print(_guard_table(results["fleetpilot"], results["fleetpilot+guard"]))
     if ll is not None:
         console.print(_ratio_table(results["fleetpilot"], results["litellm"]))
         results["ratios"] = _comparable(results["fleetpilot"], results["litellm"])

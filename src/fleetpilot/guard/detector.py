@@ -42,7 +42,7 @@ class Verdict:
     score: float
     layer: str  # what decided: "signature", "model", "second-stage"
     reading: str  # the reading it was decided on: "clean", "base64", ...
-    signatures: tuple[str, ...]  # every signature that fired, on any reading
+    signatures: tuple[str, ...]  # the signature that decided, if one did
 
     def describe(self) -> str:
         verdict = "attack" if self.attack else "benign"
@@ -68,7 +68,7 @@ class Detector:
 
     def check(self, text: str) -> Verdict:
         readings = variants(text)
-        found = hits(text, readings)
+        found = hits(text, readings, first=True)
         names = tuple(dict.fromkeys(h.name for h in found))
         if found:
             first = next((h for h in found if h.how != "clean"), found[0])

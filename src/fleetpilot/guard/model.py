@@ -73,7 +73,7 @@ def dense_features(text: str, hits: list[Hit], raw: np.ndarray | None = None) ->
     names = {h.name for h in hits if h.how == "clean"}
     b = _bytes(text) if raw is None else raw
     n = max(len(b), 1)
-    alnum, space = _ALNUM[b], _SPACE[b]
+    alnum, space = np.take(_ALNUM, b), np.take(_SPACE, b)
     symbol = ~(alnum | space)
     odd = int(np.count_nonzero(alnum[:-2] & symbol[1:-1] & symbol[2:])) if n > 2 else 0
     tokens = int(np.count_nonzero(space)) + 1

@@ -56,8 +56,8 @@ _ROT13 = bytes.maketrans(
 )
 # letters one by one with one separator between: "i g n o r e", "i.g.n.o.r.e"; words apart by
 # two or more ("i g n o r e   a l l")
-_SPACED = re.compile(r"(?<![^\W_])(?:[^\W\d_][ .\-_*]){2,}[^\W\d_](?![^\W_])")
-_SEPARATORS = re.compile(r"[ .\-_*]")
+_SPACED_BYTES = re.compile(rb"(?<![A-Za-z0-9_])(?:[A-Za-z][ .\-_*]){2,}[A-Za-z](?![A-Za-z0-9_])")
+_SEPARATOR_BYTES = re.compile(rb"[ .\-_*]")
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4}){4,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _BASE64_URL = re.compile(r"[A-Za-z0-9_-]{20,}={0,2}")
 _HEX = re.compile(r"(?:(?:\\x|0x)?[0-9A-Fa-f]{2}[ :]?){8,}")
@@ -72,6 +72,7 @@ def _table(chars: str) -> np.ndarray:
 
 _B64_BYTES = _table("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-")
 _HEX_BYTES = _table("0123456789abcdefABCDEF")
+_HEXISH = _table("0123456789abcdefABCDEFx\\ :")
 _LETTER = _table("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _LEET_BYTES = _table("013457@$!|+")
 _SEP = _table(" .-_*")
@@ -93,11 +94,26 @@ class Variant:
     text: str
 
 
+# UTF-8 lead bytes of what clean() changes: U+00AD (C2), Greek and Cyrillic (CE-D4),
+# U+1800s and U+2000s (E1, E2), U+FEFF (EF), tag characters (F3)
+_SUSPECT_LEAD = np.zeros(256, dtype=bool)
+_SUSPECT_LEAD[[0xC2, *range(0xCE, 0xD5), 0xE1, 0xE2, 0xEF, 0xF3]] = True
+
+
+def _suspect(text: str) -> bool:
+    """Whether ``text`` may hold a character clean() changes (a numpy pass over its bytes;
+    a regex pass over a long non-ASCII text costs a tenth of a millisecond)."""
+    raw = np.frombuffer(text.encode("utf-8", "replace"), dtype=np.uint8)
+    return bool(np.take(_SUSPECT_LEAD, raw).any())
+
+
 def clean(text: str) -> str:
     """NFKC, homoglyphs to Latin, invisible and bidirectional characters removed."""
     if text.isascii():
         return text
     text = unicodedata.normalize("NFKC", text)
+    if not _suspect(text):
+        return text
     if _TAG_ANY.search(text):
         text = _TAG_ANY.sub("", text)
     # str.translate with a table this size costs a millisecond on a long text; the few
@@ -110,7 +126,7 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
     out = [Variant("clean", clean(text))]
     base = out[0].text
     found: list[Variant] = []
-    if not text.isascii():
+    if not text.isascii() and b"\xf3\xa0" in text.encode("utf-8", "replace"):  # U+E00xx tags
         hidden = "".join(chr(ord(c) - 0xE0000) for m in _TAGS.finditer(text) for c in m.group())
         if hidden:
             found.append(Variant("tags", hidden))
@@ -118,7 +134,7 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
     # quarter of a millisecond); only a candidate is handed to a regex or a decoder.
     raw = base.encode("utf-8", "replace")
     b = np.frombuffer(raw, dtype=np.uint8)
-    for start, end in _runs(_B64_BYTES[b], 20):
+    for start, end in _runs(np.take(_B64_BYTES, b), 20):
         run = raw[start:end].decode("ascii")
         for m in _BASE64.finditer(run):
             decoded = _printable(_b64(m.group(), urlsafe=False))
@@ -129,31 +145,49 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
                 decoded = _printable(_b64(m.group(), urlsafe=True))
                 if decoded:
                     found.append(Variant("base64", decoded))
-    if _runs(_HEX_BYTES[b], 16) or "\\x" in base or "0x" in base:
-        for m in _HEX.finditer(base):
-            digits = re.sub(r"\\x|0x|[ :]", "", m.group())
-            if len(digits) % 2 == 0:
-                with_bytes = _printable(binascii.unhexlify(digits))
-                if with_bytes:
-                    found.append(Variant("hex", with_bytes))
+    if _runs(np.take(_HEX_BYTES, b), 16) or b"\\x" in raw or b"0x" in raw:
+        for start, end in _runs(np.take(_HEXISH, b), 16):
+            for m in _HEX.finditer(raw[start:end].decode("ascii")):
+                digits = re.sub(r"\\x|0x|[ :]", "", m.group())
+                if len(digits) % 2 == 0:
+                    with_bytes = _printable(binascii.unhexlify(digits))
+                    if with_bytes:
+                        found.append(Variant("hex", with_bytes))
     if "%" in base and len(_PERCENT.findall(base)) >= 3:
         found.append(Variant("url", urllib.parse.unquote(base)))
     if len(b) > 6:
-        letter, sep = _LETTER[b], _SEP[b]
+        letter, sep = np.take(_LETTER, b), np.take(_SEP, b)
         spaced = letter[:-6] & sep[1:-5] & letter[2:-4] & sep[3:-3] & letter[4:-2] & sep[5:-1]
-        if spaced.any() and _SPACED.search(base):
-            found.append(
-                Variant("spacing", _SPACED.sub(lambda m: _SEPARATORS.sub("", m.group()), base))
-            )
+        if spaced.any():
+            # the spaced-out stretches with some context, collapsed; the regex reads only them
+            spans = _merge_spans(np.flatnonzero(spaced), before=96, after=320, size=len(b))
+            pieces = [
+                _SPACED_BYTES.sub(lambda m: _SEPARATOR_BYTES.sub(b"", m.group()), raw[lo:hi])
+                for lo, hi in spans
+            ]
+            found.append(Variant("spacing", b"\n".join(pieces).decode("utf-8", "replace")))
     if len(b) > 2:
         # leetspeak: a leet character inside a word, more than once ("1gn0r3", not "in 2024")
-        letter, leet = _LETTER[b], _LEET_BYTES[b]
+        letter, leet = np.take(_LETTER, b), np.take(_LEET_BYTES, b)
         inside = (letter[:-2] & leet[1:-1] & letter[2:]) | (leet[:-2] & leet[1:-1] & letter[2:])
         if np.count_nonzero(inside | (letter[:-2] & leet[1:-1] & leet[2:])) >= 2:
             found.append(Variant("leet", raw.translate(_LEET).decode("utf-8", "replace")))
     # rot13 on the bytes: UTF-8's multi-byte sequences have no byte below 0x80 to change
     found.append(Variant("rot13", raw.translate(_ROT13).decode("utf-8", "replace")))
     return out + found[:max_decoded]
+
+
+def _merge_spans(
+    points: np.ndarray, *, before: int, after: int, size: int
+) -> list[tuple[int, int]]:
+    """Windows around sorted ``points``, overlapping ones merged (vectorised: a long text
+    can have thousands of points)."""
+    starts = np.maximum(points - before, 0)
+    ends = np.minimum(points + after, size)
+    new = np.concatenate(([True], starts[1:] > ends[:-1]))
+    firsts = np.flatnonzero(new)
+    lasts = np.concatenate((firsts[1:] - 1, [len(points) - 1]))
+    return list(zip(starts[firsts].tolist(), ends[lasts].tolist(), strict=True))
 
 
 def _b64(chunk: str, *, urlsafe: bool) -> bytes:

@@ -29,7 +29,10 @@ class Signature:
     name: str
     kind: str  # "injection" or "jailbreak"
     pattern: re.Pattern[str]  # on the lowercased reading, unless ``cased``
-    anchors: frozenset[bytes]  # words one of which every match contains: no word, no search
+    # groups of words: every match contains a word of each group; a reading that lacks one
+    # group is not searched
+    anchors: tuple[frozenset[bytes], ...]
+    rot13: tuple[frozenset[bytes], ...]  # the anchors as a rot13 reading would have them
     cased: bool = False
 
 
@@ -40,8 +43,15 @@ class Hit:
     how: str  # the reading it was found in
 
 
+_ROT13 = bytes.maketrans(
+    b"abcdefghijklmnopqrstuvwxyz", b"nopqrstuvwxyzabcdefghijklm"
+)  # anchors are lowercase
+
+
 def _sig(name: str, kind: str, pattern: str, anchors: str, *, cased: bool = False) -> Signature:
-    return Signature(name, kind, re.compile(pattern), frozenset(anchors.encode().split()), cased)
+    groups = tuple(frozenset(g.encode().split()) for g in anchors.split("|"))
+    rot = tuple(frozenset(w.translate(_ROT13) for w in g) for g in groups)
+    return Signature(name, kind, re.compile(pattern), groups, rot, cased)
 
 
 SIGNATURES: tuple[Signature, ...] = (
@@ -54,14 +64,15 @@ SIGNATURES: tuple[Signature, ...] = (
         + _W
         + r"(?:instructions?|prompts?|rules|directions|directives|guidelines"
         + r"|guardrails|constraints|programming|orders)\b",
-        "ignore disregard forget skip override bypass abandon",
+        "ignore disregard forget skip override bypass abandon | instruction instructions prompt "
+        "prompts rules directions directives guidelines guardrails constraints programming orders",
     ),
     _sig(
         "new-orders",
         "injection",
         r"\b(?:new|updated|real|actual|revised|override)\s+(?:instructions?|system\s+prompt|"
         r"task|rules)\s*(?::|are\b|is\b)",
-        "instruction instructions system task rules",
+        "new updated real actual revised override | instruction instructions system task rules",
     ),
     _sig(
         "reveal",
@@ -70,7 +81,8 @@ SIGNATURES: tuple[Signature, ...] = (
         + _W
         + r"(?:system|initial|hidden|secret|original|pre-?prompt|above)\s+"
         r"(?:prompt|instructions?|message|password|rules)",
-        "prompt instruction instructions message password rules",
+        "reveal print show repeat output display leak dump disclose spell tell | prompt "
+        "instruction instructions message password rules",
     ),
     _sig(
         "forged-turn",
@@ -95,7 +107,8 @@ SIGNATURES: tuple[Signature, ...] = (
         r"(?:(?:any|all|the|its|your|their|of|usual|typical|openai's|openai|content|ethical|"
         r"moral|safety|normal)\s+)*(?:rules|restrictions|policies|guidelines|filters|"
         r"censorship|limitations)\b",
-        "rules restrictions policies guidelines filters censorship limitations",
+        "free freed without bound restricted break breaks have | rules restrictions policies "
+        "guidelines filters censorship limitations",
     ),
     _sig(
         "dan",
@@ -108,7 +121,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "stay-in-character",
         "jailbreak",
         r"\b(?:stay in character|never break character|if you break character)\b",
-        "character",
+        "character | stay never break",
     ),
 )
 
@@ -118,20 +131,37 @@ _PUNCT = b"!\"#$%&'()*+,-./:;<=>?@[\\]^`{|}~\n\t\r"
 _WORDS = bytes.maketrans(_PUNCT, b" " * len(_PUNCT))
 
 
-def hits(text: str, readings: list[Variant] | None = None) -> list[Hit]:
-    """Every signature found in any reading of ``text`` (its variants unless given).
+def hits(text: str, readings: list[Variant] | None = None, *, first: bool = False) -> list[Hit]:
+    """Every signature found in any reading of ``text`` (its variants unless given), or
+    only the first with ``first``.
 
     A regex scan of a long text costs a quarter of a millisecond, so a signature is searched
     for only in a reading that has one of its anchor words; most readings of most texts have
     none (a rot13 reading of honest text never does)."""
     found: list[Hit] = []
+    clean_words: set[bytes] | None = None
     for v in readings if readings is not None else variants(text):
+        # rot13 maps words to words: its reading has an anchor only if the clean one has the
+        # anchor's rot13, which needs no pass over the text
+        if (
+            v.how == "rot13"
+            and clean_words is not None
+            and not any(all(g & clean_words for g in sig.rot13) for sig in SIGNATURES)
+        ):
+            continue
         lower = v.text.lower()
         words = set(lower.encode("utf-8", "replace").translate(_WORDS).split())
+        if v.how == "clean":
+            clean_words = words
         for sig in SIGNATURES:
-            present = sig.anchors.intersection(words)
-            if present and _search(sig, v.text if sig.cased else lower, lower, present):
+            groups = [g.intersection(words) for g in sig.anchors]
+            if not all(groups):
+                continue
+            present = min(groups, key=len)  # search around the scarcer group's words
+            if _search(sig, v.text if sig.cased else lower, lower, present):
                 found.append(Hit(sig.name, sig.kind, v.how))
+                if first:  # enough to decide (the detector's use)
+                    return found
     return found
 
 
@@ -149,7 +179,7 @@ def _search(sig: Signature, text: str, lower: str, anchors: frozenset[bytes]) ->
         at = lower.find(needle)
         while at >= 0:
             spans.append((max(0, at - _REACH), at + len(needle) + _REACH))
-            if len(spans) > 16:
+            if len(spans) > 32:
                 return sig.pattern.search(text) is not None
             at = lower.find(needle, at + 1)
     return any(sig.pattern.search(text, start, end) for start, end in _merge(spans))
