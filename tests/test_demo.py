@@ -305,3 +305,23 @@ def test_the_tenants_part_shows_one_tenant_refused_for_quota_and_the_other_serve
     assert int(research["served"]) == int(research["settled requests"]) > 0
     assert float(research["spend $"]) <= 0.0006
     assert product["429 insufficient_quota"] == "0" and product["served"] == product["sent"]
+
+
+@pytest.mark.timeout(120)
+def test_the_guard_part_refuses_each_attack_with_its_code_and_serves_the_rest() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, width=220, force_terminal=False, color_system=None)
+    code = run_demo(10, ["cost_slo"], seed=1, console=console, parts=["guard"])
+    out = buf.getvalue()
+    assert code == 0, out
+    rows = [
+        [c.strip() for c in line.strip("│ ").split("│")]
+        for line in out.splitlines()
+        if line.startswith("│")
+    ]
+    outcomes = {r[0]: r[2] for r in rows}
+    assert outcomes["prompt injection"] == "prompt_injection"
+    assert outcomes["the same, in base64"] == "prompt_injection"
+    assert outcomes["injection in a tool result"] == "indirect_prompt_injection"
+    assert outcomes["honest, with trigger words"] == "served"
+    assert "the replica saw: My card [CARD_1] was charged twice" in out
