@@ -96,11 +96,18 @@ def run_eval(
 
 
 def run_train(source: Path | None, out: Path, seed: int, console: Console) -> Model:
-    root = data.data_root(source)
+    """Train on the training side of a data folder's family split, or on every row of one
+    file (a JSON-lines or CSV file with text and label)."""
+    root = data.data_root(source) if source is None or source.is_dir() else source
     examples = data.load(root)
+    if len({ex.label for ex in examples}) < 2:
+        raise ConfigError(f"{root}: training needs both attack (1) and benign (0) rows")
     fams = data.families(examples)
-    sides = data.split(examples, fams, seed=seed)
-    keep = [i for i, s in enumerate(sides) if s == "train" and examples[i].train]
+    if root.is_dir():
+        sides = data.split(examples, fams, seed=seed)
+        keep = [i for i, s in enumerate(sides) if s == "train" and examples[i].train]
+    else:
+        keep = list(range(len(examples)))
     console.print(
         f"{len(examples)} rows, {len(set(fams))} families; training on {len(keep)} "
         f"(the rest is the evaluation side, and sets whose licence forbids it)"

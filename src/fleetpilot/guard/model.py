@@ -1,15 +1,23 @@
-"""The trained layer: a linear model over hashed character n-grams and the signature hits.
+"""The trained layer: a linear model over hashed character n-grams, words and word pairs,
+with a few dense features (length, symbols, gibberish, the signature hits).
 
-Why this model: it runs in the request path.  Character 3–5-grams of the cleaned, lowercased
-text are hashed into 2^18 buckets with numpy (no Python loop per character), so a
-16,000-character prompt is scored in a fraction of a millisecond, and n-grams survive what
-word features do not: misspellings, glued words, partial leetspeak, any language.  The
-signature hits and the text's length enter as a few dense features, so the model can weigh
-them, and the evaluation's length-only baseline shows what the n-grams add.
+Why this model: it runs in the request path.  Character 3–5-grams and the words and word
+pairs of the cleaned, lowercased text are hashed into 2^18 buckets with numpy (no Python
+loop per character or per word: a word's hash is a difference of prefix sums of a
+polynomial hash), so a 16,000-character prompt is scored in a fraction of a millisecond.
+Character n-grams survive what word features do not (misspellings, glued words, partial
+leetspeak, any language); words and pairs carry what an attack asks for.
 
-The n-gram part is divided by the square root of the n-gram count, so a long honest text is
-not an attack for being long.  Weights ship as ``model.npz`` beside this file (float16; see
-MODEL.md there for the data it was trained on and their licences).
+*Gibberish* is how unlike honest text the worst 64-byte stretch reads: the mean, over its
+character trigrams, of their log-frequency in the benign training texts (a trigram language
+model kept in the model file).  Optimised adversarial suffixes (GCG, random search) read as
+noise to it; a perplexity filter is the usual defence against them, and this is one without
+a neural model.
+
+The sparse part is divided by the square root of the feature count, so a long honest text
+is not an attack for being long, and it is also scored on each 512-byte window, so an
+injection pasted into a long document is seen on its own.  Weights ship as ``model.npz``
+beside this file (float16; MODEL.md there names the data and their licences).
 """
 
 from __future__ import annotations
@@ -23,20 +31,36 @@ import numpy as np
 
 from fleetpilot.guard.signatures import SIGNATURES, Hit
 
-__all__ = ["BITS", "DENSE", "Model", "dense_features", "ngram_buckets"]
+__all__ = ["BITS", "DENSE", "Features", "Model", "base_dense", "features", "trigram_lm"]
 
 BITS = 18
 ORDERS = (3, 4, 5)
 MAX_BYTES = 32_768  # beyond this, the first and last halves are read (an attack has to be seen)
-DENSE = ("log_length", "non_ascii", "symbols", "odd_tokens", *(f"sig:{s.name}" for s in SIGNATURES))
+DENSE = (
+    "log_length", "non_ascii", "symbols", "odd_tokens", *(f"sig:{s.name}" for s in SIGNATURES),
+    "gibberish_worst", "gibberish_mean",
+)  # fmt: skip
 WINDOW = 512  # bytes: an attack pasted into a long document is scored on its own, too
 STRIDE = 256
+GIB_WINDOW = 64
 _ALNUM = np.zeros(256, dtype=bool)
 _ALNUM[[*range(48, 58), *range(65, 91), *range(97, 123), *range(128, 256)]] = True
 _SPACE = np.zeros(256, dtype=bool)
 _SPACE[[9, 10, 13, 32]] = True
 _PRIME = np.uint32(16777619)  # FNV-1's
+_INVERSE = np.uint32(pow(16777619, -1, 2**32))
 _MIX = np.uint32(2654435761)  # Knuth's multiplicative hash
+_WORD_SALT, _PAIR_SALT = np.uint32(101), np.uint32(102)
+
+
+def _powers(base: np.uint32) -> np.ndarray:
+    """base^k modulo 2^32 for k = 0 .. MAX_BYTES + 1."""
+    a = np.full(MAX_BYTES + 2, base, dtype=np.uint32)
+    a[0] = 1
+    return np.cumprod(a, dtype=np.uint32)
+
+
+_POWERS, _INVERSES = _powers(_PRIME), _powers(_INVERSE)  # P^k and P^-k, for every offset
 
 
 def _bytes(text: str) -> np.ndarray:
@@ -47,31 +71,69 @@ def _bytes(text: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8)
 
 
-def ngram_buckets(text: str, raw: np.ndarray | None = None) -> np.ndarray:
-    """The bucket of every character n-gram of ``text`` (lowercased UTF-8 bytes), repeats
-    kept: the model counts them."""
-    b = _bytes(text.lower()).astype(np.uint32) if raw is None else raw.astype(np.uint32)
-    parts = []
+def _bucket(h: np.ndarray, salt: np.uint32) -> np.ndarray:
+    return ((h + salt) * _MIX) >> np.uint32(32 - BITS)
+
+
+_ARANGE = np.arange(MAX_BYTES + 2)
+
+
+@dataclass(slots=True)
+class Features:
+    idx: np.ndarray  # bucket of every feature, repeats kept
+    tri: np.ndarray  # the trigrams' buckets, by position
+    size: int  # bytes read
+    word_starts: np.ndarray  # where each word starts (its pair starts there too)
+
+    def positions(self) -> np.ndarray:
+        """The byte each feature of ``idx`` starts at (only windows need them)."""
+        parts = [_ARANGE[: self.size - n + 1] for n in ORDERS if self.size >= n]
+        if len(self.word_starts):
+            parts += [self.word_starts, self.word_starts[:-1]]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def features(text: str) -> Features:
+    """Character 3-5-grams, words and word pairs of the lowercased text."""
+    raw = _bytes(text.lower())
+    b = raw.astype(np.uint32)
+    size = len(b)
+    idx = []
+    tri = np.zeros(0, dtype=np.uint32)
+    starts = np.zeros(0, dtype=np.int64)
     with np.errstate(over="ignore"):
-        h = np.zeros(len(b), dtype=np.uint32)
-        for k in range(max(ORDERS)):
-            n = k + 1
-            if len(b) < n:
+        h = b.copy()
+        for n in range(2, max(ORDERS) + 1):
+            if size < n:
                 break
-            h = h[: len(b) - k] * _PRIME + b[k:] if k else b.copy()
+            h = h[: size - n + 1] * _PRIME + b[n - 1 :]
             if n in ORDERS:
-                parts.append(((h + np.uint32(n)) * _MIX) >> np.uint32(32 - BITS))
-    if not parts:
-        return np.zeros(0, dtype=np.uint32)
-    return np.concatenate(parts)
+                bucket = _bucket(h, np.uint32(n))
+                if n == ORDERS[0]:
+                    tri = bucket
+                idx.append(bucket)
+        word = np.take(_ALNUM, raw)
+        if word.any():
+            edge = np.diff(np.concatenate(([False], word, [False])).astype(np.int8))
+            starts, ends = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)
+            # polynomial hash of each word from prefix sums: sum b[k] Q^k, times P^(end-1)
+            prefix = np.zeros(size + 1, dtype=np.uint32)
+            np.cumsum(b * _INVERSES[:size], dtype=np.uint32, out=prefix[1:])
+            powers = _POWERS
+            words = (prefix[ends] - prefix[starts]) * powers[ends - 1]
+            idx.append(_bucket(words, _WORD_SALT))
+            idx.append(_bucket(words[:-1] * _MIX + words[1:], _PAIR_SALT))
+    if not idx:
+        return Features(np.zeros(0, np.uint32), tri, size, starts)
+    return Features(np.concatenate(idx), tri, size, starts)
 
 
-def dense_features(text: str, hits: list[Hit], raw: np.ndarray | None = None) -> np.ndarray:
+def base_dense(text: str, hits: list[Hit]) -> np.ndarray:
     """Length, the share of non-ASCII bytes, of symbols, and of symbol runs glued to a word
     (adversarial suffixes such as ``giving**ONE please? revert with "\\!--Two``), then one
     flag per signature that fired on the clean text."""
     names = {h.name for h in hits if h.how == "clean"}
-    b = _bytes(text) if raw is None else raw
+    b = _bytes(text)
     n = max(len(b), 1)
     alnum, space = np.take(_ALNUM, b), np.take(_SPACE, b)
     symbol = ~(alnum | space)
@@ -89,21 +151,36 @@ def dense_features(text: str, hits: list[Hit], raw: np.ndarray | None = None) ->
     )
 
 
-def _windows(w: np.ndarray, size: int) -> float:
-    """The highest window score: the n-grams of every order that start in the window,
-    summed, over the square root of their number.  ``w`` holds each order's n-grams in turn
-    (as :func:`ngram_buckets` returns them), ``size`` - n + 1 of order n."""
-    per_position = np.zeros(size, dtype=np.float64)
-    at = 0
-    for n in ORDERS:
-        length = size - n + 1
-        per_position[:length] += w[at : at + length]
-        at += length
-    c = np.concatenate([[0.0], np.cumsum(per_position)])
+def gibberish(tri: np.ndarray, lm: np.ndarray) -> tuple[float, float]:
+    """(worst 64-byte window, whole text): mean trigram log-frequency, over 10."""
+    if not len(tri):
+        return 0.0, 0.0
+    v = lm[tri].astype(np.float64)
+    mean = float(v.mean())
+    if len(v) <= GIB_WINDOW:
+        return mean / 10.0, mean / 10.0
+    c = np.concatenate(([0.0], np.cumsum(v)))
+    starts = np.arange(0, len(v) - GIB_WINDOW + 1, GIB_WINDOW // 2)
+    worst = float(((c[starts + GIB_WINDOW] - c[starts]) / GIB_WINDOW).min())
+    return worst / 10.0, mean / 10.0
+
+
+def trigram_lm(tris: list[np.ndarray]) -> np.ndarray:
+    """Log-frequency of each trigram bucket in the given (benign) texts, add-one smoothed."""
+    every = np.concatenate(tris) if tris else np.zeros(0, dtype=np.uint32)
+    counts = np.bincount(every, minlength=1 << BITS).astype(np.float64)
+    return np.asarray(np.log((counts + 1.0) / (counts.sum() + len(counts))), dtype=np.float32)
+
+
+def _windows(w: np.ndarray, pos: np.ndarray, size: int) -> float:
+    """The highest window score: the features that start in the window, summed, over the
+    square root of their number."""
+    sums = np.concatenate(([0.0], np.cumsum(np.bincount(pos, weights=w, minlength=size))))
+    counts = np.concatenate(([0], np.cumsum(np.bincount(pos, minlength=size))))
     starts = np.arange(0, size - WINDOW + 1, STRIDE)
     ends = starts + WINDOW
-    # every order has an n-gram at every position of a window but the last few of the text
-    return float(((c[ends] - c[starts]) / math.sqrt(WINDOW * len(ORDERS))).max())
+    n = np.maximum(counts[ends] - counts[starts], 1)
+    return float(((sums[ends] - sums[starts]) / np.sqrt(n)).max())
 
 
 @dataclass(slots=True)
@@ -113,19 +190,21 @@ class Model:
     bias: float
     threshold: float  # a score at or above it is an attack (chosen on training data)
     uncertain: tuple[float, float]  # the band a second stage, when set, re-checks
+    lm: np.ndarray  # float32, 2**BITS: benign trigram log-frequencies (the gibberish feature)
+
+    def dense_of(self, text: str, hits: list[Hit], f: Features) -> np.ndarray:
+        return np.concatenate([base_dense(text, hits), gibberish(f.tri, self.lm)])
 
     def score(self, text: str, hits: list[Hit]) -> float:
         """The probability-like score in [0, 1] of ``text`` (already cleaned): of the whole
         text, or of its worst ``WINDOW``-byte window if that is higher."""
-        raw = _bytes(text)
-        z = self.bias + float(self.dense @ dense_features(text, hits, raw))
-        idx = ngram_buckets(text, _bytes(text.lower()) if not text.islower() else raw)
-        if len(idx):
-            w = self.ngrams[idx]
-            best = float(w.sum()) / math.sqrt(len(idx))
-            size = (len(idx) + sum(n - 1 for n in ORDERS)) // len(ORDERS)  # bytes read
-            if size > WINDOW + STRIDE:
-                best = max(best, _windows(w, size))
+        f = features(text)
+        z = self.bias + float(self.dense @ self.dense_of(text, hits, f))
+        if len(f.idx):
+            w = self.ngrams[f.idx]
+            best = float(w.sum()) / math.sqrt(len(f.idx))
+            if f.size > WINDOW + STRIDE:
+                best = max(best, _windows(w, f.positions(), f.size))
             z += best
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
@@ -136,6 +215,7 @@ class Model:
             "bias": np.array([self.bias]),
             "threshold": np.array([self.threshold]),
             "uncertain": np.array(self.uncertain),
+            "lm": self.lm.astype(np.float16),
             "dense_names": np.array(DENSE),
             "bits": np.array([BITS]),
         }
@@ -146,7 +226,7 @@ class Model:
     def load(cls, path: Path | None = None) -> Model:
         path = path or Path(__file__).with_name("model.npz")
         with np.load(path) as z:
-            if int(z["bits"][0]) != BITS or tuple(z["dense_names"]) != DENSE:
+            if int(z["bits"][0]) != BITS or tuple(z["dense_names"]) != DENSE or "lm" not in z:
                 raise ValueError(f"{path} was trained for other features: train it again")
             return cls(
                 ngrams=z["ngrams"].astype(np.float32),
@@ -154,4 +234,5 @@ class Model:
                 bias=float(z["bias"][0]),
                 threshold=float(z["threshold"][0]),
                 uncertain=(float(z["uncertain"][0]), float(z["uncertain"][1])),
+                lm=z["lm"].astype(np.float32),
             )
