@@ -100,11 +100,17 @@ def main() -> None:
                 guard_ms.append((b - a) * 1000)
                 length_ms.append((c - b) * 1000)
         g, ln = np.array(guard_ms), np.array(length_ms)
-        rows.append({
-            "bucket": f"{lo}–{hi}", "texts": len(ts), "checks": len(g),
-            "guard_p50_ms": float(np.percentile(g, 50)), "guard_p99_ms": float(np.percentile(g, 99)),
-            "length_p50_ms": float(np.percentile(ln, 50)), "length_p99_ms": float(np.percentile(ln, 99)),
-        })  # fmt: skip
+        rows.append(
+            {
+                "bucket": f"{lo}–{hi}",
+                "texts": len(ts),
+                "checks": len(g),
+                "guard_p50_ms": float(np.percentile(g, 50)),
+                "guard_p99_ms": float(np.percentile(g, 99)),
+                "length_p50_ms": float(np.percentile(ln, 50)),
+                "length_p99_ms": float(np.percentile(ln, 99)),
+            }
+        )
     wall = time.perf_counter() - t_start
     total1, mine1 = psutil.cpu_times(), me.cpu_times()
     busy = (total1.user + total1.system) - (total0.user + total0.system)

@@ -248,6 +248,17 @@ def _gateway(
 FLOOR = "byte relay (floor)"
 
 
+def _row(proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Measure the relay ``proc`` listening on ``port``, then stop it."""
+    try:
+        r = _measure(port, args.streams, args.tokens, args.warmup, args.duration, [proc.pid])
+        r["gateway_cpu_s"] = r["cpu"][proc.pid]
+        return r
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -304,26 +315,14 @@ def main() -> None:
         )  # fmt: skip
         try:
             _wait_port(relay_port, relay)
-            r = _measure(
-                relay_port, args.streams, args.tokens, args.warmup, args.duration, [relay.pid]
-            )
-            r["gateway_cpu_s"] = r["cpu"][relay.pid]
-            rows[FLOOR] = r
-        finally:
-            relay.terminate()
-            relay.wait(10)
+        except RuntimeError:
+            relay.kill()
+            raise
+        rows[FLOOR] = _row(relay, relay_port, args)
         with tempfile.TemporaryDirectory() as tmp:
             for label, fast in (("aiohttp (old path)", False), ("fast lane", True)):
                 gw, port = _gateway(up_port, fast, Path(tmp))
-                try:
-                    r = _measure(
-                        port, args.streams, args.tokens, args.warmup, args.duration, [gw.pid]
-                    )
-                    r["gateway_cpu_s"] = r["cpu"][gw.pid]
-                    rows[label] = r
-                finally:
-                    gw.terminate()
-                    gw.wait(30)
+                rows[label] = _row(gw, port, args)
     finally:
         upstream.terminate()
         upstream.wait(10)

@@ -106,16 +106,9 @@ async def run_tenants(console: Console | None = None) -> TenantsResult:
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="fleetpilot-tenants-") as tmp:
         async with Supervisor() as sup:
-            urls = []
-            for _ in range(2):
-                port = free_port()
-                url = f"http://{HOST}:{port}"
-                args = fleetpilot_command(
-                    "emulate", "--model", MODEL, "--accelerator", "A10G", "--host", HOST,
-                    "--port", str(port), "--time-scale", f"{TIME_SCALE:g}",
-                )  # fmt: skip
-                await sup.start_healthy(f"emulator {url}", args, url)
-                urls.append(url)
+            urls = await sup.emulators(
+                2, model=MODEL, accelerator="A10G", time_scale=TIME_SCALE, host=HOST
+            )
             gw_port = free_port()
             fleet = {
                 "gateway": {"host": HOST, "port": gw_port, "admin_token": token,

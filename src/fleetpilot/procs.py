@@ -167,6 +167,22 @@ class Supervisor:
         await self.wait_healthy(child, url, timeout_s=timeout_s)
         return child
 
+    async def emulators(
+        self, n: int, *, model: str, accelerator: str, time_scale: float, host: str = "127.0.0.1"
+    ) -> list[str]:
+        """``n`` emulated replicas (``fleetpilot emulate``), each answering; their URLs."""
+        urls = []
+        for _ in range(n):
+            port = free_port()
+            url = f"http://{host}:{port}"
+            args = fleetpilot_command(
+                "emulate", "--model", model, "--accelerator", accelerator, "--host", host,
+                "--port", str(port), "--time-scale", f"{time_scale:g}",
+            )  # fmt: skip
+            await self.start_healthy(f"emulator {url}", args, url)
+            urls.append(url)
+        return urls
+
     async def kill(self, child: Child) -> None:
         """SIGKILL at once (a spot pre-emption), and wait until it is gone."""
         _signal(child, signal.SIGKILL)
