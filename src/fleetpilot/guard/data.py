@@ -38,6 +38,7 @@ class Example:
     set: str  # the set it is reported under
     train: bool = True  # may the shipped model learn from it (its licence allows)
     fixed: str | None = None  # "train"/"test": the set's own split, kept as is
+    indirect: bool = False  # text that is not the user's (a document, a tool result)
 
 
 def data_root(explicit: Path | None = None) -> Path:
@@ -141,7 +142,7 @@ def _bipia(d: Path) -> Iterator[Example]:
                 continue
             contexts = [str(r["context"]) for r in _jsonl(path)][:100]
             for i, ctx in enumerate(contexts):
-                yield Example(ctx, 0, f"bipia-{task}-benign", fixed=part)
+                yield Example(ctx, 0, f"bipia-{task}-benign", fixed=part, indirect=True)
                 attack = attacks[(i * 7) % len(attacks)]
                 where = i % 3
                 if where == 0:
@@ -153,7 +154,7 @@ def _bipia(d: Path) -> Iterator[Example]:
                     text = f"{ctx[:cut]}\n{attack}\n{ctx[cut:]}"
                 else:
                     text = f"{ctx}\n{attack}"
-                yield Example(text, 1, f"bipia-{task}-attack", fixed=part)
+                yield Example(text, 1, f"bipia-{task}-attack", fixed=part, indirect=True)
 
 
 def _xstest(d: Path) -> Iterator[Example]:

@@ -66,9 +66,11 @@ class Detector:
     def from_path(cls, path: Path | None, **kwargs: object) -> Detector:
         return cls(Model.load(path), **kwargs)  # type: ignore[arg-type]
 
-    def check(self, text: str) -> Verdict:
+    def check(self, text: str, *, indirect: bool = False) -> Verdict:
+        """``indirect``: the text is not the user's (a tool result, a retrieved document),
+        where an order about the assistant's answer is itself a sign of injection."""
         readings = variants(text)
-        found = hits(text, readings, first=True)
+        found = hits(text, readings, first=True, indirect=indirect)
         names = tuple(dict.fromkeys(h.name for h in found))
         if found:
             first = next((h for h in found if h.how != "clean"), found[0])

@@ -81,7 +81,7 @@ def evaluate(
     took = np.zeros(len(examples))
     for i, ex in enumerate(examples):
         t0 = time.perf_counter()
-        v = detector.check(ex.text)
+        v = detector.check(ex.text, indirect=ex.indirect)
         took[i] = time.perf_counter() - t0
         scores[i], flagged[i] = v.score, v.attack
         if i % 200 == 0:

@@ -37,7 +37,8 @@ BITS = 18
 ORDERS = (3, 4, 5)
 MAX_BYTES = 32_768  # beyond this, the first and last halves are read (an attack has to be seen)
 DENSE = (
-    "log_length", "non_ascii", "symbols", "odd_tokens", *(f"sig:{s.name}" for s in SIGNATURES),
+    "log_length", "non_ascii", "symbols", "odd_tokens",
+    *(f"sig:{s.name}" for s in SIGNATURES if not s.indirect_only),
     "gibberish_worst", "gibberish_mean",
 )  # fmt: skip
 WINDOW = 512  # bytes: an attack pasted into a long document is scored on its own, too
@@ -145,7 +146,7 @@ def base_dense(text: str, hits: list[Hit]) -> np.ndarray:
             float(np.count_nonzero(b >= 128)) / n,
             float(np.count_nonzero(symbol)) / n,
             odd / tokens,
-            *(float(s.name in names) for s in SIGNATURES),
+            *(float(s.name in names) for s in SIGNATURES if not s.indirect_only),
         ],
         dtype=np.float64,
     )

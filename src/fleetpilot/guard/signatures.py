@@ -34,6 +34,7 @@ class Signature:
     anchors: tuple[frozenset[bytes], ...]
     rot13: tuple[frozenset[bytes], ...]  # the anchors as a rot13 reading would have them
     cased: bool = False
+    indirect_only: bool = False  # an honest request from the user, but not inside a document
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +49,12 @@ _ROT13 = bytes.maketrans(
 )  # anchors are lowercase
 
 
-def _sig(name: str, kind: str, pattern: str, anchors: str, *, cased: bool = False) -> Signature:
+def _sig(
+    name: str, kind: str, pattern: str, anchors: str, *, cased: bool = False, indirect: bool = False
+) -> Signature:
     groups = tuple(frozenset(g.encode().split()) for g in anchors.split("|"))
     rot = tuple(frozenset(w.translate(_ROT13) for w in g) for g in groups)
-    return Signature(name, kind, re.compile(pattern), groups, rot, cased)
+    return Signature(name, kind, re.compile(pattern), groups, rot, cased, indirect)
 
 
 SIGNATURES: tuple[Signature, ...] = (
@@ -123,6 +126,24 @@ SIGNATURES: tuple[Signature, ...] = (
         r"\b(?:stay in character|never break character|if you break character)\b",
         "character | stay never break",
     ),
+    # Inside a document or a tool result (indirect: see the guard stage), an order about the
+    # assistant's own answer is out of place; from the user it is an ordinary request.
+    # Written on BIPIA's training attacks, checked on its benign contexts.
+    _sig(
+        "about-your-answer",
+        "injection",
+        r"\b(?:in|to|into|within|throughout|inside) your (?:answer|response|reply|replies|"
+        r"output|summary)\b",
+        "your | answer response reply replies output summary",
+        indirect=True,
+    ),
+    _sig(
+        "code-to-include",
+        "injection",
+        r"\b(?:following|subsequent|below) code (?:snippet|block|excerpt|section|segment)\b",
+        "code | snippet block excerpt section segment",
+        indirect=True,
+    ),
 )
 
 
@@ -131,7 +152,9 @@ _PUNCT = b"!\"#$%&'()*+,-./:;<=>?@[\\]^`{|}~\n\t\r"
 _WORDS = bytes.maketrans(_PUNCT, b" " * len(_PUNCT))
 
 
-def hits(text: str, readings: list[Variant] | None = None, *, first: bool = False) -> list[Hit]:
+def hits(
+    text: str, readings: list[Variant] | None = None, *, first: bool = False, indirect: bool = False
+) -> list[Hit]:
     """Every signature found in any reading of ``text`` (its variants unless given), or
     only the first with ``first``.
 
@@ -154,6 +177,8 @@ def hits(text: str, readings: list[Variant] | None = None, *, first: bool = Fals
         if v.how == "clean":
             clean_words = words
         for sig in SIGNATURES:
+            if sig.indirect_only and not indirect:
+                continue
             groups = [g.intersection(words) for g in sig.anchors]
             if not all(groups):
                 continue

@@ -193,7 +193,7 @@ def guard_stage(config: GuardConfig, detector: Detector, metrics: GuardMetrics) 
         def check_text(text: str, indirect: bool) -> str:
             action = policy.indirect if indirect else policy.attack
             if action != "off":
-                v = detector.check(text)
+                v = detector.check(text, indirect=indirect)
                 if v.attack:
                     check = "indirect" if indirect else "attack"
                     note(check, action, flags, call, f"{v.layer}:{v.reading}")
