@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetpilot.guard import normalise, pii
 from fleetpilot.guard.signatures import hits
@@ -230,3 +232,23 @@ def test_an_order_about_the_answer_is_an_injection_only_inside_a_document() -> N
     asked = "Summarise this e-mail and add a short greeting in your response."
     assert not detector.check(asked).attack  # the user may ask that of the answer
     assert not detector.check("Hi Sam, the invoice is attached. Best, Jo", indirect=True).attack
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="abcXYZ 019.,;!?*-_\n\té€🍌", max_size=70))
+def test_the_short_text_path_scores_exactly_as_the_numpy_path(text: str) -> None:
+    """Short prompts take plain Python (numpy's fixed costs dominate them); both paths must
+    give the same buckets and the same dense features, so a text's verdict never depends on
+    which path its length sent it down."""
+    from fleetpilot.guard import model as M
+
+    lower = text.lower().encode("utf-8", "replace")
+    if len(lower) >= M.SMALL:
+        return
+    lm = np.linspace(-12.0, -4.0, 1 << M.BITS).astype(np.float32)
+    f = M.features(text)
+    idx, tri = M.small_features(lower)
+    assert sorted(idx) == sorted(f.idx.tolist()) and tri == f.tri.tolist()
+    fast = np.concatenate([M.base_dense(text, []), M.gibberish(f.tri, lm)])
+    small = [*M.small_dense(text, text.encode("utf-8", "replace"), []), *M.small_gibberish(tri, lm)]
+    assert np.allclose(fast, small, rtol=0, atol=1e-12)

@@ -22,6 +22,7 @@ beside this file (float16; MODEL.md there names the data and their licences).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,76 @@ def features(text: str) -> Features:
     return Features(np.concatenate(idx), tri, size, starts)
 
 
+SMALL = 160  # bytes: below this, plain Python beats numpy's fixed cost per call
+_M32 = 0xFFFFFFFF
+_P, _MIXI = int(_PRIME), int(_MIX)
+_SHIFT = 32 - BITS
+_ALNUM_SET = frozenset(i for i in range(256) if _ALNUM[i])
+_SPACE_SET = frozenset(i for i in range(256) if _SPACE[i])
+
+
+def small_features(raw: bytes) -> tuple[list[int], list[int]]:
+    """:func:`features`' buckets (all, then the trigrams) for a short lowercased text, in
+    plain Python: the same arithmetic modulo 2^32, so the same buckets."""
+    size = len(raw)
+    idx: list[int] = []
+    tri: list[int] = []
+    h = list(raw)
+    for n in range(2, max(ORDERS) + 1):
+        if size < n:
+            break
+        h = [(h[i] * _P + raw[i + n - 1]) & _M32 for i in range(size - n + 1)]
+        if n in ORDERS:
+            buckets = [((((x + n) & _M32) * _MIXI) & _M32) >> _SHIFT for x in h]
+            if n == ORDERS[0]:
+                tri = buckets
+            idx += buckets
+    words: list[int] = []
+    w = -1
+    for c in raw:
+        if c in _ALNUM_SET:
+            w = ((w if w >= 0 else 0) * _P + c) & _M32
+        elif w >= 0:
+            words.append(w)
+            w = -1
+    if w >= 0:
+        words.append(w)
+    salt_w, salt_p = int(_WORD_SALT), int(_PAIR_SALT)
+    idx += [((((x + salt_w) & _M32) * _MIXI) & _M32) >> _SHIFT for x in words]
+    pairs = [((a * _MIXI) + b) & _M32 for a, b in itertools.pairwise(words)]
+    idx += [((((x + salt_p) & _M32) * _MIXI) & _M32) >> _SHIFT for x in pairs]
+    return idx, tri
+
+
+def small_dense(text: str, raw: bytes, hits: list[Hit]) -> list[float]:
+    """:func:`base_dense` for a short text, in plain Python."""
+    names = {h.name for h in hits if h.how == "clean"}
+    n = max(len(raw), 1)
+    alnum = [c in _ALNUM_SET for c in raw]
+    symbol = [not a and c not in _SPACE_SET for a, c in zip(alnum, raw, strict=True)]
+    odd = sum(1 for i in range(len(raw) - 2) if alnum[i] and symbol[i + 1] and symbol[i + 2])
+    tokens = sum(c in _SPACE_SET for c in raw) + 1
+    return [
+        math.log1p(len(text)) / 10.0,
+        sum(c >= 128 for c in raw) / n,
+        sum(symbol) / n,
+        odd / tokens,
+        *(float(s.name in names) for s in SIGNATURES if not s.indirect_only),
+    ]
+
+
+def small_gibberish(tri: list[int], lm: np.ndarray) -> tuple[float, float]:
+    if not tri:
+        return 0.0, 0.0
+    v = lm[tri].astype(np.float64).tolist()
+    mean = sum(v) / len(v)
+    if len(v) <= GIB_WINDOW:
+        return mean / 10.0, mean / 10.0
+    starts = range(0, len(v) - GIB_WINDOW + 1, GIB_WINDOW // 2)
+    worst = min(sum(v[s : s + GIB_WINDOW]) / GIB_WINDOW for s in starts)
+    return worst / 10.0, mean / 10.0
+
+
 def base_dense(text: str, hits: list[Hit]) -> np.ndarray:
     """Length, the share of non-ASCII bytes, of symbols, and of symbol runs glued to a word
     (adversarial suffixes such as ``giving**ONE please? revert with "\\!--Two``), then one
@@ -199,6 +270,15 @@ class Model:
     def score(self, text: str, hits: list[Hit]) -> float:
         """The probability-like score in [0, 1] of ``text`` (already cleaned): of the whole
         text, or of its worst ``WINDOW``-byte window if that is higher."""
+        lower = text.lower().encode("utf-8", "replace")
+        if len(lower) < SMALL:  # most prompts: the same sums, without numpy's fixed costs
+            idx, tri = small_features(lower)
+            raw = text.encode("utf-8", "replace")
+            dense = [*small_dense(text, raw, hits), *small_gibberish(tri, self.lm)]
+            z = self.bias + sum(a * b for a, b in zip(self.dense.tolist(), dense, strict=True))
+            if idx:
+                z += float(self.ngrams[idx].sum()) / math.sqrt(len(idx))
+            return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
         f = features(text)
         z = self.bias + float(self.dense @ self.dense_of(text, hits, f))
         if len(f.idx):

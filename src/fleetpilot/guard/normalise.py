@@ -74,7 +74,12 @@ _B64_BYTES = _table("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 _HEX_BYTES = _table("0123456789abcdefABCDEF")
 _HEXISH = _table("0123456789abcdefABCDEFx\\ :")
 _LETTER = _table("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_LEET_CHARS = [bytes([c]) for c in b"013457@$!|+"]
 _LEET_BYTES = _table("013457@$!|+")
+_SHORT = 512
+_B64_RUN = re.compile(rb"[A-Za-z0-9+/=_-]{20,}")
+_HEX_RUN = re.compile(rb"[0-9a-fA-F]{16}")
+_HEXISH_RUN = re.compile(rb"[0-9a-fA-Fx\\ :]{16,}")
 _SEP = _table(" .-_*")
 
 
@@ -134,7 +139,11 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
     # quarter of a millisecond); only a candidate is handed to a regex or a decoder.
     raw = base.encode("utf-8", "replace")
     b = np.frombuffer(raw, dtype=np.uint8)
-    for start, end in _runs(np.take(_B64_BYTES, b), 20):
+    short = len(raw) < _SHORT  # a regex pass is cheaper than numpy's fixed costs
+    b64_runs = (
+        [m.span() for m in _B64_RUN.finditer(raw)] if short else _runs(np.take(_B64_BYTES, b), 20)
+    )
+    for start, end in b64_runs:
         run = raw[start:end].decode("ascii")
         for m in _BASE64.finditer(run):
             decoded = _printable(_b64(m.group(), urlsafe=False))
@@ -145,8 +154,14 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
                 decoded = _printable(_b64(m.group(), urlsafe=True))
                 if decoded:
                     found.append(Variant("base64", decoded))
-    if _runs(np.take(_HEX_BYTES, b), 16) or b"\\x" in raw or b"0x" in raw:
-        for start, end in _runs(np.take(_HEXISH, b), 16):
+    hexy = _HEX_RUN.search(raw) if short else _runs(np.take(_HEX_BYTES, b), 16)
+    if hexy or b"\\x" in raw or b"0x" in raw:
+        hex_runs = (
+            [m.span() for m in _HEXISH_RUN.finditer(raw)]
+            if short
+            else _runs(np.take(_HEXISH, b), 16)
+        )
+        for start, end in hex_runs:
             for m in _HEX.finditer(raw[start:end].decode("ascii")):
                 digits = re.sub(r"\\x|0x|[ :]", "", m.group())
                 if len(digits) % 2 == 0:
@@ -155,7 +170,11 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
                         found.append(Variant("hex", with_bytes))
     if "%" in base and len(_PERCENT.findall(base)) >= 3:
         found.append(Variant("url", urllib.parse.unquote(base)))
-    if len(b) > 6:
+    if short:
+        if _SPACED_BYTES.search(raw):
+            collapsed = _SPACED_BYTES.sub(lambda m: _SEPARATOR_BYTES.sub(b"", m.group()), raw)
+            found.append(Variant("spacing", collapsed.decode("utf-8", "replace")))
+    elif len(b) > 6:
         letter, sep = np.take(_LETTER, b), np.take(_SEP, b)
         spaced = letter[:-6] & sep[1:-5] & letter[2:-4] & sep[3:-3] & letter[4:-2] & sep[5:-1]
         if spaced.any():
@@ -166,7 +185,7 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
                 for lo, hi in spans
             ]
             found.append(Variant("spacing", b"\n".join(pieces).decode("utf-8", "replace")))
-    if len(b) > 2:
+    if len(b) > 2 and any(c in raw for c in _LEET_CHARS):
         # leetspeak: a leet character inside a word, more than once ("1gn0r3", not "in 2024")
         letter, leet = np.take(_LETTER, b), np.take(_LEET_BYTES, b)
         inside = (letter[:-2] & leet[1:-1] & letter[2:]) | (leet[:-2] & leet[1:-1] & letter[2:])
