@@ -252,3 +252,35 @@ def test_the_short_text_path_scores_exactly_as_the_numpy_path(text: str) -> None
     fast = np.concatenate([M.base_dense(text, []), M.gibberish(f.tri, lm)])
     small = [*M.small_dense(text, text.encode("utf-8", "replace"), []), *M.small_gibberish(tri, lm)]
     assert np.allclose(fast, small, rtol=0, atol=1e-12)
+
+
+def test_personal_data_is_found_in_a_long_text_exactly_where_it_was_planted() -> None:
+    """Long ASCII texts are searched only near digits and inside long tokens; every planted
+    value must still be found, with nothing else."""
+    rng = random.Random(5)
+    values = [
+        ("CARD", "4111 1111 1111 1111"), ("IBAN", "GB82 WEST 1234 5698 7654 32"),
+        ("SSN", "123-45-6789"), ("PHONE", "+44 20 7946 0958"), ("DNI", "12345678Z"),
+        ("EMAIL", "jane@example.org"), ("SECRET", "AKIAIOSFODNN7EXAMPLE"),
+        ("SECRET", "Zx81kQm2Lp0vNa7Yt3Rb9WcQ4uVs8Hn1"),
+    ]  # fmt: skip
+    filler = [
+        "The committee met on Tuesday to review the budget.", "Nothing else was decided.",
+        "Please send the minutes to everyone before Friday.", "Room 12 was booked twice.",
+    ]  # fmt: skip
+    for _ in range(20):
+        parts, planted = [], []
+        for _ in range(rng.randrange(8, 30)):
+            parts.append(rng.choice(filler))
+            if rng.random() < 0.3:
+                planted.append(rng.choice(values))
+                parts.append(f"Ref: {planted[-1][1]}.")
+        text = " ".join(parts)
+        if len(text) <= 256:
+            continue
+        assert [(f.kind, f.value) for f in pii.find(text)] == planted
+
+
+def test_a_long_text_without_digits_or_data_has_no_findings() -> None:
+    text = "The committee met to review the budget and nothing else was decided. " * 20
+    assert pii.find(text) == []

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Variant", "clean", "variants"]
+__all__ = ["Variant", "clean", "merge_windows", "runs", "variants"]
 
 # Characters that render as nothing or reorder text: zero-width spaces and joiners, word
 # joiner and invisible operators, the byte-order mark, soft hyphen, Mongolian vowel separator,
@@ -83,7 +83,7 @@ _HEXISH_RUN = re.compile(rb"[0-9a-fA-Fx\\ :]{16,}")
 _SEP = _table(" .-_*")
 
 
-def _runs(mask: np.ndarray, min_len: int) -> list[tuple[int, int]]:
+def runs(mask: np.ndarray, min_len: int) -> list[tuple[int, int]]:
     """The [start, end) of every run of True at least ``min_len`` long."""
     edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
     starts, ends = edges[0::2], edges[1::2]
@@ -141,7 +141,7 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
     b = np.frombuffer(raw, dtype=np.uint8)
     short = len(raw) < _SHORT  # a regex pass is cheaper than numpy's fixed costs
     b64_runs = (
-        [m.span() for m in _B64_RUN.finditer(raw)] if short else _runs(np.take(_B64_BYTES, b), 20)
+        [m.span() for m in _B64_RUN.finditer(raw)] if short else runs(np.take(_B64_BYTES, b), 20)
     )
     for start, end in b64_runs:
         run = raw[start:end].decode("ascii")
@@ -154,12 +154,12 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
                 decoded = _printable(_b64(m.group(), urlsafe=True))
                 if decoded:
                     found.append(Variant("base64", decoded))
-    hexy = _HEX_RUN.search(raw) if short else _runs(np.take(_HEX_BYTES, b), 16)
+    hexy = _HEX_RUN.search(raw) if short else runs(np.take(_HEX_BYTES, b), 16)
     if hexy or b"\\x" in raw or b"0x" in raw:
         hex_runs = (
             [m.span() for m in _HEXISH_RUN.finditer(raw)]
             if short
-            else _runs(np.take(_HEXISH, b), 16)
+            else runs(np.take(_HEXISH, b), 16)
         )
         for start, end in hex_runs:
             for m in _HEX.finditer(raw[start:end].decode("ascii")):
@@ -179,7 +179,7 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
         spaced = letter[:-6] & sep[1:-5] & letter[2:-4] & sep[3:-3] & letter[4:-2] & sep[5:-1]
         if spaced.any():
             # the spaced-out stretches with some context, collapsed; the regex reads only them
-            spans = _merge_spans(np.flatnonzero(spaced), before=96, after=320, size=len(b))
+            spans = merge_windows(np.flatnonzero(spaced), before=96, after=320, size=len(b))
             pieces = [
                 _SPACED_BYTES.sub(lambda m: _SEPARATOR_BYTES.sub(b"", m.group()), raw[lo:hi])
                 for lo, hi in spans
@@ -196,11 +196,13 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
     return out + found[:max_decoded]
 
 
-def _merge_spans(
+def merge_windows(
     points: np.ndarray, *, before: int, after: int, size: int
 ) -> list[tuple[int, int]]:
     """Windows around sorted ``points``, overlapping ones merged (vectorised: a long text
     can have thousands of points)."""
+    if not len(points):
+        return []
     starts = np.maximum(points - before, 0)
     ends = np.minimum(points + after, size)
     new = np.concatenate(([True], starts[1:] > ends[:-1]))

@@ -20,6 +20,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from fleetpilot.guard.normalise import merge_windows, runs
+
 __all__ = ["KINDS", "Finding", "Redactor", "entropy", "find", "iban_ok", "luhn"]
 
 
@@ -99,24 +103,36 @@ class _Kind:
     pattern: re.Pattern[str]
     check: Callable[[str], bool] = _always
     group: int = 0  # the part of the match that is the value
+    # where to look (a regex pass over a long prompt costs a tenth of a millisecond or more,
+    # and there are a dozen kinds): only if one of these strings occurs ("" for always) ...
+    needs: tuple[str, ...] = ("",)
+    lower: bool = False  # ... in the lowercased text
+    near: str | None = None  # and, in a long text, only in windows: "digits" or "runs",
+    around: tuple[int, int] | None = None  # or (before, after) each occurrence of ``needs``
 
 
-_SECRET_PREFIXES = (
-    r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",  # AWS access key id
-    r"\bgh[pousr]_[A-Za-z0-9]{36}\b",  # GitHub tokens
-    r"\bgithub_pat_[A-Za-z0-9_]{22,}",
-    r"\bxox[abposr]-[A-Za-z0-9-]{10,}",  # Slack
-    r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",  # Stripe
-    r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}",  # OpenAI, Anthropic
-    r"\bAIza[0-9A-Za-z_-]{35}",  # Google API key
-    r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JWT
-    r"\bfp-[a-z0-9]{4,}\.[A-Za-z0-9_-]{16,}",  # fleetpilot's own API keys
-    r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----",
-)
+def _prefix(pattern: str, *needs: str) -> _Kind:
+    return _Kind("SECRET", re.compile(pattern), needs=needs, around=(1, 512))
+
 
 # Earlier kinds win where matches overlap: a secret before the digits inside it.
 KINDS: tuple[_Kind, ...] = (
-    _Kind("SECRET", re.compile("|".join(_SECRET_PREFIXES))),
+    _prefix(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b", "AKIA", "ASIA"),  # AWS access key id
+    _prefix(r"\bgh[pousr]_[A-Za-z0-9]{36}\b", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"),  # GitHub
+    _prefix(r"\bgithub_pat_[A-Za-z0-9_]{22,}", "github_pat_"),
+    _prefix(r"\bxox[abposr]-[A-Za-z0-9-]{10,}", "xox"),  # Slack
+    _prefix(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}", "k_live_", "k_test_"),  # Stripe
+    _prefix(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}", "sk-"),  # OpenAI, Anthropic
+    _prefix(r"\bAIza[0-9A-Za-z_-]{35}", "AIza"),  # Google API key
+    _prefix(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", "eyJ"),  # JWT
+    _prefix(r"\bfp-[a-z0-9]{4,}\.[A-Za-z0-9_-]{16,}", "fp-"),  # fleetpilot's own API keys
+    _Kind(  # a whole block, however long
+        "SECRET",
+        re.compile(
+            r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----"
+        ),
+        needs=("-----BEGIN",),
+    ),
     _Kind(
         "SECRET",
         re.compile(
@@ -124,22 +140,34 @@ KINDS: tuple[_Kind, ...] = (
             r"\s*[:=]\s*['\"]?([^\s'\"]{8,})"
         ),
         group=1,
+        needs=("key", "secret", "token", "passw", "pwd"),
+        lower=True,
+        around=(16, 512),
     ),
     _Kind(
         "EMAIL",
         re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+        needs=("@",),
+        around=(128, 256),
     ),
-    _Kind("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), iban_ok),
-    _Kind("CARD", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), _card_ok),
-    _Kind("SSN", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")),
+    _Kind("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), iban_ok, near="digits"),
+    _Kind("CARD", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), _card_ok, near="digits"),
+    _Kind(
+        "SSN",
+        re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"),
+        near="digits",
+    ),
     _Kind(
         "NINO",  # UK National Insurance number
         re.compile(
             r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
             r" ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"
         ),
+        near="digits",
     ),
-    _Kind("DNI", re.compile(r"\b(?:\d{8}|[XYZ]\d{7})-?[A-Z]\b"), _dni_ok),  # Spain: DNI, NIE
+    _Kind(  # Spain: DNI, NIE
+        "DNI", re.compile(r"\b(?:\d{8}|[XYZ]\d{7})-?[A-Z]\b"), _dni_ok, near="digits"
+    ),
     _Kind(
         "PHONE",  # international (+...), North American, or a national number from 0
         re.compile(
@@ -148,19 +176,85 @@ KINDS: tuple[_Kind, ...] = (
             r"|(?<![\w+])(?!\d{3}-\d{2}-\d{4}\b)0\d{2,4}(?:[ .-]?\d{2,4}){2,3}\b"
         ),
         _phone_ok,
+        near="digits",
     ),
-    _Kind("SECRET", re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{32,}"), _token_ok),
+    _Kind(
+        "SECRET",
+        re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{32,}"),
+        _token_ok,
+        near="runs",
+    ),
 )
+
+_DIGIT = np.zeros(256, dtype=bool)
+_DIGIT[48:58] = True
+_TOKEN_BYTES = np.zeros(256, dtype=bool)
+_TOKEN_BYTES[list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-")] = True
+_REACH = 48  # characters a digit-bearing value may span around its digits (an IBAN: 42)
+
+
+class _Where:
+    """Where each kind is worth a regex pass, worked out once per text."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._lower: str | None = None
+        # one byte per character ("?" for any non-ASCII one), so offsets are the text's own;
+        # a short text gets whole-text passes
+        self._bytes: np.ndarray | None = (
+            np.frombuffer(text.encode("ascii", "replace"), dtype=np.uint8)
+            if len(text) > 256
+            else None
+        )
+        self._raw = self._bytes.tobytes() if self._bytes is not None else b""
+        self._raw_lower = self._raw.lower()
+        self._cache: dict[str, list[tuple[int, int]]] = {}
+
+    def spans(self, kind: _Kind) -> list[tuple[int, int]]:
+        hay = self.text
+        if kind.lower:
+            if self._lower is None:
+                self._lower = hay.lower()
+            hay = self._lower
+        if not any(n in hay for n in kind.needs):
+            return []
+        if self._bytes is None or (kind.near is None and kind.around is None):
+            return [(0, len(self.text))]
+        if kind.around is not None:
+            raw = self._raw_lower if kind.lower else self._raw
+            before, after = kind.around
+            found: list[int] = []
+            for n in kind.needs:
+                needle = n.encode()
+                at = raw.find(needle)
+                while at >= 0:
+                    found.append(at)
+                    at = raw.find(needle, at + 1)
+            return merge_windows(np.array(sorted(found)), before=before, after=after, size=len(raw))
+        near = kind.near
+        assert near is not None
+        hit = self._cache.get(near)
+        if hit is None:
+            b = self._bytes
+            if near == "digits":
+                points = np.flatnonzero(np.take(_DIGIT, b))
+                hit = merge_windows(points, before=_REACH, after=_REACH, size=len(b))
+            else:
+                hit = [(max(0, lo - 1), hi) for lo, hi in runs(np.take(_TOKEN_BYTES, b), 32)]
+            self._cache[near] = hit
+        return hit
 
 
 def find(text: str, kinds: Iterable[str] | None = None) -> list[Finding]:
     """Every finding in ``text``, in order, none overlapping another."""
     wanted = None if kinds is None else set(kinds)
     taken: list[Finding] = []
+    where = _Where(text)
     for kind in KINDS:
         if wanted is not None and kind.name not in wanted:
             continue
-        for m in kind.pattern.finditer(text):
+        matches = (m for lo, hi in where.spans(kind) for m in kind.pattern.finditer(text, lo, hi))
+        for m in matches:
             start, end = m.span(kind.group)
             if start < 0:
                 continue
