@@ -191,6 +191,7 @@ _DIGIT[48:58] = True
 _TOKEN_BYTES = np.zeros(256, dtype=bool)
 _TOKEN_BYTES[list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-")] = True
 _REACH = 48  # characters a digit-bearing value may span around its digits (an IBAN: 42)
+_SHORT = 256  # characters: below this a pattern's pass costs less than deciding to skip it
 
 
 class _Where:
@@ -203,7 +204,7 @@ class _Where:
         # a short text gets whole-text passes
         self._bytes: np.ndarray | None = (
             np.frombuffer(text.encode("ascii", "replace"), dtype=np.uint8)
-            if len(text) > 256
+            if len(text) > _SHORT
             else None
         )
         self._raw = self._bytes.tobytes() if self._bytes is not None else b""
@@ -249,11 +250,15 @@ def find(text: str, kinds: Iterable[str] | None = None) -> list[Finding]:
     """Every finding in ``text``, in order, none overlapping another."""
     wanted = None if kinds is None else set(kinds)
     taken: list[Finding] = []
-    where = _Where(text)
+    where = _Where(text) if len(text) > _SHORT else None  # a short text: every pattern, once
     for kind in KINDS:
         if wanted is not None and kind.name not in wanted:
             continue
-        matches = (m for lo, hi in where.spans(kind) for m in kind.pattern.finditer(text, lo, hi))
+        matches = (
+            kind.pattern.finditer(text)
+            if where is None
+            else (m for lo, hi in where.spans(kind) for m in kind.pattern.finditer(text, lo, hi))
+        )
         for m in matches:
             start, end = m.span(kind.group)
             if start < 0:
