@@ -137,3 +137,26 @@ def test_the_gateway_composes_only_the_stages_that_are_on() -> None:
     assert pipeline(FleetConfig(), sentinel) is sentinel  # type: ignore[arg-type]
     cfg = FleetConfig.model_validate({"gateway": {"client_keys": [hash_key("k")]}})
     assert pipeline(cfg, sentinel) is not sentinel  # type: ignore[arg-type]
+
+
+def test_the_per_event_histogram_renders_as_prometheus_histograms_do() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from fleetpilot.gateway.metrics import EventHistogram
+
+    ours_r, theirs_r = CollectorRegistry(), CollectorRegistry()
+    bounds = (0.005, 0.02, 0.08)
+    ours = EventHistogram("gap_seconds", "gap", ["pool"], bounds, ours_r).labels("p")
+    theirs = Histogram("gap_seconds", "gap", ["pool"], buckets=bounds, registry=theirs_r)
+    for v in (0.001, 0.005, 0.02, 0.03, 0.5, 0.005):
+        ours.observe(v)
+        theirs.labels("p").observe(v)
+    lines = {
+        r: sorted(
+            line
+            for line in generate_latest(r).decode().splitlines()
+            if line.startswith("gap_seconds_") and "_created" not in line
+        )
+        for r in (ours_r, theirs_r)
+    }
+    assert lines[ours_r] == lines[theirs_r] and lines[ours_r]

@@ -163,7 +163,8 @@ class _Conn(asyncio.Protocol):
                 try:
                     taken = listener(payload)
                 except Exception:  # a bug in a listener must not cost the stream
-                    log.exception("a stream listener failed; its events go the slow way")
+                    log.exception("a stream listener failed; the rest goes the slow way")
+                    self.listener = None
                     taken = False
                 if not taken:
                     self.held = True

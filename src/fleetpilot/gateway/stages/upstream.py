@@ -449,18 +449,18 @@ class Proxy:
         lease = held.lease
         sink = state.sink
         if sink is not None and not continuing:
+            special, has_text = _SPECIAL.search, _TEXT.search
 
             def take(payload: bytes) -> bool:
                 """The common event, written by the front at once (see below)."""
                 if (
                     state.stream_id is None
                     or payload == _DONE
-                    or _ENDS.search(payload) is not None
-                    or b'"usage"' in payload
+                    or special(payload) is not None
                     or not sink(payload)
                 ):
                     return False
-                if _TEXT.search(payload) is not None:
+                if has_text(payload) is not None:
                     self._token(state, lease, model, itl, payload)
                 return True
 
@@ -583,6 +583,7 @@ class Proxy:
 # a choice that ends the stream (finish_reason set) / that carries text: cheap byte tests that
 # tell whether an event must be decoded (both spacings of JSON encoders)
 _ENDS = re.compile(rb'"finish_reason":\s*"')
+_SPECIAL = re.compile(rb'"finish_reason":\s*"|"usage"')  # either: the event is not ordinary
 _TEXT = re.compile(rb'"(?:content|text)":\s*"(?!")')
 
 
