@@ -114,8 +114,8 @@ async def run_guard(console: Console | None = None) -> list[GuardRow]:
                 "A gateway with guard: {enabled: true} (attacks blocked, personal data "
                 "redacted, answers checked for leaks) in front of 2 emulated A10G replicas."
             )
-            c = openai.AsyncOpenAI(base_url=gw + "/v1", api_key="demo", max_retries=0)
-            return [await _one(c, case, msgs, want) for case, msgs, want in CASES]
+            async with openai.AsyncOpenAI(base_url=gw + "/v1", api_key="demo", max_retries=0) as c:
+                return [await _one(c, case, msgs, want) for case, msgs, want in CASES]
 
 
 def print_guard(rows: list[GuardRow], out: Console) -> None:

@@ -149,6 +149,8 @@ async def run_tenants(console: Console | None = None) -> TenantsResult:
                     tasks.append(asyncio.create_task(_send(c, i, tallies[t])))
                 await asyncio.sleep(1.0 / RATE)
             await asyncio.gather(*tasks)
+            for c in clients.values():  # closed in this loop, not by the collector after it
+                await c.close()
             await asyncio.sleep(0.5)  # settlements run just after each answer
             rows = _admin(gw, token, "GET", "/admin/spend?by=tenant")["rows"]
     spend = {r["tenant"]: r for r in rows}
