@@ -321,3 +321,23 @@ async def test_with_the_guard_off_the_request_path_does_no_guard_work(
         assert replica.bodies[-1]["messages"][0]["content"].endswith("ann@example.com")
         async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
             assert "fleetpilot_guard" not in await r.text()  # no stage, no series
+
+
+def test_a_gateway_without_the_guard_does_not_even_import_it() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from fleetpilot.catalogue import load_catalogue\n"
+        "from fleetpilot.config import FleetConfig\n"
+        "from fleetpilot.gateway.server import create_app\n"
+        "pools = [{'name': 'p', 'model': 'llama-3.1-8b', 'accelerator': 'A10G',\n"
+        "          'replicas': ['http://127.0.0.1:9']}]\n"
+        "create_app(FleetConfig.model_validate({'pools': pools}), load_catalogue(None))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('fleetpilot.guard')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
