@@ -63,8 +63,11 @@ class Detector:
         self.second = second
 
     @classmethod
-    def from_path(cls, path: Path | None, **kwargs: object) -> Detector:
-        return cls(Model.load(path), **kwargs)  # type: ignore[arg-type]
+    def from_path(
+        cls, path: Path | None, *, threshold: float | None = None, second: SecondStage | None = None
+    ) -> Detector:
+        """The model at ``path`` (the shipped one for None)."""
+        return cls(Model.load(path), threshold=threshold, second=second)
 
     def check(self, text: str, *, indirect: bool = False) -> Verdict:
         """``indirect``: the text is not the user's (a tool result, a retrieved document),

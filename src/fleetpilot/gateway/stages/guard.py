@@ -27,6 +27,7 @@ head), or ``log``ged; each counts in ``fleetpilot_guard_findings_total``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -96,12 +97,14 @@ def _map_parts(content: Any, fn: Any) -> Any:
     return content
 
 
-def _shingles(text: str) -> set[int]:
+@functools.lru_cache(maxsize=256)
+def _shingles(text: str) -> frozenset[int]:
+    """Every 8-word run of a system prompt, hashed (cached: one prompt serves many requests)."""
     words = _WORD.findall(text.lower())
-    return {
+    return frozenset(
         zlib.crc32(" ".join(words[i : i + _SHINGLE]).encode())
         for i in range(len(words) - _SHINGLE + 1)
-    }
+    )
 
 
 @dataclass(slots=True)
@@ -109,60 +112,49 @@ class _Watch:
     """What the answer must not contain, and what of it has been seen."""
 
     canary: str | None
-    fragments: set[int]
+    fragments: frozenset[int]
     words: list[str] = field(default_factory=list)  # the last few words sent
     tail: str = ""
     sent: list[str] = field(default_factory=list)
 
     def leak(self, text: str) -> str | None:
-        """The rule ``text`` (the next piece of the answer) breaks, if any."""
+        """The rule ``text`` (the next piece of the answer) breaks, if any; the piece counts
+        as seen either way."""
         window = self.tail + text
+        why = None
         if self.canary is not None and self.canary in window:
-            return "canary"
-        if self.fragments:
-            self.words.extend(_WORD.findall(text.lower()))
-            recent = self.words[-(len(self.words) if len(self.words) < 64 else 64) :]
-            for i in range(max(0, len(recent) - _SHINGLE + 1)):
-                if zlib.crc32(" ".join(recent[i : i + _SHINGLE]).encode()) in self.fragments:
-                    return "system_prompt"
-            self.words = recent[-(_SHINGLE - 1) :]
-        for f in pii.find(window, _OUTPUT_KINDS):
-            if f.end > len(self.tail):  # not a finding already let through
-                return f"secret:{f.kind}"
+            why = "canary"
+        if why is None and self.fragments:
+            words = self.words + _WORD.findall(text.lower())  # every run that ends in ``text``
+            for i in range(len(words) - _SHINGLE + 1):
+                if zlib.crc32(" ".join(words[i : i + _SHINGLE]).encode()) in self.fragments:
+                    why = "system_prompt"
+                    break
+            self.words = words[-(_SHINGLE - 1) :]
+        if why is None:
+            seen = len(self.tail)
+            found = next((f for f in pii.find(window, _OUTPUT_KINDS) if f.end > seen), None)
+            why = None if found is None else f"secret:{found.kind}"  # new, not let through
         self.tail = window[-_TAIL:]
         self.sent.append(text)
-        return None
+        return why
 
 
-def _chunk_text(payload: bytes) -> str:
-    try:
-        chunk = json.loads(payload)
-    except ValueError:
-        return ""
-    out = []
-    for choice in chunk.get("choices") or ():
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-        if isinstance(text, str):
-            out.append(text)
-    return "".join(out)
-
-
-def _answer_text(body: bytes) -> str:
+def _texts(body: bytes) -> list[str]:
+    """The text of each choice of an answer, or of a stream's chunk (``message`` or ``delta``
+    content for chat, ``text`` for completions)."""
     try:
         doc = json.loads(body)
     except ValueError:
-        return ""
+        return []
     out = []
-    for choice in doc.get("choices") or ():
+    for choice in doc.get("choices") or () if isinstance(doc, dict) else ():
         if isinstance(choice, dict):
-            msg = choice.get("message")
-            text = msg.get("content") if isinstance(msg, dict) else choice.get("text")
+            part = choice.get("message") or choice.get("delta")
+            text = part.get("content") if isinstance(part, dict) else choice.get("text")
             if isinstance(text, str):
                 out.append(text)
-    return "\n".join(out)
+    return out
 
 
 def guard_stage(config: GuardConfig, detector: Detector, metrics: GuardMetrics) -> Stage:
@@ -255,11 +247,11 @@ def guard_stage(config: GuardConfig, detector: Detector, metrics: GuardMetrics) 
             answer.headers[HEADER] = "; ".join(flags)
         if policy.output == "off":
             return answer
-        watch = _Watch(canary, set().union(*map(_shingles, system)) if system else set())
+        watch = _Watch(canary, frozenset().union(*map(_shingles, system)))
         if isinstance(answer, Whole):
             if answer.status != 200:
                 return answer
-            why = watch.leak(_answer_text(answer.body))
+            why = watch.leak("\n".join(_texts(answer.body)))
             if why is None:
                 return answer
             note("output", policy.output, flags, call, why)
@@ -285,7 +277,7 @@ async def _watched(
 ) -> AsyncIterator[bytes]:
     try:
         async for payload in events:
-            text = _chunk_text(payload) if payload != b"[DONE]" else ""
+            text = "".join(_texts(payload)) if payload != b"[DONE]" else ""
             if text:
                 why = watch.leak(text)
                 if why is not None:
@@ -301,7 +293,6 @@ async def _watched(
                         )
                         yield json.dumps(exc.body()).encode()
                         return
-                    watch.tail, watch.sent = (watch.tail + text)[-_TAIL:], [*watch.sent, text]
             yield payload
     finally:
         aclose = getattr(events, "aclose", None)
