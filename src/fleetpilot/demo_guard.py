@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from fleetpilot.guard import pii
-from fleetpilot.procs import Supervisor, fleetpilot_command, free_port
+from fleetpilot.procs import Supervisor
 
 __all__ = ["CASES", "GuardRow", "guard_ok", "print_guard", "run_guard"]
 
@@ -96,20 +95,13 @@ async def run_guard(console: Console | None = None) -> list[GuardRow]:
             urls = await sup.emulators(
                 2, model=MODEL, accelerator="A10G", time_scale=TIME_SCALE, host=HOST
             )
-            gw_port = free_port()
             fleet = {
-                "gateway": {"host": HOST, "port": gw_port, "time_scale": TIME_SCALE,
-                            "health_interval_s": 0.5},
+                "gateway": {"time_scale": TIME_SCALE, "health_interval_s": 0.5},
                 "pools": [{"name": "a10g", "model": MODEL, "accelerator": "A10G",
                            "replicas": urls}],
                 "guard": {"enabled": True},
             }  # fmt: skip
-            path = Path(tmp) / "fleet.yaml"
-            path.write_text(yaml.safe_dump(fleet, sort_keys=False))
-            gw = f"http://{HOST}:{gw_port}"
-            await sup.start_healthy(
-                "gateway", fleetpilot_command("gateway", "--fleet", str(path)), gw
-            )
+            gw = await sup.gateway(fleet, Path(tmp), host=HOST)
             out.print(
                 "A gateway with guard: {enabled: true} (attacks blocked, personal data "
                 "redacted, answers checked for leaks) in front of 2 emulated A10G replicas."

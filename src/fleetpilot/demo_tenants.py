@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import yaml
 from openai.types.chat import ChatCompletionMessageParam
 from rich.console import Console
 from rich.table import Table
 
-from fleetpilot.procs import Supervisor, fleetpilot_command, free_port
+from fleetpilot.procs import Supervisor
 
 __all__ = ["TenantsResult", "print_tenants", "run_tenants"]
 
@@ -109,9 +108,8 @@ async def run_tenants(console: Console | None = None) -> TenantsResult:
             urls = await sup.emulators(
                 2, model=MODEL, accelerator="A10G", time_scale=TIME_SCALE, host=HOST
             )
-            gw_port = free_port()
             fleet = {
-                "gateway": {"host": HOST, "port": gw_port, "admin_token": token,
+                "gateway": {"admin_token": token,
                             "time_scale": TIME_SCALE, "health_interval_s": 0.5},
                 "pools": [{"name": "a10g", "model": MODEL, "accelerator": "A10G",
                            "replicas": urls}],
@@ -122,12 +120,7 @@ async def run_tenants(console: Console | None = None) -> TenantsResult:
                     {"name": "product", "budgets": [{"usd": 100.0, "period": "month"}]},
                 ]},
             }  # fmt: skip
-            path = Path(tmp) / "fleet.yaml"
-            path.write_text(yaml.safe_dump(fleet, sort_keys=False))
-            gw = f"http://{HOST}:{gw_port}"
-            await sup.start_healthy(
-                "gateway", fleetpilot_command("gateway", "--fleet", str(path)), gw
-            )
+            gw = await sup.gateway(fleet, Path(tmp), host=HOST)
             keys = {
                 t: _admin(gw, token, "POST", "/admin/keys", {"tenant": t, "name": "demo"})["key"]
                 for t in ("research", "product")

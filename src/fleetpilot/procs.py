@@ -22,9 +22,12 @@ import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import aiohttp
+import yaml
 
 from fleetpilot.clock import Clock, SystemClock
 from fleetpilot.errors import FleetpilotError
@@ -182,6 +185,19 @@ class Supervisor:
             await self.start_healthy(f"emulator {url}", args, url)
             urls.append(url)
         return urls
+
+    async def gateway(self, fleet: dict[str, Any], folder: Path, *, host: str = "127.0.0.1") -> str:
+        """``fleetpilot gateway`` on ``fleet`` (written to ``folder``, its gateway's host and
+        port filled in), answering; its URL."""
+        port = free_port()
+        fleet = {**fleet, "gateway": {**fleet.get("gateway", {}), "host": host, "port": port}}
+        path = folder / "fleet.yaml"
+        path.write_text(yaml.safe_dump(fleet, sort_keys=False))
+        url = f"http://{host}:{port}"
+        await self.start_healthy(
+            "gateway", fleetpilot_command("gateway", "--fleet", str(path)), url
+        )
+        return url
 
     async def kill(self, child: Child) -> None:
         """SIGKILL at once (a spot pre-emption), and wait until it is gone."""
