@@ -98,6 +98,11 @@ class _Date:
         return self.value
 
 
+def _event_chunk(payload: bytes) -> bytes:
+    """One SSE event as one chunk of a chunked body: "data: " + payload + "\n\n"."""
+    return b"%x\r\ndata: %s\n\n\r\n" % (len(payload) + 8, payload)
+
+
 class FastLane(asyncio.Protocol):
     """One client connection, until it is closed or handed over to aiohttp."""
 
@@ -292,8 +297,7 @@ class FastLane(asyncio.Protocol):
             if answer.direct is not None:
                 answer.direct(self._event)
             async for payload in events:
-                size = len(payload) + 8  # "data: " + payload + "\n\n"
-                self._send(b"%x\r\ndata: %s\n\n\r\n" % (size, payload))
+                self._send(_event_chunk(payload))
                 if not self.writable:
                     await self._drained()
                 if self.closing:
@@ -317,7 +321,7 @@ class FastLane(asyncio.Protocol):
         transport = self.transport
         if self.closing or not self.writable or transport is None or transport.is_closing():
             return False
-        transport.write(b"%x\r\ndata: %s\n\n\r\n" % (len(payload) + 8, payload))
+        transport.write(_event_chunk(payload))
         return True
 
     async def _drained(self) -> None:
