@@ -2,6 +2,7 @@
 
     FleetpilotError
     ├── ConfigError                 bad catalogue / fleet / flags, found at start-up
+    ├── DocumentUnreadable          a file that cannot be ingested (reported, skipped)
     └── ApiError                    reaches a client as OpenAI-shaped JSON with ``status``
         ├── BadRequest          400 malformed JSON, wrong types, invalid UTF-8, bounds
         ├── Unauthorized        401 no or wrong API key / admin credential
@@ -35,6 +36,7 @@ __all__ = [
     "ApiError",
     "BadRequest",
     "ConfigError",
+    "DocumentUnreadable",
     "FleetpilotError",
     "Forbidden",
     "ModelNotFound",
@@ -62,6 +64,16 @@ class FleetpilotError(Exception):
 
 class ConfigError(FleetpilotError):
     """Configuration that cannot work; raised before anything starts serving."""
+
+
+class DocumentUnreadable(FleetpilotError):
+    """A file ingestion cannot read as a document: not text in its encoding, a broken PDF,
+    nothing in it.  The run reports it by name and goes on with the rest."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class ApiError(FleetpilotError):

@@ -1,0 +1,474 @@
+"""The embedded store: one SQLite file with documents, chunks, an FTS5 index and sqlite-vec.
+
+Why these pieces:
+
+- **apsw**, not the stdlib ``sqlite3``: many Pythons (this machine's, macOS's) build
+  ``sqlite3`` without extension loading, and sqlite-vec is an extension.  apsw bundles a
+  current SQLite with FTS5 and loads it.
+- **FTS5, contentless** (``contentless_delete=1``): BM25 over the chunks without a second
+  copy of their text; a chunk's FTS row has the chunk's id.
+- **sqlite-vec ``vec0`` with the tenant as partition key**: a query scans only its tenant's
+  vectors, so isolation is in the index's key, not a filter applied after.  Per model two
+  tables: exact float vectors, and one bit per dimension.  ``vec0`` is brute force; past
+  ``exact_limit`` vectors a query first takes the ``coarse`` nearest by Hamming distance on
+  the bits (32 bytes a chunk at 256 dimensions, so a scan reads a thirtieth as much) and
+  re-ranks those exactly — ``bench/rag_latency.py`` measures the recall this keeps.
+- A **metadata filter** first counts what it allows: a few rows are ranked exactly one by
+  one; otherwise the search over-fetches and filters, widening until ``k`` pass or the
+  whole tenant was looked at, so a selective filter never returns too few silently.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import apsw
+import numpy as np
+import sqlite_vec
+
+from fleetpilot.rag.chunking import Chunk
+from fleetpilot.rag.documents import Document
+from fleetpilot.rag.store import Filters, Hit, ModelInfo, Root, Stats, StoredDoc
+
+__all__ = ["SqliteStore", "keyword_query"]
+
+_SCHEMA = """
+create table if not exists models(
+  id integer primary key, name text not null unique, spec text not null, dim integer not null,
+  state text not null, created real not null);
+create table if not exists documents(
+  tenant text not null, id text not null, root text not null, source text not null,
+  hash text not null, stamp text not null, modified real not null, tags text not null,
+  meta text not null, indexed_at real not null, primary key (tenant, id)) without rowid;
+create table if not exists chunks(
+  id integer primary key, tenant text not null, doc_id text not null, ord integer not null,
+  start integer not null, "end" integer not null, tokens integer not null, hash text not null,
+  text text not null);
+create index if not exists chunks_doc on chunks(tenant, doc_id);
+create virtual table if not exists fts using fts5(
+  text, content='', contentless_delete=1, tokenize='porter unicode61 remove_diacritics 2');
+create table if not exists roots(
+  path text not null, tenant text not null, chunker text not null, indexed_at real not null,
+  primary key (path, tenant));
+"""
+
+# Words too common to rank by; dropping them from a query keeps an OR over its words from
+# scoring most of the corpus (FTS5 scores every row that matches any word).
+_STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for from
+    further had has have having he her here hers him his how i if in into is it its itself me
+    more most my no nor not of off on once only or other our out over own same she should so
+    some such than that the their them then there these they this those through to too under
+    until up very was we were what when where which while who whom why will with would you
+    your""".split()
+)
+_WORD = re.compile(r"\w+")
+_META_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def keyword_query(text: str) -> str | None:
+    """A user's words as an FTS5 query: each word quoted (no FTS syntax gets through), any of
+    them may match."""
+    words = [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
+    if not words:
+        words = _WORD.findall(text.lower())
+    return " OR ".join(f'"{w}"' for w in dict.fromkeys(words)) or None
+
+
+class SqliteStore:
+    exact_limit = 20_000  # vectors in a tenant up to which vector search is exact
+    coarse = 256  # candidates taken by the bit scan, re-ranked exactly (at least 16 × k)
+    few = 1024  # a filter that allows this many chunks or fewer is ranked row by row
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = apsw.Connection(self.path)
+        self._db.set_busy_timeout(30_000)
+        self._db.enable_load_extension(True)
+        self._db.load_extension(sqlite_vec.loadable_path())
+        self._db.enable_load_extension(False)
+        self._lock = threading.RLock()  # one connection, used by one thread at a time
+        self._db.execute("pragma journal_mode=wal; pragma synchronous=normal")
+        with self._write():
+            self._db.execute(_SCHEMA)
+        self._counts: dict[tuple[str, int], tuple[tuple[int, int], int]] = {}
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction, taken at once (``immediate``), so two writers queue at its
+        start instead of one failing half-way."""
+        with self._lock:
+            self._db.execute("begin immediate")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("rollback")
+                raise
+            self._db.execute("commit")
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- models --------------------------------------------------------------------------
+
+    def models(self) -> list[ModelInfo]:
+        rows = self._rows("select id, name, spec, dim, state from models order by id")
+        return [ModelInfo(*r) for r in rows]
+
+    def active_model(self) -> ModelInfo | None:
+        return next((m for m in self.models() if m.state == "active"), None)
+
+    def add_model(self, name: str, spec: str, dim: int) -> ModelInfo:
+        """A new model's tables: active at once in an empty store, otherwise ``building``."""
+        with self._write():
+            found = list(self._db.execute("select id from models where name = ?", (name,)))
+            if found:
+                (mid,) = found[0]
+            else:
+                active = list(self._db.execute("select 1 from models where state = 'active'"))
+                state = "building" if active else "active"
+                self._db.execute(
+                    "insert into models(name, spec, dim, state, created) values (?,?,?,?,?)",
+                    (name, spec, dim, state, time.time()),
+                )
+                mid = self._db.last_insert_rowid()
+                self._db.execute(
+                    f"create virtual table vec_{mid} using vec0(chunk_id integer primary key,"
+                    f" tenant text partition key, emb float[{dim}] distance_metric=cosine);"
+                    f"create virtual table bit_{mid} using vec0(chunk_id integer primary key,"
+                    f" tenant text partition key, emb bit[{dim}])"
+                )
+        return next(m for m in self.models() if m.id == mid)
+
+    def activate(self, model: ModelInfo) -> None:
+        """Serve ``model`` from now on and drop the one it replaces, in one transaction that
+        first checks every chunk has its vector (``ValueError`` if not: catch up first)."""
+        with self._write():
+            (n,) = next(self._db.execute(self._missing_sql(model, count=True)))
+            if n:
+                raise ValueError(f"{n} chunks have no vector from {model.name} yet")
+            old = [r[0] for r in self._db.execute("select id from models where state='active'")]
+            self._db.execute("update models set state='active' where id = ?", (model.id,))
+            for mid in old:
+                if mid != model.id:
+                    self._db.execute(
+                        f"drop table vec_{mid}; drop table bit_{mid};"
+                        f"delete from models where id = {int(mid)}"
+                    )
+        self._counts.clear()
+
+    @staticmethod
+    def _missing_sql(model: ModelInfo, *, count: bool) -> str:
+        what = "count(*)" if count else "c.id, c.text"
+        return (
+            f"select {what} from chunks c where not exists"
+            f" (select 1 from vec_{model.id} v where v.chunk_id = c.id)"
+        )
+
+    def missing(self, model: ModelInfo, limit: int) -> list[tuple[int, str]]:
+        return [
+            (int(i), str(t))
+            for i, t in self._rows(self._missing_sql(model, count=False) + " limit ?", (limit,))
+        ]
+
+    def put_vectors(self, model: ModelInfo, ids: Sequence[int], vectors: np.ndarray) -> None:
+        with self._write():
+            tenants = dict(
+                self._db.execute(
+                    "select id, tenant from chunks where id in (select value from json_each(?))",
+                    (json.dumps([int(i) for i in ids]),),
+                )
+            )
+            self._insert_vectors(
+                model.id, [(i, tenants[i], v) for i, v in zip(ids, vectors, strict=True) if i in tenants]
+            )
+
+    def _insert_vectors(self, mid: int, rows: list[tuple[int, str, np.ndarray]]) -> None:
+        self._db.executemany(
+            f"insert or replace into vec_{mid}(chunk_id, tenant, emb) values (?,?,?)",
+            [(int(i), t, np.asarray(v, np.float32).tobytes()) for i, t, v in rows],
+        )
+        self._db.executemany(
+            f"insert or replace into bit_{mid}(chunk_id, tenant, emb) values (?,?,vec_bit(?))",
+            [(int(i), t, np.packbits(np.asarray(v) > 0, bitorder="little").tobytes()) for i, t, v in rows],
+        )
+
+    # -- documents -----------------------------------------------------------------------
+
+    def documents(self, tenant: str, root: str | None = None) -> dict[str, StoredDoc]:
+        sql = "select id, hash, stamp, root from documents where tenant = ?"
+        args: list[Any] = [tenant]
+        if root is not None:
+            sql += " and root = ?"
+            args.append(root)
+        return {r[0]: StoredDoc(*r) for r in self._rows(sql, args)}
+
+    def vectors_of(self, tenant: str, doc_id: str, model: ModelInfo) -> dict[str, np.ndarray]:
+        rows = self._rows(
+            f"select c.hash, v.emb from chunks c join vec_{model.id} v on v.chunk_id = c.id"
+            " where c.tenant = ? and c.doc_id = ?",
+            (tenant, doc_id),
+        )
+        return {h: np.frombuffer(e, np.float32) for h, e in rows}
+
+    def put_document(
+        self,
+        doc: Document,
+        *,
+        doc_hash: str,
+        stamp: str,
+        root: str,
+        chunks: Sequence[Chunk],
+        vectors: dict[int, np.ndarray],
+    ) -> None:
+        models = {m.id for m in self.models()}
+        with self._write():
+            self._delete(doc.tenant, [doc.id])
+            self._db.execute(
+                "insert into documents values (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    doc.tenant, doc.id, root, doc.source, doc_hash, stamp, doc.modified,
+                    json.dumps(list(doc.tags)), json.dumps(doc.meta), time.time(),
+                ),  # fmt: skip
+            )
+            ids = []
+            for i, c in enumerate(chunks):
+                self._db.execute(
+                    'insert into chunks(tenant, doc_id, ord, start, "end", tokens, hash, text)'
+                    " values (?,?,?,?,?,?,?,?)",
+                    (doc.tenant, doc.id, i, c.start, c.end, c.tokens, c.hash, c.text),
+                )
+                ids.append(self._db.last_insert_rowid())
+            self._db.executemany(
+                "insert into fts(rowid, text) values (?, ?)",
+                [(i, c.text) for i, c in zip(ids, chunks, strict=True)],
+            )
+            for mid, rows in vectors.items():
+                if mid in models:
+                    self._insert_vectors(
+                        mid, [(i, doc.tenant, v) for i, v in zip(ids, rows, strict=True)]
+                    )
+
+    def touch(self, tenant: str, doc_id: str, stamp: str) -> None:
+        with self._write():
+            self._db.execute(
+                "update documents set stamp = ? where tenant = ? and id = ?",
+                (stamp, tenant, doc_id),
+            )
+
+    def delete_documents(self, tenant: str, ids: Sequence[str]) -> int:
+        with self._write():
+            return self._delete(tenant, ids)
+
+    def _delete(self, tenant: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        doc_ids = json.dumps(list(ids))
+        chunk_ids = [
+            (r[0],)
+            for r in self._db.execute(
+                "select id from chunks where tenant = ? and doc_id in"
+                " (select value from json_each(?))",
+                (tenant, doc_ids),
+            )
+        ]
+        for (mid,) in list(self._db.execute("select id from models")):
+            self._db.executemany(f"delete from vec_{mid} where chunk_id = ?", chunk_ids)
+            self._db.executemany(f"delete from bit_{mid} where chunk_id = ?", chunk_ids)
+        self._db.executemany("delete from fts where rowid = ?", chunk_ids)
+        self._db.execute(
+            "delete from chunks where tenant = ? and doc_id in (select value from json_each(?))",
+            (tenant, doc_ids),
+        )
+        self._db.execute(
+            "delete from documents where tenant = ? and id in (select value from json_each(?))",
+            (tenant, doc_ids),
+        )
+        return self._db.changes()
+
+    # -- search --------------------------------------------------------------------------
+
+    def _tenant_size(self, tenant: str, model: ModelInfo) -> int:
+        with self._lock:
+            # data_version moves when another connection commits, total_changes when this one
+            (other,) = self._db.execute("pragma data_version").fetchone()
+            version = (int(other), self._db.total_changes())
+            cached = self._counts.get((tenant, model.id))
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            sql = "select count(*) from chunks where tenant = ?"
+            (n,) = self._db.execute(sql, (tenant,)).fetchone()
+            self._counts[(tenant, model.id)] = (version, int(n))
+            return int(n)
+
+    def vector_search(
+        self, tenant: str, model: ModelInfo, vector: np.ndarray, k: int, filters: Filters
+    ) -> list[tuple[int, float]]:
+        q = np.asarray(vector, np.float32)
+        if filters.empty:
+            return self._nearest(tenant, model, q, k, self._tenant_size(tenant, model))
+        where, args = _conditions(filters)
+        allowed = [
+            r[0]
+            for r in self._rows(
+                "select c.id from chunks c join documents d on d.tenant = c.tenant"
+                f" and d.id = c.doc_id where c.tenant = ? {where} limit ?",
+                [tenant, *args, self.few + 1],
+            )
+        ]
+        if len(allowed) <= self.few:
+            return self._rank(model, q, allowed)[:k]
+        n = self._tenant_size(tenant, model)
+        want = k * 8
+        while True:
+            found = self._nearest(tenant, model, q, min(want, n), n)
+            kept = self._passing(tenant, [i for i, _ in found], where, args)
+            hits = [(i, s) for i, s in found if i in kept]
+            if len(hits) >= k or want >= n:
+                return hits[:k]
+            want *= 4
+
+    def _nearest(
+        self, tenant: str, model: ModelInfo, q: np.ndarray, k: int, n: int
+    ) -> list[tuple[int, float]]:
+        if k <= 0 or n == 0:
+            return []
+        if n <= self.exact_limit or k > 4096:
+            if k > 4096:  # vec0's own limit on k: rank everything the slow way
+                return self._rank(model, q, [r[0] for r in self._rows(
+                    "select id from chunks where tenant = ?", (tenant,))])[:k]  # fmt: skip
+            rows = self._rows(
+                f"select chunk_id, distance from vec_{model.id}"
+                " where emb match ? and k = ? and tenant = ?",
+                (q.tobytes(), k, tenant),
+            )
+            return [(int(i), 1.0 - float(d)) for i, d in rows]
+        bits = np.packbits(q > 0, bitorder="little").tobytes()
+        rows = self._rows(
+            f"select chunk_id from bit_{model.id} where emb match vec_bit(?) and k = ? and tenant = ?",
+            (bits, min(4096, max(self.coarse, 16 * k)), tenant),
+        )
+        return self._rank(model, q, [r[0] for r in rows])[:k]
+
+    def _rank(self, model: ModelInfo, q: np.ndarray, ids: Sequence[int]) -> list[tuple[int, float]]:
+        """Exact cosine similarity of ``ids``, looked up one by one (vec0's point lookup is
+        fast; an ``IN`` list makes it scan)."""
+        if not ids:
+            return []
+        sql = f"select emb from vec_{model.id} where chunk_id = ?"
+        with self._lock:
+            found = [(i, self._db.execute(sql, (i,)).fetchone()) for i in ids]
+        found = [(i, r[0]) for i, r in found if r is not None]
+        if not found:
+            return []
+        m = np.frombuffer(b"".join(e for _, e in found), np.float32).reshape(len(found), -1)
+        scores = m @ q
+        order = np.argsort(-scores, kind="stable")
+        return [(int(found[j][0]), float(scores[j])) for j in order]
+
+    def _passing(self, tenant: str, ids: list[int], where: str, args: list[Any]) -> set[int]:
+        rows = self._rows(
+            "select c.id from chunks c join documents d on d.tenant = c.tenant and d.id = c.doc_id"
+            f" where c.tenant = ? and c.id in (select value from json_each(?)) {where}",
+            [tenant, json.dumps(ids), *args],
+        )
+        return {r[0] for r in rows}
+
+    def keyword_search(
+        self, tenant: str, query: str, k: int, filters: Filters
+    ) -> list[tuple[int, float]]:
+        match = keyword_query(query)
+        if match is None or k <= 0:
+            return []
+        where, args = _conditions(filters)
+        join = (
+            " join documents d on d.tenant = c.tenant and d.id = c.doc_id" if where else ""
+        )
+        rows = self._rows(
+            "select f.rowid, bm25(fts) from fts f join chunks c on c.id = f.rowid"
+            f"{join} where fts match ? and c.tenant = ? {where} order by bm25(fts) limit ?",
+            [match, tenant, *args, k],
+        )
+        return [(int(i), -float(s)) for i, s in rows]
+
+    def chunks(self, tenant: str, ids: Sequence[int]) -> dict[int, Hit]:
+        rows = self._rows(
+            'select c.id, c.doc_id, c.text, c.start, c."end", d.source, d.meta, d.tags'
+            " from chunks c join documents d on d.tenant = c.tenant and d.id = c.doc_id"
+            " where c.tenant = ? and c.id in (select value from json_each(?))",
+            (tenant, json.dumps([int(i) for i in ids])),
+        )
+        out = {}
+        for cid, doc, text, start, end, source, meta, tags in rows:
+            info = {**json.loads(meta), "tags": json.loads(tags)}
+            out[int(cid)] = Hit(int(cid), doc, text, start, end, 0.0, source, info)
+        return out
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def add_root(self, root: Root) -> None:
+        with self._write():
+            self._db.execute(
+                "insert or replace into roots values (?,?,?,?)",
+                (root.path, root.tenant, root.chunker, root.indexed_at),
+            )
+
+    def roots(self) -> list[Root]:
+        return [Root(*r) for r in self._rows("select * from roots order by path, tenant")]
+
+    def stats(self, tenant: str | None = None) -> Stats:
+        cond, args = ("where tenant = ?", [tenant]) if tenant is not None else ("", [])
+        (docs,) = self._rows(f"select count(*) from documents {cond}", args)[0]
+        (chunks,) = self._rows(f"select count(*) from chunks {cond}", args)[0]
+        vectors = {}
+        for m in self.models():
+            (n,) = self._rows(f"select count(*) from vec_{m.id} {cond}", args)[0]
+            vectors[m.name] = int(n)
+        return Stats(int(docs), int(chunks), vectors)
+
+
+def _conditions(f: Filters) -> tuple[str, list[Any]]:
+    """SQL over ``c`` (chunks) and ``d`` (documents) for ``f``, with its arguments."""
+    parts: list[str] = []
+    args: list[Any] = []
+    if f.doc_ids:
+        parts.append("c.doc_id in (select value from json_each(?))")
+        args.append(json.dumps(list(f.doc_ids)))
+    if f.source_prefix is not None:
+        parts.append("substr(d.source, 1, ?) = ?")
+        args += [len(f.source_prefix), f.source_prefix]
+    if f.tags:
+        parts.append(
+            "exists (select 1 from json_each(d.tags) t where t.value in"
+            " (select value from json_each(?)))"
+        )
+        args.append(json.dumps(list(f.tags)))
+    if f.modified_after is not None:
+        parts.append("d.modified >= ?")
+        args.append(f.modified_after)
+    if f.modified_before is not None:
+        parts.append("d.modified <= ?")
+        args.append(f.modified_before)
+    for key, value in f.meta:
+        if not _META_KEY.fullmatch(key):
+            raise ValueError(f"meta filter key {key!r}: letters, digits, '_', '.', '-' only")
+        parts.append(f"json_extract(d.meta, '$.\"{key}\"') = ?")
+        args.append(int(value) if isinstance(value, bool) else value)
+    return "".join(" and " + p for p in parts), args
