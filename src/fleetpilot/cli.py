@@ -323,6 +323,135 @@ def guard_train(
     _guard(run_train, data, out, seed, Console())
 
 
+rag_app = typer.Typer(
+    help="The RAG data layer: ingest documents, search them, keep the index fresh.",
+    no_args_is_help=True,
+)
+app.add_typer(rag_app, name="rag")
+
+_STORE = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        help="sqlite file or postgresql:// URL (default: $FLEETPILOT_RAG_STORE or ./fleetpilot-rag.db)",
+    ),
+]
+_TENANT = Annotated[str, typer.Option(help="whose documents these are")]
+_EMBEDDER = Annotated[
+    str | None,
+    typer.Option(help="wordllama | e5 | openai:MODEL@BASE_URL (default: the store's, else wordllama)"),
+]
+_STRATEGY = Annotated[str, typer.Option("--chunker", help="fixed | recursive | semantic")]
+_SIZE = Annotated[int, typer.Option(help="chunk size in tokens")]
+
+
+def _default_store() -> str:
+    from fleetpilot.rag.commands import DEFAULT_STORE
+
+    return DEFAULT_STORE
+
+
+@rag_app.command("ingest")
+def rag_ingest(
+    paths: Annotated[list[Path], typer.Argument(help="files or directories")],
+    store: _STORE = "",
+    tenant: _TENANT = "default",
+    embedder: _EMBEDDER = None,
+    strategy: _STRATEGY = "recursive",
+    size: _SIZE = 256,
+    tag: Annotated[list[str] | None, typer.Option(help="a tag for every document (repeatable)")] = None,
+) -> None:
+    """Index text, Markdown, HTML and PDF files; only what changed is embedded again, and
+    documents whose files are gone are deleted.  Exit status 1 if a file was skipped."""
+    from rich.console import Console
+
+    from fleetpilot.rag.commands import run_ingest
+
+    skipped = _guard(
+        run_ingest, paths, store_url=store or _default_store(), tenant=tenant,
+        embedder_spec=embedder, strategy=strategy, size=size, tags=tuple(tag or ()),
+        console=Console(),
+    )  # fmt: skip
+    raise typer.Exit(1 if skipped else 0)
+
+
+@rag_app.command("search")
+def rag_search(
+    query: Annotated[str, typer.Argument()],
+    store: _STORE = "",
+    tenant: _TENANT = "default",
+    k: Annotated[int, typer.Option("-k", "--k", help="how many chunks")] = 10,
+    mode: Annotated[str, typer.Option(help="hybrid | vector | keyword")] = "hybrid",
+    filters: Annotated[
+        str | None, typer.Option(help='JSON, e.g. \'{"tag": "faq", "meta": {"lang": "en"}}\'')
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="JSON rows")] = False,
+) -> None:
+    """The top chunks for a query, with their documents and character spans."""
+    from rich.console import Console
+
+    from fleetpilot.rag.commands import run_search
+
+    _guard(
+        run_search, query, store_url=store or _default_store(), tenant=tenant, k=k, mode=mode,
+        filters=filters, as_json=json, console=Console(width=max(Console().width, 140)),
+    )  # fmt: skip
+
+
+@rag_app.command("status")
+def rag_status(
+    store: _STORE = "",
+    prometheus: Annotated[bool, typer.Option(help="Prometheus text instead of a table")] = False,
+) -> None:
+    """Documents, chunks, models, and what changed on disk but is not indexed yet."""
+    from rich.console import Console
+
+    from fleetpilot.rag.commands import run_status
+
+    _guard(run_status, store_url=store or _default_store(), prometheus=prometheus, console=Console())
+
+
+@rag_app.command("watch")
+def rag_watch(
+    root: Annotated[Path, typer.Argument(help="the directory to keep indexed")],
+    store: _STORE = "",
+    tenant: _TENANT = "default",
+    embedder: _EMBEDDER = None,
+    strategy: _STRATEGY = "recursive",
+    size: _SIZE = 256,
+    interval: Annotated[float, typer.Option(help="seconds between scans")] = 1.0,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve freshness gauges on 127.0.0.1:PORT/metrics")
+    ] = None,
+) -> None:
+    """Keep a directory's index fresh: ingest now, then on every change."""
+    from rich.console import Console
+
+    from fleetpilot.rag.commands import run_watch
+
+    _guard(
+        run_watch, root, store_url=store or _default_store(), tenant=tenant,
+        embedder_spec=embedder, strategy=strategy, size=size, interval_s=interval,
+        metrics_port=metrics_port, console=Console(),
+    )  # fmt: skip
+
+
+@rag_app.command("reembed")
+def rag_reembed(
+    embedder: Annotated[str, typer.Argument(help="wordllama | e5 | openai:MODEL@BASE_URL")],
+    store: _STORE = "",
+    batch: Annotated[int, typer.Option(help="chunks per embedding call")] = 256,
+) -> None:
+    """Move the store to another embedding model; searches keep using the old one until
+    every chunk has a new vector, then switch at once."""
+    from rich.console import Console
+
+    from fleetpilot.rag.commands import run_reembed
+
+    _guard(run_reembed, store_url=store or _default_store(), embedder_spec=embedder, batch=batch,
+           console=Console())  # fmt: skip
+
+
 def _guard(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     """Run an engine; a configuration error becomes one line on stderr and exit status 2."""
     from fleetpilot.errors import FleetpilotError

@@ -161,8 +161,11 @@ def _html(raw: str) -> tuple[str, str | None]:
 
 def _pdf(path: Path, data: bytes) -> tuple[str, str | None]:
     import io
+    import logging
 
     from pypdf import PdfReader
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its repairs are not our reader's news
     from pypdf.errors import PyPdfError
 
     try:

@@ -10,7 +10,8 @@ transaction-per-document discipline the store keeps (LlamaIndex's upsert-and-del
 LangChain's incremental clean-up work the same way).
 
 A file that cannot be read is reported by name and skipped; if an earlier version of it is
-indexed, that version keeps serving (and :func:`pending` keeps counting the file).
+indexed, that version keeps serving.  The store remembers it with its ``stat``, so it is
+reported again (not re-read) until it changes, and :func:`pending` counts it apart.
 """
 
 from __future__ import annotations
@@ -79,10 +80,18 @@ class Indexer:
         where = str(Path(root).resolve())
         stored = self.store.documents(self.tenant, where)
         entries = list(scan(Path(root)))
+        known_bad = self.store.skipped(self.tenant, where)
+        bad: dict[str, tuple[str, str]] = {}
         for n, entry in enumerate(entries, 1):
-            self._file(entry, stored, where, tags, report)
+            if known_bad.get(entry.id, ("",))[0] == entry.stamp:  # still the same bad file
+                bad[entry.id] = known_bad[entry.id]
+                report.errors.append(DocumentUnreadable(str(entry.path), bad[entry.id][1]))
+            elif (err := self._file(entry, stored, where, tags, report)) is not None:
+                bad[entry.id] = (entry.stamp, err.reason)
             if progress is not None:
                 progress(n, len(entries))
+        if bad or known_bad:
+            self.store.set_skipped(self.tenant, where, bad)
         seen = {e.id for e in entries}
         gone = [doc_id for doc_id in stored if doc_id not in seen]
         report.deleted = len(gone)
@@ -98,17 +107,18 @@ class Indexer:
         root: str,
         tags: tuple[str, ...],
         report: Report,
-    ) -> None:
+    ) -> DocumentUnreadable | None:
         old = stored.get(entry.id)
         if old is not None and old.stamp == entry.stamp:
             report.unchanged += 1
-            return
+            return None
         try:
             doc = load_file(entry.path, doc_id=entry.id, tenant=self.tenant, tags=tags)
         except DocumentUnreadable as exc:
             report.errors.append(exc)
-            return
+            return exc
         self._put(doc, entry.stamp, root, old.hash if old else None, report)
+        return None
 
     def add(self, docs: Iterable[Document], *, root: str = "") -> Report:
         """Documents given directly (an API, a crawler): upserted by id, nothing deleted."""
@@ -154,6 +164,7 @@ class Indexer:
 @dataclass(frozen=True, slots=True)
 class Pending:
     changed: int  # files new or modified since they were indexed
+    unreadable: int  # files skipped as unreadable, unchanged since
     deleted: int  # indexed documents whose file is gone
     oldest_s: float  # age of the oldest un-indexed change (0 when none)
     vectors: int  # chunks a building model has no vector for yet
@@ -162,15 +173,18 @@ class Pending:
 def pending(store: VectorStore, *, now: float | None = None) -> Pending:
     """What the store's roots hold that it has not indexed, found by ``stat`` alone."""
     now = time.time() if now is None else now
-    changed = deleted = 0
+    changed = deleted = unreadable = 0
     oldest = now
     for root in store.roots():
         stored = store.documents(root.tenant, root.path)
+        bad = store.skipped(root.tenant, root.path)
         path = Path(root.path)
         entries = {e.id: e for e in scan(path)} if path.exists() else {}
         for doc_id, entry in entries.items():
             old = stored.get(doc_id)
-            if old is None or old.stamp != entry.stamp:
+            if bad.get(doc_id, ("",))[0] == entry.stamp:
+                unreadable += 1
+            elif old is None or old.stamp != entry.stamp:
                 changed += 1
                 oldest = min(oldest, entry.mtime_ns / 1e9)
         gone = [d for d in stored if d not in entries]
@@ -178,5 +192,6 @@ def pending(store: VectorStore, *, now: float | None = None) -> Pending:
             deleted += len(gone)
             oldest = min(oldest, root.indexed_at)
     building = [m for m in store.models() if m.state == "building"]
-    vectors = sum(len(store.missing(m, 10**9)) for m in building)
-    return Pending(changed, deleted, max(0.0, now - oldest) if changed or deleted else 0.0, vectors)
+    vectors = sum(store.count_missing(m) for m in building)
+    age = max(0.0, now - oldest) if changed or deleted else 0.0
+    return Pending(changed, unreadable, deleted, age, vectors)

@@ -54,6 +54,9 @@ create table if not exists chunks(
 create index if not exists chunks_doc on chunks(tenant, doc_id);
 create virtual table if not exists fts using fts5(
   text, content='', contentless_delete=1, tokenize='porter unicode61 remove_diacritics 2');
+create table if not exists skipped(
+  tenant text not null, root text not null, id text not null, stamp text not null,
+  reason text not null, primary key (tenant, root, id)) without rowid;
 create table if not exists roots(
   path text not null, tenant text not null, chunker text not null, indexed_at real not null,
   primary key (path, tenant));
@@ -162,7 +165,7 @@ class SqliteStore:
         first checks every chunk has its vector (``ValueError`` if not: catch up first)."""
         with self._write():
             (n,) = next(self._db.execute(self._missing_sql(model, count=True)))
-            if n:
+            if n and model.state != "active":
                 raise ValueError(f"{n} chunks have no vector from {model.name} yet")
             old = [r[0] for r in self._db.execute("select id from models where state='active'")]
             self._db.execute("update models set state='active' where id = ?", (model.id,))
@@ -182,11 +185,12 @@ class SqliteStore:
             f" (select 1 from vec_{model.id} v where v.chunk_id = c.id)"
         )
 
-    def missing(self, model: ModelInfo, limit: int) -> list[tuple[int, str]]:
-        return [
-            (int(i), str(t))
-            for i, t in self._rows(self._missing_sql(model, count=False) + " limit ?", (limit,))
-        ]
+    def missing(self, model: ModelInfo, limit: int, after: int = 0) -> list[tuple[int, str]]:
+        sql = self._missing_sql(model, count=False) + " and c.id > ? order by c.id limit ?"
+        return [(int(i), str(t)) for i, t in self._rows(sql, (after, limit))]
+
+    def count_missing(self, model: ModelInfo) -> int:
+        return int(self._rows(self._missing_sql(model, count=True))[0][0])
 
     def put_vectors(self, model: ModelInfo, ids: Sequence[int], vectors: np.ndarray) -> None:
         with self._write():
@@ -429,6 +433,21 @@ class SqliteStore:
                 "insert or replace into roots values (?,?,?,?)",
                 (root.path, root.tenant, root.chunker, root.indexed_at),
             )
+
+    def set_skipped(self, tenant: str, root: str, skipped: dict[str, tuple[str, str]]) -> None:
+        """Replace the root's record of unreadable files (id -> (stamp, reason))."""
+        with self._write():
+            self._db.execute("delete from skipped where tenant = ? and root = ?", (tenant, root))
+            self._db.executemany(
+                "insert into skipped values (?,?,?,?,?)",
+                [(tenant, root, i, st, why) for i, (st, why) in skipped.items()],
+            )
+
+    def skipped(self, tenant: str, root: str) -> dict[str, tuple[str, str]]:
+        rows = self._rows(
+            "select id, stamp, reason from skipped where tenant = ? and root = ?", (tenant, root)
+        )
+        return {i: (st, why) for i, st, why in rows}
 
     def roots(self) -> list[Root]:
         return [Root(*r) for r in self._rows("select * from roots order by path, tenant")]
