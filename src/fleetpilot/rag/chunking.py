@@ -105,7 +105,9 @@ def fixed(size: int, overlap: int) -> Split:
 
 
 def recursive(size: int) -> Split:
-    def pieces(text: str, tokens: Tokens, start: int, end: int, level: int) -> list[tuple[int, int]]:
+    def pieces(
+        text: str, tokens: Tokens, start: int, end: int, level: int
+    ) -> list[tuple[int, int]]:
         if tokens.between(start, end) <= size:
             return [(start, end)]
         if level == len(_SEPARATORS):

@@ -10,10 +10,19 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from fleetpilot.errors import ConfigError
 from fleetpilot.rag.chunking import chunker
+from fleetpilot.rag.embed import DEFAULT as DEFAULT_EMBEDDER
 from fleetpilot.rag.embed import embedder
 from fleetpilot.rag.indexer import Indexer, Report, pending
 from fleetpilot.rag.search import Retriever, Weights
@@ -33,11 +42,17 @@ def _progress(console: Console) -> Progress:
     )  # fmt: skip
 
 
-def _indexer(store: VectorStore, spec: str | None, strategy: str, size: int, tenant: str) -> Indexer:
+def _indexer(
+    store: VectorStore, spec: str | None, strategy: str, size: int, tenant: str
+) -> Indexer:
     active = store.active_model()
-    model = embedder(spec or (active.spec if active else "wordllama"))
-    semantic = model if strategy == "semantic" else None
-    return Indexer(store, model, chunker(strategy, size=size, embedder=semantic), tenant=tenant)
+    try:
+        model = embedder(spec or (active.spec if active else DEFAULT_EMBEDDER))
+        semantic = model if strategy == "semantic" else None
+        cut = chunker(strategy, size=size, embedder=semantic)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return Indexer(store, model, cut, tenant=tenant)
 
 
 def _report_line(root: Path, r: Report) -> str:
@@ -67,9 +82,11 @@ def run_ingest(
         for root in paths:
             with _progress(console) as bar:
                 task = bar.add_task(f"{root}", total=None)
-                report = ix.ingest(
-                    root, tags=tags, progress=lambda n, total: bar.update(task, completed=n, total=total)
-                )
+
+                def show(n: int, total: int, task: TaskID = task) -> None:
+                    bar.update(task, completed=n, total=total)
+
+                report = ix.ingest(root, tags=tags, progress=show)
             for err in report.errors:
                 console.print(f"[yellow]skipped[/] {err.path}: {err.reason}")
             skipped += len(report.errors)
@@ -98,12 +115,20 @@ def run_search(
             query, tenant=tenant, k=k, mode=mode, filters=parsed
         )
         ms = (time.perf_counter() - t0) * 1e3
+    except ValueError as exc:  # a bad flag: the mode, k, the filters' JSON
+        raise ConfigError(str(exc)) from None
     finally:
         store.close()
     if as_json:
         rows = [
-            {"doc_id": h.doc_id, "source": h.source, "score": h.score, "start": h.start,
-             "end": h.end, "text": h.text}  # fmt: skip
+            {
+                "doc_id": h.doc_id,
+                "source": h.source,
+                "score": h.score,
+                "start": h.start,
+                "end": h.end,
+                "text": h.text,
+            }
             for h in hits
         ]
         console.print_json(json.dumps(rows))

@@ -94,8 +94,10 @@ class OpenAIEmbedder:
     def __init__(self, model: str, base_url: str, api_key: str | None = None) -> None:
         from openai import OpenAI
 
-        key = api_key or os.environ.get("FLEETPILOT_EMBED_KEY") or os.environ.get(
-            "OPENAI_API_KEY", "unused"
+        key = (
+            api_key
+            or os.environ.get("FLEETPILOT_EMBED_KEY")
+            or os.environ.get("OPENAI_API_KEY", "unused")
         )
         self._client = OpenAI(base_url=base_url, api_key=key, max_retries=2)
         self._model = model

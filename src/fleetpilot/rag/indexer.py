@@ -38,8 +38,8 @@ class Report:
     changed: int = 0
     unchanged: int = 0
     deleted: int = 0
-    chunks_embedded: int = 0  # new chunk texts, sent to the embedder
-    chunks_reused: int = 0  # chunk texts the document already had: vector kept
+    chunks_embedded: int = 0  # distinct new chunk texts, sent to the embedder
+    chunks_reused: int = 0  # chunks whose text the document already had: vector kept
     errors: list[DocumentUnreadable] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -79,6 +79,11 @@ class Indexer:
         report = Report()
         where = str(Path(root).resolve())
         stored = self.store.documents(self.tenant, where)
+        # stat stamps vouch for a file only if it was cut by the same chunker
+        last = next(
+            (r for r in self.store.roots() if (r.path, r.tenant) == (where, self.tenant)), None
+        )
+        trust = last is not None and last.chunker == self.chunker.spec
         entries = list(scan(Path(root)))
         known_bad = self.store.skipped(self.tenant, where)
         bad: dict[str, tuple[str, str]] = {}
@@ -86,7 +91,7 @@ class Indexer:
             if known_bad.get(entry.id, ("",))[0] == entry.stamp:  # still the same bad file
                 bad[entry.id] = known_bad[entry.id]
                 report.errors.append(DocumentUnreadable(str(entry.path), bad[entry.id][1]))
-            elif (err := self._file(entry, stored, where, tags, report)) is not None:
+            elif (err := self._file(entry, stored, where, tags, report, trust)) is not None:
                 bad[entry.id] = (entry.stamp, err.reason)
             if progress is not None:
                 progress(n, len(entries))
@@ -107,9 +112,10 @@ class Indexer:
         root: str,
         tags: tuple[str, ...],
         report: Report,
+        trust: bool,
     ) -> DocumentUnreadable | None:
         old = stored.get(entry.id)
-        if old is not None and old.stamp == entry.stamp:
+        if trust and old is not None and old.stamp == entry.stamp:
             report.unchanged += 1
             return None
         try:
@@ -143,12 +149,12 @@ class Indexer:
             return
         chunks = self.chunker(doc.text)
         known = self.store.vectors_of(self.tenant, doc.id, self.model) if old_hash else {}
+        report.chunks_reused += sum(1 for c in chunks if c.hash in known)
         fresh = list(dict.fromkeys(c.text for c in chunks if c.hash not in known))
         if fresh:
             made = self.embedder.documents(fresh)
             known.update({content_hash(t): made[i] for i, t in enumerate(fresh)})
         report.chunks_embedded += len(fresh)
-        report.chunks_reused += len(chunks) - len(fresh)
         rows = np.array([known[c.hash] for c in chunks], np.float32)
         rows = rows.reshape(len(chunks), self.embedder.dim)
         self.store.put_document(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 from fleetpilot.rag.embed import Embedder
 from fleetpilot.rag.store import ModelInfo, VectorStore
@@ -41,7 +42,7 @@ def reembed(
         if not todo:
             try:
                 store.activate(model)
-                return model
+                return replace(model, state="active")
             except ValueError:  # chunks ingested meanwhile: catch them up from the start
                 after = 0
                 total = done + store.count_missing(model)

@@ -19,6 +19,7 @@ from fleetpilot.rag.store import Filters, Hit, VectorStore
 __all__ = ["MODES", "Retriever", "Weights"]
 
 MODES = ("hybrid", "vector", "keyword")
+_NO_FILTERS = Filters()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class Retriever:
         tenant: str,
         k: int = 10,
         mode: str = "hybrid",
-        filters: Filters = Filters(),
+        filters: Filters = _NO_FILTERS,
         weights: Weights | None = None,
     ) -> list[Hit]:
         if mode not in MODES:

@@ -35,6 +35,7 @@ import sqlite_vec
 
 from fleetpilot.rag.chunking import Chunk
 from fleetpilot.rag.documents import Document
+from fleetpilot.rag.keywords import keyword_words
 from fleetpilot.rag.store import Filters, Hit, ModelInfo, Root, Stats, StoredDoc
 
 __all__ = ["SqliteStore", "keyword_query"]
@@ -42,7 +43,7 @@ __all__ = ["SqliteStore", "keyword_query"]
 _SCHEMA = """
 create table if not exists models(
   id integer primary key, name text not null unique, spec text not null, dim integer not null,
-  state text not null, created real not null);
+  state text not null, changed real not null);
 create table if not exists documents(
   tenant text not null, id text not null, root text not null, source text not null,
   hash text not null, stamp text not null, modified real not null, tags text not null,
@@ -62,34 +63,20 @@ create table if not exists roots(
   primary key (path, tenant));
 """
 
-# Words too common to rank by; dropping them from a query keeps an OR over its words from
-# scoring most of the corpus (FTS5 scores every row that matches any word).
-_STOPWORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers him his how i if in into is it its itself me
-    more most my no nor not of off on once only or other our out over own same she should so
-    some such than that the their them then there these they this those through to too under
-    until up very was we were what when where which while who whom why will with would you
-    your""".split()
-)
-_WORD = re.compile(r"\w+")
 _META_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def keyword_query(text: str) -> str | None:
     """A user's words as an FTS5 query: each word quoted (no FTS syntax gets through), any of
     them may match."""
-    words = [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
-    if not words:
-        words = _WORD.findall(text.lower())
-    return " OR ".join(f'"{w}"' for w in dict.fromkeys(words)) or None
+    return " OR ".join(f'"{w}"' for w in keyword_words(text)) or None
 
 
 class SqliteStore:
     exact_limit = 20_000  # vectors in a tenant up to which vector search is exact
     coarse = 256  # candidates taken by the bit scan, re-ranked exactly (at least 16 × k)
     few = 1024  # a filter that allows this many chunks or fewer is ranked row by row
+    retire_grace_s = 30.0  # a replaced model's tables are kept this long for searches under way
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
@@ -141,14 +128,20 @@ class SqliteStore:
     def add_model(self, name: str, spec: str, dim: int) -> ModelInfo:
         """A new model's tables: active at once in an empty store, otherwise ``building``."""
         with self._write():
-            found = list(self._db.execute("select id from models where name = ?", (name,)))
+            self._drop_retired()
+            found = list(self._db.execute("select id, state from models where name = ?", (name,)))
             if found:
-                (mid,) = found[0]
+                mid, state = found[0]
+                if state == "retired":  # its vectors are still right: deletions reached them
+                    self._db.execute(
+                        "update models set state = 'building', changed = ? where id = ?",
+                        (time.time(), mid),
+                    )
             else:
                 active = list(self._db.execute("select 1 from models where state = 'active'"))
                 state = "building" if active else "active"
                 self._db.execute(
-                    "insert into models(name, spec, dim, state, created) values (?,?,?,?,?)",
+                    "insert into models(name, spec, dim, state, changed) values (?,?,?,?,?)",
                     (name, spec, dim, state, time.time()),
                 )
                 mid = self._db.last_insert_rowid()
@@ -167,15 +160,31 @@ class SqliteStore:
             (n,) = next(self._db.execute(self._missing_sql(model, count=True)))
             if n and model.state != "active":
                 raise ValueError(f"{n} chunks have no vector from {model.name} yet")
-            old = [r[0] for r in self._db.execute("select id from models where state='active'")]
-            self._db.execute("update models set state='active' where id = ?", (model.id,))
-            for mid in old:
-                if mid != model.id:
-                    self._db.execute(
-                        f"drop table vec_{mid}; drop table bit_{mid};"
-                        f"delete from models where id = {int(mid)}"
-                    )
+            self._db.execute(
+                "update models set state = 'retired', changed = ? where state = 'active'",
+                (time.time(),),
+            )
+            self._db.execute(
+                "update models set state = 'active', changed = ? where id = ?",
+                (time.time(), model.id),
+            )
+            self._drop_retired()
         self._counts.clear()
+
+    def _drop_retired(self) -> None:
+        """Drop the tables of models retired over ``retire_grace_s`` ago.  Not at once: a
+        search that read the old model just before the switch must still find its tables."""
+        cutoff = time.time() - self.retire_grace_s
+        old = list(
+            self._db.execute(
+                "select id from models where state = 'retired' and changed < ?", (cutoff,)
+            )
+        )
+        for (mid,) in old:
+            self._db.execute(
+                f"drop table vec_{int(mid)}; drop table bit_{int(mid)};"
+                f"delete from models where id = {int(mid)}"
+            )
 
     @staticmethod
     def _missing_sql(model: ModelInfo, *, count: bool) -> str:
@@ -201,7 +210,8 @@ class SqliteStore:
                 )
             )
             self._insert_vectors(
-                model.id, [(i, tenants[i], v) for i, v in zip(ids, vectors, strict=True) if i in tenants]
+                model.id,
+                [(i, tenants[i], v) for i, v in zip(ids, vectors, strict=True) if i in tenants],
             )
 
     def _insert_vectors(self, mid: int, rows: list[tuple[int, str, np.ndarray]]) -> None:
@@ -211,7 +221,10 @@ class SqliteStore:
         )
         self._db.executemany(
             f"insert or replace into bit_{mid}(chunk_id, tenant, emb) values (?,?,vec_bit(?))",
-            [(int(i), t, np.packbits(np.asarray(v) > 0, bitorder="little").tobytes()) for i, t, v in rows],
+            [
+                (int(i), t, np.packbits(np.asarray(v) > 0, bitorder="little").tobytes())
+                for i, t, v in rows
+            ],
         )
 
     # -- documents -----------------------------------------------------------------------
@@ -242,15 +255,24 @@ class SqliteStore:
         chunks: Sequence[Chunk],
         vectors: dict[int, np.ndarray],
     ) -> None:
-        models = {m.id for m in self.models()}
+        models = {m.id for m in self.models() if m.state != "retired"}
         with self._write():
+            self._drop_retired()
             self._delete(doc.tenant, [doc.id])
             self._db.execute(
                 "insert into documents values (?,?,?,?,?,?,?,?,?,?)",
                 (
-                    doc.tenant, doc.id, root, doc.source, doc_hash, stamp, doc.modified,
-                    json.dumps(list(doc.tags)), json.dumps(doc.meta), time.time(),
-                ),  # fmt: skip
+                    doc.tenant,
+                    doc.id,
+                    root,
+                    doc.source,
+                    doc_hash,
+                    stamp,
+                    doc.modified,
+                    json.dumps(list(doc.tags)),
+                    json.dumps(doc.meta),
+                    time.time(),
+                ),
             )
             ids = []
             for i, c in enumerate(chunks):
@@ -366,7 +388,8 @@ class SqliteStore:
             return [(int(i), 1.0 - float(d)) for i, d in rows]
         bits = np.packbits(q > 0, bitorder="little").tobytes()
         rows = self._rows(
-            f"select chunk_id from bit_{model.id} where emb match vec_bit(?) and k = ? and tenant = ?",
+            f"select chunk_id from bit_{model.id}"
+            " where emb match vec_bit(?) and k = ? and tenant = ?",
             (bits, min(4096, max(self.coarse, 16 * k)), tenant),
         )
         return self._rank(model, q, [r[0] for r in rows])[:k]
@@ -402,9 +425,7 @@ class SqliteStore:
         if match is None or k <= 0:
             return []
         where, args = _conditions(filters)
-        join = (
-            " join documents d on d.tenant = c.tenant and d.id = c.doc_id" if where else ""
-        )
+        join = " join documents d on d.tenant = c.tenant and d.id = c.doc_id" if where else ""
         rows = self._rows(
             "select f.rowid, bm25(fts) from fts f join chunks c on c.id = f.rowid"
             f"{join} where fts match ? and c.tenant = ? {where} order by bm25(fts) limit ?",
@@ -458,6 +479,8 @@ class SqliteStore:
         (chunks,) = self._rows(f"select count(*) from chunks {cond}", args)[0]
         vectors = {}
         for m in self.models():
+            if m.state == "retired":
+                continue
             (n,) = self._rows(f"select count(*) from vec_{m.id} {cond}", args)[0]
             vectors[m.name] = int(n)
         return Stats(int(docs), int(chunks), vectors)

@@ -103,7 +103,9 @@ class Filters:
             raise ValueError("filters must be an object")
         unknown = set(raw) - set(_FILTER_KEYS)
         if unknown:
-            raise ValueError(f"unknown filter {sorted(unknown)[0]!r}; use {', '.join(_FILTER_KEYS)}")
+            raise ValueError(
+                f"unknown filter {sorted(unknown)[0]!r}; use {', '.join(_FILTER_KEYS)}"
+            )
 
         def strings(name: str) -> tuple[str, ...]:
             v = raw.get(name)

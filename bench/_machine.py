@@ -1,0 +1,45 @@
+"""What else the machine was doing while a benchmark ran: a figure taken while other
+processes used more than a quarter of a core is printed, and marked, but not judged."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+
+__all__ = ["BUSY_CORES", "OtherLoad"]
+
+BUSY_CORES = 0.25
+
+
+class OtherLoad:
+    """``with OtherLoad() as load: ...``, then ``load.cores`` (other processes, in cores)."""
+
+    def __enter__(self) -> OtherLoad:
+        self._me = psutil.Process()
+        self._t0, self._all0, self._mine0 = (
+            time.perf_counter(),
+            psutil.cpu_times(),
+            self._me.cpu_times(),
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self._t0
+        all1, mine1 = psutil.cpu_times(), self._me.cpu_times()
+        busy = (all1.user + all1.system) - (self._all0.user + self._all0.system)
+        own = (mine1.user + mine1.system) - (self._mine0.user + self._mine0.system)
+        own += sum(
+            getattr(mine1, f, 0) - getattr(self._mine0, f, 0)
+            for f in ("children_user", "children_system")
+        )
+        self.cores = max(0.0, busy - own) / wall if wall > 0 else 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.cores > BUSY_CORES
+
+    def line(self) -> str:
+        return f"other processes: {self.cores:.2f} cores" + (
+            " (busy machine: not judged)" if self.busy else ""
+        )
