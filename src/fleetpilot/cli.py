@@ -333,13 +333,16 @@ _STORE = Annotated[
     str,
     typer.Option(
         "--store",
-        help="sqlite file or postgresql:// URL (default: $FLEETPILOT_RAG_STORE or ./fleetpilot-rag.db)",
+        help="sqlite file or postgresql:// URL"
+        " (default: $FLEETPILOT_RAG_STORE or ./fleetpilot-rag.db)",
     ),
 ]
 _TENANT = Annotated[str, typer.Option(help="whose documents these are")]
 _EMBEDDER = Annotated[
     str | None,
-    typer.Option(help="wordllama | e5 | openai:MODEL@BASE_URL (default: the store's, else wordllama)"),
+    typer.Option(
+        help="wordllama | e5 | openai:MODEL@BASE_URL (default: the store's, else wordllama)"
+    ),
 ]
 _STRATEGY = Annotated[str, typer.Option("--chunker", help="fixed | recursive | semantic")]
 _SIZE = Annotated[int, typer.Option(help="chunk size in tokens")]
@@ -359,7 +362,9 @@ def rag_ingest(
     embedder: _EMBEDDER = None,
     strategy: _STRATEGY = "recursive",
     size: _SIZE = 256,
-    tag: Annotated[list[str] | None, typer.Option(help="a tag for every document (repeatable)")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="a tag for every document (repeatable)")
+    ] = None,
 ) -> None:
     """Index text, Markdown, HTML and PDF files; only what changed is embedded again, and
     documents whose files are gone are deleted.  Exit status 1 if a file was skipped."""
@@ -408,7 +413,8 @@ def rag_status(
 
     from fleetpilot.rag.commands import run_status
 
-    _guard(run_status, store_url=store or _default_store(), prometheus=prometheus, console=Console())
+    url = store or _default_store()
+    _guard(run_status, store_url=url, prometheus=prometheus, console=Console())
 
 
 @rag_app.command("watch")

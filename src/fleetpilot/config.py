@@ -48,6 +48,7 @@ __all__ = [
     "FleetConfig",
     "GatewayConfig",
     "PoolConfig",
+    "RetrievalConfig",
     "in_networks",
     "load_fleet",
     "replica_url",
@@ -270,6 +271,24 @@ class GuardConfig(_Frozen):
         return self.default
 
 
+class RetrievalConfig(_Frozen):
+    """The fleet file's ``retrieval:`` section: ``POST /v1/retrieve``, and chat requests that
+    ask for it (``"retrieval": true`` or an object with ``k``, ``mode``, ``filters``) get the
+    top chunks of their tenant's documents, with citations, before their last user turn."""
+
+    enabled: bool = False
+    store: str = Field(
+        default="fleetpilot-rag.db",
+        description="a `rag ingest` store: sqlite file or postgresql://",
+    )
+    k: int = Field(default=4, ge=1, le=50, description="chunks added to a chat request")
+    max_k: int = Field(default=50, ge=1, le=1000, description="most a /v1/retrieve may ask for")
+    mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
+    max_context_tokens: int = Field(default=2000, ge=64, description="retrieved text per request")
+    vector_weight: float = Field(default=1.0, ge=0)
+    keyword_weight: float = Field(default=1.0, ge=0)
+
+
 class StoreConfig(_Frozen):
     """The shared store: ``memory://``, ``sqlite:///path/file.db`` or ``redis://host:port/db``
     (one setting, read by the gateway and the controller alike)."""
@@ -285,6 +304,7 @@ class FleetConfig(_Frozen):
     )
     tenancy: TenancyConfig = TenancyConfig()
     guard: GuardConfig = GuardConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
 
     @field_validator("pools")
     @classmethod

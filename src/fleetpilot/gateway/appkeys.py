@@ -20,3 +20,4 @@ CONFIG: web.AppKey[FleetConfig] = web.AppKey("config", FleetConfig)
 ADMIN: web.AppKey[AdminAuth] = web.AppKey("admin", AdminAuth)
 PIPELINE: web.AppKey[Handler] = web.AppKey("pipeline")
 TENANCY: web.AppKey[Any] = web.AppKey("tenancy")  # gateway.server.Tenancy, when a store is on
+RETRIEVAL: web.AppKey[Any] = web.AppKey("retrieval")  # stages.retrieval.Retrieval, when on

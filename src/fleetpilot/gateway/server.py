@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import os
 import signal
@@ -37,8 +38,17 @@ from fleetpilot.errors import (
     PayloadTooLarge,
 )
 from fleetpilot.gateway.aiohttp_front import expect_continue, response, write
-from fleetpilot.gateway.appkeys import ADMIN, CONFIG, FLEET, METRICS, PIPELINE, PROXY, TENANCY
-from fleetpilot.gateway.auth import ADMIN_ENV, AdminAuth, ClientKeys
+from fleetpilot.gateway.appkeys import (
+    ADMIN,
+    CONFIG,
+    FLEET,
+    METRICS,
+    PIPELINE,
+    PROXY,
+    RETRIEVAL,
+    TENANCY,
+)
+from fleetpilot.gateway.auth import ADMIN_ENV, AdminAuth, ClientKeys, bearer
 from fleetpilot.gateway.fastlane import listen
 from fleetpilot.gateway.fleet import LiveFleet, LiveReplica
 from fleetpilot.gateway.intake import admit, new_request_id
@@ -56,7 +66,7 @@ from fleetpilot.store import Store, StoreUnavailable, open_store
 from fleetpilot.tenancy import registry
 from fleetpilot.tenancy.admission import Admission, TenancyMetrics
 from fleetpilot.tenancy.prices import Prices
-from fleetpilot.tenancy.registry import Directory
+from fleetpilot.tenancy.registry import Directory, Principal
 
 __all__ = ["CONFIG", "FLEET", "METRICS", "PROXY", "TENANCY", "create_app", "run_gateway"]
 
@@ -254,7 +264,44 @@ async def _scrape_loop(app: web.Application) -> None:
         await asyncio.sleep(interval)
 
 
-def pipeline(config: FleetConfig, upstream: Proxy, tenancy: Tenancy | None = None) -> Handler:
+def detector_of(config: FleetConfig) -> Any:
+    """The guard's detector when the guard is on (imported only then: a gateway without it
+    does no guard work), shared by the guard stage and retrieval's screening."""
+    if not config.guard.enabled:
+        return None
+    from fleetpilot.guard.detector import Detector
+
+    path = Path(config.guard.model) if config.guard.model else None
+    try:
+        return Detector.from_path(path, threshold=config.guard.threshold)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"guard.model: {exc}") from None
+
+
+def retrieval_of(config: FleetConfig, metrics: GatewayMetrics, detector: Any) -> Any:
+    """The screened search over the configured RAG store, when retrieval is on."""
+    if not config.retrieval.enabled:
+        return None
+    from fleetpilot.gateway.stages.retrieval import Retrieval, RetrievalMetrics
+    from fleetpilot.rag.search import Retriever
+    from fleetpilot.rag.store import open_store as open_rag
+
+    try:
+        store = open_rag(config.retrieval.store)
+    except Exception as exc:
+        raise ConfigError(f"retrieval.store {config.retrieval.store!r}: {exc}") from None
+    metrics_ = RetrievalMetrics(metrics.registry)
+    return Retrieval(Retriever(store), config.retrieval, metrics_, detector, config.guard)
+
+
+def pipeline(
+    config: FleetConfig,
+    upstream: Proxy,
+    tenancy: Tenancy | None = None,
+    *,
+    detector: Any = None,
+    retrieval: Any = None,
+) -> Handler:
     """The chain of stages that are on, in DESIGN.md's order, ending upstream."""
     stages: list[Stage] = []
     keys = ClientKeys(tuple(config.gateway.client_keys))
@@ -263,17 +310,63 @@ def pipeline(config: FleetConfig, upstream: Proxy, tenancy: Tenancy | None = Non
         stages.append(admission_stage(tenancy.admission, tenancy.prices, upstream.fleet))
     elif keys.required:
         stages.append(auth_stage(keys))
-    if config.guard.enabled:  # imported only when on: a gateway without it does no guard work
+    if detector is not None:
         from fleetpilot.gateway.stages.guard import GuardMetrics, guard_stage
-        from fleetpilot.guard.detector import Detector
 
-        path = Path(config.guard.model) if config.guard.model else None
-        try:
-            detector = Detector.from_path(path, threshold=config.guard.threshold)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"guard.model: {exc}") from None
         stages.append(guard_stage(config.guard, detector, GuardMetrics(upstream.metrics.registry)))
+    if retrieval is not None:
+        from fleetpilot.gateway.stages.retrieval import retrieval_stage
+
+        stages.append(retrieval_stage(retrieval))
     return compose(stages, upstream)
+
+
+def _caller(app: web.Application, headers: Any) -> Principal:
+    """Who is calling a route outside the pipeline, by the same rules as its auth stages."""
+    tenancy = app[TENANCY]
+    if tenancy is not None:
+        principal: Principal = tenancy.directory.principal(bearer(headers))
+        return principal
+    keys = ClientKeys(tuple(app[CONFIG].gateway.client_keys))
+    if keys.required:
+        return Principal(registry.DEFAULT_TENANT, None, "key:" + keys.check(headers)[:8])
+    return Principal(registry.DEFAULT_TENANT)
+
+
+async def _retrieve(request: web.Request) -> web.Response:
+    """``POST /v1/retrieve``: the top chunks of the caller's own documents."""
+    from fleetpilot.gateway.stages.retrieval import Query
+
+    app = request.app
+    retrieval = app[RETRIEVAL]
+    principal = _caller(app, request.headers)
+    cfg = app[CONFIG].gateway
+    raw = await _read_body(request, cfg.max_body_bytes, cfg.body_timeout_s)
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    text = body.get("query")
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest("'query' must be a non-empty string", param="query")
+    query = Query.parse(body, text, retrieval.config)
+    tenant = principal.tenant.name
+    hits, flags = await retrieval.search(query, tenant, "/v1/retrieve", request[_REQUEST_ID])
+    model = retrieval.retriever.store.active_model()
+    data = [
+        {"object": "retrieval.chunk", "id": h.chunk_id, "document": h.doc_id,
+         "source": h.source, "text": h.text, "start": h.start, "end": h.end,
+         "score": h.score, "metadata": h.meta}
+        for h in hits
+    ]  # fmt: skip
+    headers = {"x-request-id": request[_REQUEST_ID]}
+    if flags:
+        headers["x-fleetpilot-guard"] = "; ".join(flags)
+    reply = {"object": "list", "data": data, "mode": query.mode,
+             "model": model.name if model else None}  # fmt: skip
+    return web.json_response(reply, headers=headers)
 
 
 async def _start_tenancy(config: FleetConfig, t: Tenancy) -> None:
@@ -363,7 +456,9 @@ def create_app(
         await resp.read()
 
     tenancy = app[TENANCY] = tenancy_of(config, fleet, metrics, post)
-    app[PIPELINE] = pipeline(config, proxy, tenancy)
+    detector = detector_of(config)
+    retrieval = app[RETRIEVAL] = retrieval_of(config, metrics, detector)
+    app[PIPELINE] = pipeline(config, proxy, tenancy, detector=detector, retrieval=retrieval)
     if tenancy is None and not cfg.client_keys:
         log.warning("no API keys and no store: serving every request anonymously")
     if admin.token is None:
@@ -376,6 +471,8 @@ def create_app(
     route_post("/v1/chat/completions", _api("chat"))
     route_post("/v1/completions", _api("completions"))
     route_post("/v1/embeddings", _api("embeddings"))
+    if retrieval is not None:
+        route_post("/v1/retrieve", _retrieve)
     get("/v1/models", _models)
     get("/health", _health)
     get("/metrics", _metrics)
@@ -406,6 +503,8 @@ def create_app(
             with contextlib.suppress(StoreUnavailable):
                 await tenancy.admission.flush()
             await tenancy.store.close()
+        if retrieval is not None:
+            retrieval.retriever.store.close()
         await upstream.close()
 
     app.cleanup_ctx.append(lifecycle)

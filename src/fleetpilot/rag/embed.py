@@ -66,7 +66,7 @@ class WordLlamaEmbedder:
         return _normalise(self._model.embed(list(texts), norm=False))
 
     def query(self, text: str) -> np.ndarray:
-        return self.documents([text])[0]
+        return np.asarray(self.documents([text])[0])
 
 
 class E5Embedder:
@@ -85,7 +85,7 @@ class E5Embedder:
         return _normalise(np.atleast_2d(self._model.passage(list(texts))))
 
     def query(self, text: str) -> np.ndarray:
-        return _normalise(np.atleast_2d(self._model.query([text])))[0]
+        return np.asarray(_normalise(np.atleast_2d(self._model.query([text])))[0])
 
 
 class OpenAIEmbedder:
@@ -113,7 +113,7 @@ class OpenAIEmbedder:
         return _normalise(np.array([r.embedding for r in rows], dtype=np.float32))
 
     def query(self, text: str) -> np.ndarray:
-        return self.documents([text])[0]
+        return np.asarray(self.documents([text])[0])
 
 
 _CACHE: dict[str, Any] = {}

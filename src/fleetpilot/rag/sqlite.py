@@ -112,6 +112,9 @@ class SqliteStore:
         with self._lock:
             return list(self._db.execute(sql, args))
 
+    def _rows_locked(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._db.execute(sql, args))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -334,13 +337,13 @@ class SqliteStore:
     def _tenant_size(self, tenant: str, model: ModelInfo) -> int:
         with self._lock:
             # data_version moves when another connection commits, total_changes when this one
-            (other,) = self._db.execute("pragma data_version").fetchone()
+            (other,) = self._rows_locked("pragma data_version")[0]
             version = (int(other), self._db.total_changes())
             cached = self._counts.get((tenant, model.id))
             if cached is not None and cached[0] == version:
                 return cached[1]
             sql = "select count(*) from chunks where tenant = ?"
-            (n,) = self._db.execute(sql, (tenant,)).fetchone()
+            (n,) = self._rows_locked(sql, (tenant,))[0]
             self._counts[(tenant, model.id)] = (version, int(n))
             return int(n)
 
@@ -401,8 +404,8 @@ class SqliteStore:
             return []
         sql = f"select emb from vec_{model.id} where chunk_id = ?"
         with self._lock:
-            found = [(i, self._db.execute(sql, (i,)).fetchone()) for i in ids]
-        found = [(i, r[0]) for i, r in found if r is not None]
+            rows = [(i, self._db.execute(sql, (i,)).fetchone()) for i in ids]
+        found: list[tuple[int, bytes]] = [(i, r[0]) for i, r in rows if r is not None]
         if not found:
             return []
         m = np.frombuffer(b"".join(e for _, e in found), np.float32).reshape(len(found), -1)

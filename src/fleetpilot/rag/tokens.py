@@ -44,7 +44,8 @@ class Tokens:
 
 def tokenize(text: str) -> Tokens:
     enc = _tokenizer().encode(text, add_special_tokens=False)
-    starts, ends = [], []
+    starts: list[int] = []
+    ends: list[int] = []
     for s, e in enc.offsets:
         if e > s:  # byte-fallback pieces of one character share its span: count it once
             if starts and starts[-1] == s:
