@@ -65,8 +65,12 @@ class PostgresStore:
     ef_search = 100  # HNSW candidates per scan (pgvector's default is 40)
     retire_grace_s = 30.0  # a replaced model's table is kept this long for searches under way
 
+    common_share = 0.01  # a word in more of the chunks than this does not select candidates
+
     def __init__(self, url: str) -> None:
         self.url = url
+        self._common: dict[str, float] = {}
+        self._common_at = -1e9
         self._db = psycopg.connect(url, autocommit=True)
         self._lock = threading.RLock()
         with self._write() as cur:
@@ -303,18 +307,52 @@ class PostgresStore:
     def keyword_search(
         self, tenant: str, query: str, k: int, filters: Filters
     ) -> list[tuple[int, float]]:
-        words = keyword_words(query)
-        if not words or k <= 0:
+        """Chunks that hold one of the query's *rarer* words, ranked by ``ts_rank_cd`` with
+        all of them.  Ranking every chunk that holds any word (an OR over "flow", "layer")
+        reads most of the table; a word in more than ``common_share`` of chunks (known
+        from ANALYZE's most common lexemes, free) only adds to the rank — as max-score
+        pruning drops terms too common to lift a document into the top ``k``."""
+        if not keyword_words(query) or k <= 0:
             return []
+        lexemes = [r[0] for r in self._rows(
+            "select unnest(tsvector_to_array(to_tsvector('english', %s)))", (query,))]  # fmt: skip
+        if not lexemes:
+            return []
+        common = self._common_lexemes()
+        rare = [w for w in lexemes if common.get(w, 0.0) <= self.common_share]
+        if not rare:  # every word is common: the two least common select
+            rare = sorted(lexemes, key=lambda w: common.get(w, 0.0))[:2]
         where, args = _conditions(filters)
         join = " join rag_documents d on d.tenant = c.tenant and d.id = c.doc_id" if where else ""
         rows = self._rows(
-            "select c.id, ts_rank_cd(c.tsv, q) as r from rag_chunks c"
-            f"{join}, to_tsquery('english', %s) q where c.tenant = %s and c.tsv @@ q {where}"
+            "select c.id, ts_rank_cd(c.tsv, to_tsquery('simple', %s)) as r from rag_chunks c"
+            f"{join} where c.tenant = %s and c.tsv @@ to_tsquery('simple', %s) {where}"
             " order by r desc, c.id limit %s",
-            [" | ".join(words), tenant, *args, k],
+            [_any_of(lexemes), tenant, _any_of(rare), *args, k],
         )
         return [(int(i), float(s)) for i, s in rows]
+
+    def _common_lexemes(self) -> dict[str, float]:
+        """Lexeme -> share of chunks holding it, for the most common ones (ANALYZE's
+        ``most_common_elems``), refreshed every minute; the table is analysed here if it
+        never was."""
+        now = time.monotonic()
+        if now - self._common_at < 60.0:
+            return self._common
+        stat = "from pg_stats where tablename = 'rag_chunks' and attname = 'tsv'"
+        rows = self._rows(f"select most_common_elems::text::text[], most_common_elem_freqs {stat}")
+        if not rows or rows[0][0] is None:
+            (n,) = self._rows("select count(*) from rag_chunks")[0]
+            if n >= 1000:
+                with self._lock, self._db.cursor() as cur:
+                    cur.execute("analyze rag_chunks")
+                rows = self._rows(
+                    f"select most_common_elems::text::text[], most_common_elem_freqs {stat}"
+                )
+        elems, freqs = rows[0] if rows and rows[0][0] is not None else ([], [])
+        self._common = dict(zip(elems, freqs, strict=False))  # freqs ends with 3 summary values
+        self._common_at = now
+        return self._common
 
     def chunks(self, tenant: str, ids: Sequence[int]) -> dict[int, Hit]:
         rows = self._rows(
@@ -366,6 +404,11 @@ class PostgresStore:
             if m.state != "retired"
         }
         return Stats(int(docs), int(chunks), vectors)
+
+
+def _any_of(lexemes: list[str]) -> str:
+    """An OR of lexemes as tsquery text, each quoted (a lexeme may hold any character)."""
+    return " | ".join("'" + w.replace("'", "''").replace("\\", "\\\\") + "'" for w in lexemes)
 
 
 def _conditions(f: Filters) -> tuple[str, list[Any]]:
