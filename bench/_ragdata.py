@@ -57,7 +57,9 @@ def write_tree(folder: Path, files: int, paragraphs: int, seed: int = 7) -> Path
     return folder
 
 
-def build(folder: Path, store: object, files: int, paragraphs: int, spec: str = "wordllama") -> object:
+def build(
+    folder: Path, store: object, files: int, paragraphs: int, spec: str = "wordllama"
+) -> object:
     """Write the tree and ingest it into ``store``; the indexer's report."""
     from fleetpilot.rag.chunking import chunker
     from fleetpilot.rag.embed import embedder

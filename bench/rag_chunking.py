@@ -28,7 +28,6 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import OtherLoad
 from _ragdata import data_root
-
 from fleetpilot.rag.chunking import chunker
 from fleetpilot.rag.documents import Document
 from fleetpilot.rag.embed import embedder
@@ -41,9 +40,11 @@ from fleetpilot.rag.tokens import tokenize
 
 CHOOSE = ("wikitexts", "pubmed", "chatlogs")
 STRATEGIES = (
-    ("fixed", 128, 16), ("fixed", 256, 32), ("fixed", 512, 64),
-    ("recursive", 128, None), ("recursive", 256, None), ("recursive", 512, None),
-    ("semantic", 128, None), ("semantic", 256, None), ("semantic", 512, None),
+    ("fixed", 64, 8), ("fixed", 128, 16), ("fixed", 256, 32), ("fixed", 512, 64),
+    ("recursive", 64, None), ("recursive", 128, None), ("recursive", 256, None),
+    ("recursive", 512, None),
+    ("semantic", 64, None), ("semantic", 128, None), ("semantic", 256, None),
+    ("semantic", 512, None),
 )  # fmt: skip
 
 
@@ -62,7 +63,9 @@ def _context(hits: list, budget: int) -> list[tuple[int, int]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--budget", type=int, default=512, help="context tokens per question")
     ap.add_argument("--mode", default="hybrid")
     args = ap.parse_args()
@@ -80,8 +83,16 @@ def main() -> None:
             r = Retriever(store)
             per: dict[str, list[tuple[float, float, float]]] = {}
             for q in data.questions:
-                hits = r.search(q.text, tenant="default", k=60, mode=args.mode, filters=Filters(doc_ids=(q.corpus,)))
-                per.setdefault(q.corpus, []).append(span_scores(_context(hits, args.budget), q.spans))
+                hits = r.search(
+                    q.text,
+                    tenant="default",
+                    k=60,
+                    mode=args.mode,
+                    filters=Filters(doc_ids=(q.corpus,)),
+                )
+                per.setdefault(q.corpus, []).append(
+                    span_scores(_context(hits, args.budget), q.spans)
+                )
             results[name] = {c: tuple(np.mean(v, axis=0)) for c, v in per.items()}  # type: ignore[misc]
             chunks = store.stats().chunks
             store.close()
@@ -92,21 +103,30 @@ def main() -> None:
         return tuple(np.mean([results[name][c] for c in which], axis=0))  # type: ignore[return-value]
 
     report = tuple(c for c in corpora if c not in CHOOSE)
-    table = Table(title=f"chunking at a {args.budget}-token context ({args.mode} search); recall / precision / IoU")
+    table = Table(
+        title=f"chunking at a {args.budget}-token context ({args.mode} search); "
+        "recall / precision / IoU"
+    )
     table.add_column("strategy")
     for c in corpora:
         table.add_column(c + (" (choose)" if c in CHOOSE else " (report)"))
     table.add_column("choose sets")
     table.add_column("report sets")
     for name in results:
-        cells = [f"{results[name][c][0]:.3f} / {results[name][c][1]:.3f} / {results[name][c][2]:.3f}" for c in corpora]
+        cells = [
+            f"{results[name][c][0]:.3f} / {results[name][c][1]:.3f} / {results[name][c][2]:.3f}"
+            for c in corpora
+        ]
         ch, rp = mean(name, CHOOSE), mean(name, report)
         table.add_row(name, *cells, f"{ch[0]:.3f} / {ch[2]:.3f}", f"{rp[0]:.3f} / {rp[2]:.3f}")
     console.print(table)
     winner = max(results, key=lambda n: (round(mean(n, CHOOSE)[0], 3), mean(n, CHOOSE)[2]))
     best_report = max(results, key=lambda n: mean(n, report)[0])
-    console.print(f"chosen on {', '.join(CHOOSE)}: {winner}; on the report sets it scores recall "
-                  f"{mean(winner, report)[0]:.3f} (best there: {best_report}, {mean(best_report, report)[0]:.3f})")
+    console.print(
+        f"chosen on {', '.join(CHOOSE)}: {winner}; on the report sets it scores recall "
+        f"{mean(winner, report)[0]:.3f} (best there: {best_report}, "
+        f"{mean(best_report, report)[0]:.3f})"
+    )
     console.print(f"other processes: {load.cores:.2f} cores (these figures do not depend on it)")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -25,7 +24,6 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import OtherLoad
 from _ragdata import CHUNK_TOKENS, write_tree
-
 from fleetpilot.rag.chunking import chunker
 from fleetpilot.rag.embed import embedder
 from fleetpilot.rag.indexer import Indexer, Report
@@ -35,7 +33,9 @@ TARGET_S = 1.0
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--paragraphs", type=int, default=50)
     ap.add_argument("--embedder", default="wordllama")
@@ -61,16 +61,42 @@ def main() -> None:
         (tree / "part03" / "new.md").write_text("# New\n\n" + "\n\n".join(text))
         rows.append(("one document added", ix.ingest(tree)))
         store.close()
-    table = Table(title=f"re-ingest of a {args.files}-file tree, {chunks:,} chunks ({args.embedder})")
-    for col in ("case", "seconds", "added", "changed", "unchanged", "deleted", "chunks embedded", "chunks reused"):
+    table = Table(
+        title=f"re-ingest of a {args.files}-file tree, {chunks:,} chunks ({args.embedder})"
+    )
+    for col in (
+        "case",
+        "seconds",
+        "added",
+        "changed",
+        "unchanged",
+        "deleted",
+        "chunks embedded",
+        "chunks reused",
+    ):
         table.add_column(col, justify="right")
     for name, r in rows:
-        table.add_row(name, f"{r.seconds:.3f}", *(str(x) for x in (r.added, r.changed, r.unchanged, r.deleted, r.chunks_embedded, r.chunks_reused)))
+        table.add_row(
+            name,
+            f"{r.seconds:.3f}",
+            *(
+                str(x)
+                for x in (
+                    r.added,
+                    r.changed,
+                    r.unchanged,
+                    r.deleted,
+                    r.chunks_embedded,
+                    r.chunks_reused,
+                )
+            ),
+        )
     console.print(table)
     ok = edit.seconds <= TARGET_S and edit.chunks_embedded < doc_chunks
     verdict = "busy: not judged" if load.busy else ("PASS" if ok else "MISS")
     console.print(
-        f"edit: {edit.seconds:.3f} s (target ≤ {TARGET_S} s), {edit.chunks_embedded} of the document's "
+        f"edit: {edit.seconds:.3f} s (target ≤ {TARGET_S} s), {edit.chunks_embedded} of the "
+        "document's "
         f"{doc_chunks} chunks embedded, vs {rows[0][1].seconds:.1f} s to build: {verdict}"
     )
     console.print(load.line())

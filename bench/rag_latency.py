@@ -28,7 +28,6 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import OtherLoad
 from _ragdata import build, queries
-
 from fleetpilot.rag.embed import embedder
 from fleetpilot.rag.search import Retriever
 from fleetpilot.rag.sqlite import SqliteStore
@@ -50,13 +49,17 @@ def _times(fn: Any, items: list[str]) -> np.ndarray:
     return np.array(out) * 1e3
 
 
-def _recall(store: Any, model: Any, vectors: np.ndarray, exact: list[list[int]], k: int = 10) -> float:
+def _recall(
+    store: Any, model: Any, vectors: np.ndarray, exact: list[list[int]], k: int = 10
+) -> float:
     got = [[i for i, _ in store.vector_search("default", model, v, k, Filters())] for v in vectors]
     return float(np.mean([len(set(g) & set(e)) / k for g, e in zip(got, exact, strict=True)]))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--files", type=int, default=1400)
     ap.add_argument("--paragraphs", type=int, default=50)
     ap.add_argument("--no-postgres", action="store_true")
@@ -80,7 +83,12 @@ def main() -> None:
         r = Retriever(store)
         qv = {name: wl.documents(qs) for name, qs in sets.items()}
         store.exact_limit = 10**9
-        exact = {name: [[i for i, _ in store.vector_search("default", model, v, 10, Filters())] for v in vs] for name, vs in qv.items()}
+        exact = {
+            name: [
+                [i for i, _ in store.vector_search("default", model, v, 10, Filters())] for v in vs
+            ]
+            for name, vs in qv.items()
+        }
         # choose the coarse count on Chroma's questions
         chosen = None
         picks = []
@@ -92,7 +100,10 @@ def main() -> None:
             if chosen is None and rc >= RECALL_FLOOR:
                 chosen = c
         chosen = chosen or COARSE[-1]
-        console.print(f"coarse candidates -> mean recall@10 on Chroma's questions: {', '.join(picks)}; chosen {chosen} (shipped default {SqliteStore.coarse})")
+        console.print(
+            f"coarse candidates -> mean recall@10 on Chroma's questions: {', '.join(picks)}; "
+            f"chosen {chosen} (shipped default {SqliteStore.coarse})"
+        )
         store.coarse = SqliteStore.coarse
         for name, qs in sets.items():
             rec = _recall(store, model, qv[name], exact[name])
@@ -111,7 +122,15 @@ def main() -> None:
                 ("vector: brute-force vec0 (baseline)", brute, "1.000"),
                 ("keyword: FTS5 BM25", kw, "—"),
             ]:
-                table.add_row("SQLite", path, f"{name} ({role})", f"{n:,}", f"{np.percentile(t, 50):.2f}", f"{np.percentile(t, 99):.2f}", recall_s)
+                table.add_row(
+                    "SQLite",
+                    path,
+                    f"{name} ({role})",
+                    f"{n:,}",
+                    f"{np.percentile(t, 50):.2f}",
+                    f"{np.percentile(t, 99):.2f}",
+                    recall_s,
+                )
             verdicts.append((f"SQLite hybrid, {name}", float(np.percentile(hybrid, 99))))
         store.close()
         if not args.no_postgres:
@@ -123,10 +142,11 @@ def main() -> None:
     console.print(load.line())
 
 
-def _postgres(tmp: Path, args: Any, sets: Any, qv: Any, table: Table, verdicts: list, console: Console) -> None:
-    import warnings
-
+def _postgres(
+    tmp: Path, args: Any, sets: Any, qv: Any, table: Table, verdicts: list, console: Console
+) -> None:
     import logging
+    import warnings
 
     import pgserver
 
@@ -142,7 +162,10 @@ def _postgres(tmp: Path, args: Any, sets: Any, qv: Any, table: Table, verdicts: 
         t0 = time.perf_counter()
         build(tmp / "docs-pg", store, args.files, args.paragraphs)
         n = store.stats().chunks
-        console.print(f"Postgres: built {n:,} chunks (HNSW maintained on insert) in {time.perf_counter() - t0:.0f} s")
+        console.print(
+            f"Postgres: built {n:,} chunks (HNSW maintained on insert)"
+            f" in {time.perf_counter() - t0:.0f} s"
+        )
         model = store.active_model()
         r = Retriever(store)
         for name, qs in sets.items():
@@ -158,15 +181,29 @@ def _postgres(tmp: Path, args: Any, sets: Any, qv: Any, table: Table, verdicts: 
             full = [[i for i, _ in store.keyword_search("default", q, 10, Filters())] for q in qs]
             kw_full = _times(lambda q: r.search(q, tenant="default", k=10, mode="keyword"), qs)
             store.common_share = share
-            same = np.mean([len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(pruned, full, strict=True)])
+            same = np.mean(
+                [len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(pruned, full, strict=True)]
+            )
             for path, t, recall_s in [
                 ("hybrid: HNSW + full text (default)", hybrid, f"{rec:.3f} (vector part)"),
                 ("vector: HNSW, ef_search 100", vec, f"{rec:.3f}"),
                 ("vector: exact scan (baseline)", brute, "1.000"),
-                ("keyword: rarer words select (default)", kw, f"{same:.3f} of the full OR's top 10"),
+                (
+                    "keyword: rarer words select (default)",
+                    kw,
+                    f"{same:.3f} of the full OR's top 10",
+                ),
                 ("keyword: every word selects (baseline)", kw_full, "1.000"),
             ]:
-                table.add_row("Postgres", path, name, f"{n:,}", f"{np.percentile(t, 50):.2f}", f"{np.percentile(t, 99):.2f}", recall_s)
+                table.add_row(
+                    "Postgres",
+                    path,
+                    name,
+                    f"{n:,}",
+                    f"{np.percentile(t, 50):.2f}",
+                    f"{np.percentile(t, 99):.2f}",
+                    recall_s,
+                )
             verdicts.append((f"Postgres hybrid, {name}", float(np.percentile(hybrid, 99))))
         store.close()
     finally:

@@ -32,6 +32,7 @@ from fleetpilot.rag.indexer import Indexer
 from fleetpilot.rag.search import Retriever, Weights
 from fleetpilot.rag.sqlite import SqliteStore
 
+DEFAULT = Weights()
 KEYWORD_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0)
 RRF_KS = (10, 30, 60, 100)
 
@@ -67,11 +68,14 @@ def main() -> None:
             t0 = time.perf_counter()
             Indexer(store, model, chunker()).add(Document(i, t) for i, t in data.corpus.items())
             console.print(
-                f"indexed {len(data.corpus)} abstracts with {model.name} in {time.perf_counter() - t0:.1f} s"
+                f"indexed {len(data.corpus)} abstracts with {model.name}"
+                f" in {time.perf_counter() - t0:.1f} s"
             )
             r = Retriever(store)
 
-            def run(mode: str, w: Weights = Weights(), rrf_k: int = 60) -> dict[str, list[str]]:
+            def run(
+                mode: str, w: Weights = DEFAULT, rrf_k: int = 60, r: Retriever = r
+            ) -> dict[str, list[str]]:
                 r.rrf_k = rrf_k
                 return {
                     q: _docs_ranked(
@@ -130,7 +134,8 @@ def main() -> None:
             )
             store.close()
     table = Table(
-        title=f"Cranfield ({len(qids)} queries; tuned on {len(tune)} even, reported on {len(report)} odd)"
+        title=f"Cranfield ({len(qids)} queries; tuned on {len(tune)} even, "
+        f"reported on {len(report)} odd)"
     )
     for col in (
         "method",
@@ -148,11 +153,12 @@ def main() -> None:
     console.print(table)
     singles = [a for name, _, _, _, a in rows if not name.startswith("hybrid")]
     best_n, best_r = max(s[0] for s in singles), max(s[1] for s in singles)
-    for name, _, _, o, a in rows:
+    for name, _, _, _, a in rows:
         if name.startswith("hybrid"):
             ok = a[0] > best_n and a[1] > best_r
             console.print(
-                f"{name}: all queries {a[0]:.3f} / {a[1]:.3f} vs best single {best_n:.3f} / {best_r:.3f}: {'PASS' if ok else 'MISS'}"
+                f"{name}: all queries {a[0]:.3f} / {a[1]:.3f} vs best single "
+                f"{best_n:.3f} / {best_r:.3f}: {'PASS' if ok else 'MISS'}"
             )
     console.print(f"other processes: {load.cores:.2f} cores (quality figures do not depend on it)")
 

@@ -325,3 +325,21 @@ def test_the_guard_part_refuses_each_attack_with_its_code_and_serves_the_rest() 
     assert outcomes["injection in a tool result"] == "indirect_prompt_injection"
     assert outcomes["honest, with trigger words"] == "served"
     assert "the replica saw: My card [CARD_1] was charged twice" in out
+
+
+@pytest.mark.timeout(120)
+def test_the_rag_part_reindexes_one_chunk_and_retrieves_with_citations() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, width=220, force_terminal=False, color_system=None)
+    code = run_demo(10, ["cost_slo"], seed=1, console=console, parts=["rag"])
+    out = buf.getvalue()
+    assert code == 0, out
+    assert "skipped: scan.pdf" in out and "1 changed, 3 unchanged, 1 chunk embedded" in out
+    rows = [
+        [c.strip() for c in line.strip("│ ").split("│")]
+        for line in out.splitlines()
+        if line.startswith("│") and "chat with retrieval" in line
+    ]
+    got = {r[0]: r[2] for r in rows}
+    assert "billing/restart.md" in got["chat with retrieval: cited"]
+    assert got["chat with retrieval: poisoned chunk"] == "left out"

@@ -99,10 +99,13 @@ def _fleet(url: str, store: str, *, guard: bool, tenancy: bool) -> FleetConfig:
 
 
 async def _key(gw_url: str, tenant: str) -> str:
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
-        async with s.post(gw_url + "/admin/keys", json={"tenant": tenant}) as r:
-            assert r.status == 201
-            return str((await r.json())["key"])
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        aiohttp.ClientSession(headers=admin) as s,
+        s.post(gw_url + "/admin/keys", json={"tenant": tenant}) as r,
+    ):
+        assert r.status == 201
+        return str((await r.json())["key"])
 
 
 async def test_retrieve_is_scoped_to_the_callers_tenant(
@@ -123,8 +126,8 @@ async def test_retrieve_is_scoped_to_the_callers_tenant(
         assert docs and docs[0] == "runbook.md" and "secret.md" not in docs
         assert data["model"].startswith("wordllama") and data["mode"] == "hybrid"
         other = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=globex, max_retries=0)
-        theirs = (await other.post("/retrieve", cast_to=httpx.Response,
-                                   body={"query": "restart billing", "mode": "keyword"})).json()  # fmt: skip
+        body = {"query": "restart billing", "mode": "keyword"}
+        theirs = (await other.post("/retrieve", cast_to=httpx.Response, body=body)).json()
         assert [d["document"] for d in theirs["data"]] == ["secret.md"]
         with pytest.raises(openai.AuthenticationError):
             nobody = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="wrong", max_retries=0)
@@ -173,7 +176,7 @@ async def test_chat_with_retrieval_gets_cited_context_and_poison_is_left_out(
 async def test_without_the_guard_the_stage_uses_what_it_finds(
     replica: tuple[RecordingReplica, str], tmp_path: Path
 ) -> None:
-    rep, url = replica
+    _, url = replica
     store = _store(tmp_path / "rag.db", acme="default")
     async with serve_gateway(_fleet(url, store, guard=False, tenancy=False)) as gw:
         client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)

@@ -361,7 +361,7 @@ def rag_ingest(
     tenant: _TENANT = "default",
     embedder: _EMBEDDER = None,
     strategy: _STRATEGY = "recursive",
-    size: _SIZE = 256,
+    size: _SIZE = 128,
     tag: Annotated[
         list[str] | None, typer.Option(help="a tag for every document (repeatable)")
     ] = None,
@@ -424,7 +424,7 @@ def rag_watch(
     tenant: _TENANT = "default",
     embedder: _EMBEDDER = None,
     strategy: _STRATEGY = "recursive",
-    size: _SIZE = 256,
+    size: _SIZE = 128,
     interval: Annotated[float, typer.Option(help="seconds between scans")] = 1.0,
     metrics_port: Annotated[
         int | None, typer.Option(help="serve freshness gauges on 127.0.0.1:PORT/metrics")

@@ -43,6 +43,7 @@ from fleetpilot.core.routing import ROUTERS
 from fleetpilot.core.workload import LengthDist, TraceRequest, synthetic_trace
 from fleetpilot.demo_controller import DayResult, DaySettings, describe, print_day, run_day
 from fleetpilot.demo_guard import GuardRow, guard_ok, print_guard, run_guard
+from fleetpilot.demo_rag import RagResult, print_rag, run_rag
 from fleetpilot.demo_tenants import TenantsResult, print_tenants, run_tenants
 from fleetpilot.errors import FleetpilotError
 from fleetpilot.loadgen import LoadSummary, Outcome, replay
@@ -56,7 +57,7 @@ TIME_SCALE = 0.25  # real seconds per modelled second: 60 s replay four trace mi
 MEAN_RPS = 3.6  # trace requests per second, averaged over the day
 TTFT_SLO_S = 2.0
 NOTICE_S = 2.0  # trace seconds between the spot notice (drain) and the kill
-PARTS = ("routing", "controller", "tenants", "guard")
+PARTS = ("routing", "controller", "tenants", "guard", "rag")
 # Chat-sized answers: the Azure 2023 spread (sigma ~1) around a shorter median, and a cap that
 # keeps the slowest replica's longest answer within a demo's patience.
 PROMPTS = LengthDist(median=256, sigma=1.0, low=16, high=2048)
@@ -363,6 +364,7 @@ def run_demo(
     outcome: DayResult | None = None
     tenants: TenantsResult | None = None
     guarded: list[GuardRow] | None = None
+    rag: RagResult | None = None
     try:
         if routing:
             results = _routing_part(duration, policies, seed, time_scale, out)
@@ -380,6 +382,10 @@ def run_demo(
             out.rule("Part 4 · the guard stage: attacks refused, personal data redacted")
             guarded = asyncio.run(run_guard(out))
             print_guard(guarded, out)
+        if "rag" in parts:
+            out.rule("Part 5 · documents and retrieval: fresh index, cited context, no poison")
+            rag = asyncio.run(run_rag(out))
+            print_rag(rag, out)
     except KeyboardInterrupt:
         out.print("[yellow]interrupted; every process stopped[/]")
         return 130
@@ -392,6 +398,8 @@ def run_demo(
         out.print(f"[bold red]{lost} request(s) lost[/]")
         return 1
     if guarded is not None and not guard_ok(guarded):
+        return 1
+    if rag is not None and not rag.ok:
         return 1
     return 0 if tenants is None or tenants.ok else 1
 

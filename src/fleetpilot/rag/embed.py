@@ -48,12 +48,26 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
+def import_wordllama() -> Any:
+    """``wordllama``, imported without its side effect: it calls ``logging.basicConfig(level=
+    INFO)`` on import, which would set the *application's* root logger to INFO."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    import wordllama
+
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    return wordllama
+
+
 class WordLlamaEmbedder:
     spec = "wordllama"
 
     def __init__(self) -> None:
-        import wordllama
-        from wordllama import WordLlama
+        wordllama = import_wordllama()
+        WordLlama = wordllama.WordLlama
 
         folder = Path(wordllama.__file__).parent
         self._model = WordLlama.load(cache_dir=folder, disable_download=True)

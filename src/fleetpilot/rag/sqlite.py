@@ -11,10 +11,12 @@ Why these pieces:
   vectors, so isolation is in the index's key, not a filter applied after.  ``vec0`` is
   exact brute force, and up to ``exact_limit`` vectors a tenant is searched that way.  Past
   it, a coarse pass ranks the tenant's *bit* vectors (one bit per dimension, 32 bytes a
-  chunk, a plain table read once per change of the database and kept as one numpy matrix)
-  by Hamming distance, and the ``coarse`` nearest are re-ranked exactly from ``vec0``.
-  ``bench/rag_latency.py`` measures both paths and the recall the coarse one keeps; vec0's
-  own bit search was not used because its cost grows with the candidates asked for.
+  chunk, read once per change of the database and kept as one numpy matrix) by Hamming
+  distance, and the ``coarse`` nearest are re-ranked exactly.  The bits and a copy of each
+  float vector sit in a plain table keyed by chunk id, because re-ranking looks vectors up
+  one by one, which vec0 does slowly (it reads a storage chunk per lookup); vec0's own bit
+  search was not used because its cost grows with the number of candidates asked for.
+  ``bench/rag_latency.py`` measures both paths and the recall the coarse one keeps.
 - A **metadata filter** first counts what it allows: a few rows are ranked exactly one by
   one; otherwise the search over-fetches and filters, widening until ``k`` pass or the
   whole tenant was looked at, so a selective filter never returns too few silently.
@@ -78,7 +80,7 @@ def keyword_query(text: str) -> str | None:
 
 class SqliteStore:
     exact_limit = 20_000  # vectors in a tenant up to which vector search is exact
-    coarse = 256  # candidates taken by the bit scan, re-ranked exactly (at least 16 × k)
+    coarse = 1024  # candidates the bit scan takes for exact re-ranking (bench/rag_latency.py)
     few = 1024  # a filter that allows this many chunks or fewer is ranked row by row
     retire_grace_s = 30.0  # a replaced model's tables are kept this long for searches under way
 
@@ -158,7 +160,7 @@ class SqliteStore:
                     f" tenant text partition key, emb float[{dim}] distance_metric=cosine,"
                     f" chunk_size={_VEC_CHUNK});"
                     f"create table bit_{mid}(chunk_id integer primary key, tenant text not null,"
-                    f" bits blob not null);"
+                    f" bits blob not null, emb blob not null);"
                     f"create index bit_{mid}_tenant on bit_{mid}(tenant)"
                 )
         return next(m for m in self.models() if m.id == mid)
@@ -230,9 +232,14 @@ class SqliteStore:
             [(int(i), t, np.asarray(v, np.float32).tobytes()) for i, t, v in rows],
         )
         self._db.executemany(
-            f"insert or replace into bit_{mid}(chunk_id, tenant, bits) values (?,?,?)",
+            f"insert or replace into bit_{mid}(chunk_id, tenant, bits, emb) values (?,?,?,?)",
             [
-                (int(i), t, np.packbits(np.asarray(v) > 0, bitorder="little").tobytes())
+                (
+                    int(i),
+                    t,
+                    np.packbits(np.asarray(v) > 0, bitorder="little").tobytes(),
+                    np.asarray(v, np.float32).tobytes(),
+                )
                 for i, t, v in rows
             ],
         )
@@ -249,7 +256,7 @@ class SqliteStore:
 
     def vectors_of(self, tenant: str, doc_id: str, model: ModelInfo) -> dict[str, np.ndarray]:
         rows = self._rows(
-            f"select c.hash, v.emb from chunks c join vec_{model.id} v on v.chunk_id = c.id"
+            f"select c.hash, v.emb from chunks c join bit_{model.id} v on v.chunk_id = c.id"
             " where c.tenant = ? and c.doc_id = ?",
             (tenant, doc_id),
         )
@@ -428,11 +435,11 @@ class SqliteStore:
         return int(other), self._db.total_changes()
 
     def _rank(self, model: ModelInfo, q: np.ndarray, ids: Sequence[int]) -> list[tuple[int, float]]:
-        """Exact cosine similarity of ``ids``, looked up one by one (an ``IN`` list makes
-        vec0 scan; a point lookup reads one storage chunk of ``_VEC_CHUNK`` vectors)."""
+        """Exact cosine similarity of ``ids``, each vector looked up by its key in the plain
+        table (about 2 µs; in vec0 a point lookup reads a whole storage chunk, about 9)."""
         if not ids:
             return []
-        sql = f"select emb from vec_{model.id} where chunk_id = ?"
+        sql = f"select emb from bit_{model.id} where chunk_id = ?"
         with self._lock:
             rows = [(i, self._db.execute(sql, (i,)).fetchone()) for i in ids]
         found: list[tuple[int, bytes]] = [(i, r[0]) for i, r in rows if r is not None]

@@ -22,8 +22,9 @@ _FILE = "tokenizers/l2_supercat_tokenizer_config.json"
 
 @functools.cache
 def _tokenizer() -> Tokenizer:
-    import wordllama
+    from fleetpilot.rag.embed import import_wordllama
 
+    wordllama = import_wordllama()
     return Tokenizer.from_file(str(Path(wordllama.__file__).parent / _FILE))
 
 
