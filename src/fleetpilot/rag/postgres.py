@@ -65,11 +65,13 @@ class PostgresStore:
     ef_search = 100  # HNSW candidates per scan (pgvector's default is 40)
     retire_grace_s = 30.0  # a replaced model's table is kept this long for searches under way
 
-    common_share = 0.01  # a word in more of the chunks than this does not select candidates
+    common_share = 0.02  # a word in more of the chunks than this does not select candidates
+    common_rows = 5000  # ... nor in fewer chunks than this: pruning small stores gains nothing
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._common: dict[str, float] = {}
+        self._rows_estimate = 0.0
         self._common_at = -1e9
         self._db = psycopg.connect(url, autocommit=True)
         self._lock = threading.RLock()
@@ -309,17 +311,19 @@ class PostgresStore:
     ) -> list[tuple[int, float]]:
         """Chunks that hold one of the query's *rarer* words, ranked by ``ts_rank_cd`` with
         all of them.  Ranking every chunk that holds any word (an OR over "flow", "layer")
-        reads most of the table; a word in more than ``common_share`` of chunks (known
-        from ANALYZE's most common lexemes, free) only adds to the rank — as max-score
-        pruning drops terms too common to lift a document into the top ``k``."""
+        reads most of the table; a word in more than ``common_share`` of chunks and more
+        than ``common_rows`` of them (known from ANALYZE's most common lexemes, free) only
+        adds to the rank — as max-score pruning drops terms too common to lift a document
+        into the top ``k``."""
         if not keyword_words(query) or k <= 0:
             return []
         lexemes = [r[0] for r in self._rows(
             "select unnest(tsvector_to_array(to_tsvector('english', %s)))", (query,))]  # fmt: skip
         if not lexemes:
             return []
-        common = self._common_lexemes()
-        rare = [w for w in lexemes if common.get(w, 0.0) <= self.common_share]
+        common, n = self._common_lexemes()
+        share = max(self.common_share, self.common_rows / n) if n else 1.0
+        rare = [w for w in lexemes if common.get(w, 0.0) <= share]
         if not rare:  # every word is common: the two least common select
             rare = sorted(lexemes, key=lambda w: common.get(w, 0.0))[:2]
         where, args = _conditions(filters)
@@ -332,13 +336,13 @@ class PostgresStore:
         )
         return [(int(i), float(s)) for i, s in rows]
 
-    def _common_lexemes(self) -> dict[str, float]:
+    def _common_lexemes(self) -> tuple[dict[str, float], float]:
         """Lexeme -> share of chunks holding it, for the most common ones (ANALYZE's
         ``most_common_elems``), refreshed every minute; the table is analysed here if it
         never was."""
         now = time.monotonic()
         if now - self._common_at < 60.0:
-            return self._common
+            return self._common, self._rows_estimate
         stat = "from pg_stats where tablename = 'rag_chunks' and attname = 'tsv'"
         rows = self._rows(f"select most_common_elems::text::text[], most_common_elem_freqs {stat}")
         if not rows or rows[0][0] is None:
@@ -351,8 +355,10 @@ class PostgresStore:
                 )
         elems, freqs = rows[0] if rows and rows[0][0] is not None else ([], [])
         self._common = dict(zip(elems, freqs, strict=False))  # freqs ends with 3 summary values
+        (estimate,) = self._rows("select reltuples from pg_class where relname = 'rag_chunks'")[0]
+        self._rows_estimate = max(0.0, float(estimate))
         self._common_at = now
-        return self._common
+        return self._common, self._rows_estimate
 
     def chunks(self, tenant: str, ids: Sequence[int]) -> dict[int, Hit]:
         rows = self._rows(

@@ -42,8 +42,9 @@ from fleetpilot.rag.documents import Document
 from fleetpilot.rag.keywords import keyword_words
 from fleetpilot.rag.store import Filters, Hit, ModelInfo, Root, Stats, StoredDoc
 
-__all__ = ["SqliteStore", "keyword_query"]
+__all__ = ["SqliteStore"]
 
+_DF = "select doc from fts_vocab where term = ?"
 _VEC_CHUNK = 64  # vectors per vec0 storage chunk: a point lookup reads one chunk
 
 _SCHEMA = """
@@ -64,6 +65,7 @@ create virtual table if not exists fts using fts5(
 create table if not exists skipped(
   tenant text not null, root text not null, id text not null, stamp text not null,
   reason text not null, primary key (tenant, root, id)) without rowid;
+create virtual table if not exists fts_vocab using fts5vocab(fts, 'row');
 create table if not exists roots(
   path text not null, tenant text not null, chunker text not null, indexed_at real not null,
   primary key (path, tenant));
@@ -72,16 +74,12 @@ create table if not exists roots(
 _META_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def keyword_query(text: str) -> str | None:
-    """A user's words as an FTS5 query: each word quoted (no FTS syntax gets through), any of
-    them may match."""
-    return " OR ".join(f'"{w}"' for w in keyword_words(text)) or None
-
-
 class SqliteStore:
     exact_limit = 20_000  # vectors in a tenant up to which vector search is exact
     coarse = 1024  # candidates the bit scan takes for exact re-ranking (bench/rag_latency.py)
     few = 1024  # a filter that allows this many chunks or fewer is ranked row by row
+    common_share = 0.02  # a word in more of the chunks than this does not select (see keywords)
+    common_rows = 5000  # ... nor in fewer chunks than this: pruning small stores gains nothing
     retire_grace_s = 30.0  # a replaced model's tables are kept this long for searches under way
 
     def __init__(self, path: str | Path) -> None:
@@ -97,6 +95,7 @@ class SqliteStore:
         self._db.execute("pragma journal_mode=wal; pragma synchronous=normal")
         with self._write():
             self._db.execute(_SCHEMA)
+        self._fts: Any = None
         self._counts: dict[tuple[str, int], tuple[tuple[int, int], int]] = {}
         self._bit_cache: dict[tuple[str, int], tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
 
@@ -461,9 +460,29 @@ class SqliteStore:
     def keyword_search(
         self, tenant: str, query: str, k: int, filters: Filters
     ) -> list[tuple[int, float]]:
-        match = keyword_query(query)
-        if match is None or k <= 0:
+        """BM25 over the chunks holding the query's rarer words.  FTS5 scores every row that
+        matches any word of an OR, so a common word ("flow", "layer") makes it score most
+        of a large store; a word in more than ``common_share`` of the chunks (and more than
+        ``common_rows``: a small store is never pruned) only selects when every word is that
+        common — max-score pruning, as search engines drop terms too common to lift a
+        document into the top ``k``.  Document frequencies come from FTS5's own vocabulary
+        table, one indexed lookup a word."""
+        words = keyword_words(query)
+        if not words or k <= 0:
             return []
+        with self._lock:
+            table = self._fts_table()
+            total = table.row_count
+            df = {}
+            for w in words:
+                tokens = table.tokenize(w.encode(), include_offsets=False, include_colocated=False)
+                df[w] = max((r[0] for t in tokens for r in self._db.execute(_DF, (t,))), default=0)
+        present = [w for w in words if df[w] > 0]
+        if not present:
+            return []
+        limit = max(self.common_share * total, self.common_rows)
+        chosen = [w for w in present if df[w] <= limit] or sorted(present, key=df.__getitem__)[:2]
+        match = " OR ".join(f'"{w}"' for w in chosen)
         where, args = _conditions(filters)
         join = " join documents d on d.tenant = c.tenant and d.id = c.doc_id" if where else ""
         rows = self._rows(
@@ -472,6 +491,13 @@ class SqliteStore:
             [match, tenant, *args, k],
         )
         return [(int(i), -float(s)) for i, s in rows]
+
+    def _fts_table(self) -> Any:
+        if self._fts is None:
+            import apsw.fts5
+
+            self._fts = apsw.fts5.Table(self._db, "fts")
+        return self._fts
 
     def chunks(self, tenant: str, ids: Sequence[int]) -> dict[int, Hit]:
         rows = self._rows(
