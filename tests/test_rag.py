@@ -258,6 +258,14 @@ def test_filters_narrow_results_and_a_selective_filter_still_fills_k(store: Any)
     one = r.search(q, tenant="default", k=5, filters=Filters.parse({"doc_id": ["d7", "d8"]}))
     assert one and {h.doc_id for h in one} <= {"d7", "d8"}
     assert model is not None
+    if not isinstance(store, SqliteStore):  # through the HNSW index, not a scan
+        store.index_only = True
+        rare_filter = Filters.parse({"tag": "rare"})
+        via_index = r.search(q, tenant="default", k=10, mode="vector", filters=rare_filter)
+        assert [h.chunk_id for h in via_index] == [h.chunk_id for h in rare]
+        store.iterative = False  # what pgvector does without iterative scans: too few rows
+        short = r.search(q, tenant="default", k=10, mode="vector", filters=rare_filter)
+        assert len(short) < len(rare)
     with pytest.raises(ValueError, match="unknown filter"):
         Filters.parse({"colour": "red"})
 

@@ -3,11 +3,12 @@
 The same schema as the SQLite store, in ``rag_*`` tables: a vector row references its chunk
 (``on delete cascade``, so a deleted chunk can never leave a vector behind), chunks carry a
 generated ``tsvector`` with a GIN index for keyword search, and each model's vectors have an
-HNSW index (cosine).  Every query is filtered by tenant.  An HNSW scan with a filter
-returns the filtered share of its ``ef_search`` candidates, so a selective filter (a small
-tenant, one tag) would return too few rows; pgvector 0.8's iterative scans keep scanning
-until ``k`` pass (``hnsw.iterative_scan = relaxed_order``), and results are re-sorted
-exactly afterwards.  Keyword ranking is Postgres's own ``ts_rank_cd`` over an OR of the
+HNSW index (cosine).  Every query is filtered by tenant.  Where a filter is selective
+Postgres's planner ranks the few rows it allows exactly; where it walks the HNSW index
+instead, the scan returns only the filtered share of its ``ef_search`` candidates, so a
+filter (a small tenant, one tag) would silently return too few rows — pgvector 0.8's
+iterative scans keep walking until ``k`` pass (``hnsw.iterative_scan = relaxed_order``), and
+the rows are re-sorted exactly afterwards.  A test forces the index path and shows both.  Keyword ranking is Postgres's own ``ts_rank_cd`` over an OR of the
 query's words (Postgres has no BM25 without an extension).
 """
 
@@ -63,6 +64,8 @@ def _vec(v: np.ndarray) -> str:
 
 class PostgresStore:
     ef_search = 100  # HNSW candidates per scan (pgvector's default is 40)
+    iterative = True  # pgvector's iterative index scans (off: a filter may return too few)
+    index_only = False  # the HNSW index even where the planner would rank exactly (tests)
     retire_grace_s = 30.0  # a replaced model's table is kept this long for searches under way
 
     common_share = 0.02  # a word in more of the chunks than this does not select candidates
@@ -280,7 +283,10 @@ class PostgresStore:
         )
         with self._write() as cur:
             cur.execute(f"set local hnsw.ef_search = {max(self.ef_search, k)}")
-            cur.execute("set local hnsw.iterative_scan = relaxed_order")
+            mode = "relaxed_order" if self.iterative else "off"
+            cur.execute(f"set local hnsw.iterative_scan = {mode}")
+            if self.index_only:  # no scan, no sort of a filtered set: the HNSW order only
+                cur.execute("set local enable_seqscan = off; set local enable_sort = off")
             cur.execute(
                 "with near as materialized (select v.chunk_id, v.emb <=> %s::vector as d"
                 f" from rag_vec_{model.id} v where v.tenant = %s{scope}"

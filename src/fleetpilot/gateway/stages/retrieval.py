@@ -11,8 +11,8 @@ Retrieved text is not the user's: with the guard on, each chunk passes its
 indirect-injection check (:meth:`Detector.check` with ``indirect=True``) before it is used,
 and the policy's ``indirect`` action applies per chunk — ``block`` leaves a poisoned chunk
 out (the request goes on with the rest: the user did nothing wrong), ``flag`` and ``log``
-keep it and count it.  Searches run in a worker thread: a store query or an embedding model
-blocks, and the event loop must not.
+keep it and count it.  Search and screening run in a worker thread: a store query, an
+embedding model and the detector all hold the CPU or block, and the event loop must not.
 """
 
 from __future__ import annotations
@@ -104,30 +104,37 @@ class Retrieval:
     ) -> tuple[list[Hit], list[str]]:
         """The chunks to use, and a flag for each one the guard found and kept."""
         t0 = time.perf_counter()
-        hits = await asyncio.to_thread(
-            self.retriever.search, query.text, tenant=tenant, k=query.k, mode=query.mode,
-            filters=query.filters, weights=self._weights,
-        )  # fmt: skip
-        kept, flags = hits, []
-        if self.detector is not None and self.guard is not None:
-            action = self.guard.policy(tenant, route).indirect
-            if action != "off":
-                kept = []
-                for h in hits:
-                    verdict = self.detector.check(h.text, indirect=True)
-                    if not verdict.attack:
-                        kept.append(h)
-                        continue
-                    self.metrics.screened.labels(action).inc()
-                    log.warning(
-                        "%s retrieval: chunk %d of %r: %s -> %s",
-                        request_id, h.chunk_id, h.doc_id, verdict.describe(), action,
-                    )  # fmt: skip
-                    if action != "block":
-                        kept.append(h)
-                        if action == "flag":
-                            flags.append(f"retrieved_injection={h.doc_id}")
+        kept, flags = await asyncio.to_thread(self._search, query, tenant, route, request_id)
         self.metrics.seconds.labels(route).observe(time.perf_counter() - t0)
+        return kept, flags
+
+    def _search(
+        self, query: Query, tenant: str, route: str, request_id: str
+    ) -> tuple[list[Hit], list[str]]:
+        hits = self.retriever.search(
+            query.text, tenant=tenant, k=query.k, mode=query.mode, filters=query.filters,
+            weights=self._weights,
+        )  # fmt: skip
+        if self.detector is None or self.guard is None:
+            return hits, []
+        action = self.guard.policy(tenant, route).indirect
+        if action == "off":
+            return hits, []
+        kept, flags = [], []
+        for h in hits:
+            verdict = self.detector.check(h.text, indirect=True)
+            if not verdict.attack:
+                kept.append(h)
+                continue
+            self.metrics.screened.labels(action).inc()
+            log.warning(
+                "%s retrieval: chunk %d of %r: %s -> %s",
+                request_id, h.chunk_id, h.doc_id, verdict.describe(), action,
+            )  # fmt: skip
+            if action != "block":
+                kept.append(h)
+                if action == "flag":
+                    flags.append(f"retrieved_injection={h.doc_id}")
         return kept, flags
 
 
