@@ -8,8 +8,9 @@ Postgres's planner ranks the few rows it allows exactly; where it walks the HNSW
 instead, the scan returns only the filtered share of its ``ef_search`` candidates, so a
 filter (a small tenant, one tag) would silently return too few rows — pgvector 0.8's
 iterative scans keep walking until ``k`` pass (``hnsw.iterative_scan = relaxed_order``), and
-the rows are re-sorted exactly afterwards.  A test forces the index path and shows both.  Keyword ranking is Postgres's own ``ts_rank_cd`` over an OR of the
-query's words (Postgres has no BM25 without an extension).
+the rows are re-sorted exactly afterwards.  A test forces the index path and shows both.
+Keyword ranking is Postgres's own ``ts_rank_cd`` (Postgres has no BM25 without an
+extension; see :meth:`PostgresStore.keyword_search` for which chunks it ranks).
 """
 
 from __future__ import annotations
