@@ -22,9 +22,11 @@ from fleetpilot.rag.chunking import chunker
 from fleetpilot.rag.documents import Document
 from fleetpilot.rag.embed import embedder
 from fleetpilot.rag.indexer import Indexer
+from fleetpilot.rag.migrate import reembed
+from fleetpilot.rag.search import Retriever
 from fleetpilot.rag.sqlite import SqliteStore
 
-from conftest import serve_gateway
+from conftest import Emulators, gateway_process, serve_gateway
 
 MODEL = "llama-3.1-8b"
 TOKEN = "admin-token-for-retrieval-tests"
@@ -187,3 +189,25 @@ async def test_without_the_guard_the_stage_uses_what_it_finds(
         cites = json.loads(raw.headers["x-fleetpilot-citations"])
         assert {c["document"] for c in cites} == {"runbook.md", "poison.md"}
         assert all(set(c) == {"n", "document", "source", "start", "end", "score"} for c in cites)
+
+
+def test_embeddings_from_the_fleet_behind_the_gateway(emulators: Emulators, tmp_path: Path) -> None:
+    """The ``openai:`` embedder against this gateway's own ``/v1/embeddings`` (an emulated
+    replica: equal texts, equal vectors), through ingest, search and a model change."""
+    emu = emulators.start()
+    cfg = FleetConfig.model_validate({
+        "gateway": {"health_interval_s": 0.2},
+        "pools": [{"name": "p", "model": MODEL, "accelerator": "A10G", "replicas": [emu.url]}],
+    })  # fmt: skip
+    with gateway_process(cfg, tmp_path) as gw:
+        remote = embedder(f"openai:{MODEL}@{gw.url}/v1")
+        assert remote.name == f"openai/{MODEL}@{gw.url}/v1" and remote.dim > 0
+        store = SqliteStore(tmp_path / "rag.db")
+        texts = ["alpha centauri is a star system", "the billing service restarts weekly",
+                 "kites fly in strong wind"]  # fmt: skip
+        Indexer(store, remote, chunker()).add(Document(f"d{i}", t) for i, t in enumerate(texts))
+        r = Retriever(store)
+        hit = r.search(texts[1], tenant="default", k=1, mode="vector")[0]
+        assert hit.doc_id == "d1" and hit.score == pytest.approx(1.0, abs=1e-5)
+        assert reembed(store, embedder("wordllama")) is not None  # and away from it again
+        assert r.search("kites in the wind", tenant="default", k=1)[0].doc_id == "d2"
