@@ -10,11 +10,11 @@ Why these pieces:
 - **sqlite-vec ``vec0`` with the tenant as partition key**: a query scans only its tenant's
   vectors, so isolation is in the index's key, not a filter applied after.  ``vec0`` is
   exact brute force, and up to ``exact_limit`` vectors a tenant is searched that way.  Past
-  it, a coarse pass ranks the tenant's *bit* vectors (one bit per dimension, 32 bytes a
-  chunk, read once per change of the database and kept as one numpy matrix) by Hamming
-  distance, and the ``coarse`` nearest are re-ranked exactly.  The bits and a copy of each
-  float vector sit in a plain table keyed by chunk id, because re-ranking looks vectors up
-  one by one, which vec0 does slowly (it reads a storage chunk per lookup); vec0's own bit
+  it, a coarse pass ranks the tenant's *bit signatures* (:func:`signature`: 64 bytes a
+  chunk at 256 dimensions, read once per change of the database and kept as one numpy
+  matrix) by Hamming distance, and the ``coarse`` nearest are re-ranked exactly.  The
+  signatures and a copy of each float vector sit in a plain table keyed by chunk id,
+  because re-ranking looks vectors up one by one, which vec0 does slowly (it reads a storage chunk per lookup); vec0's own bit
   search was not used because its cost grows with the number of candidates asked for.
   ``bench/rag_latency.py`` measures both paths and the recall the coarse one keeps.
 - A **metadata filter** first counts what it allows: a few rows are ranked exactly one by
@@ -24,6 +24,7 @@ Why these pieces:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -72,6 +73,26 @@ create table if not exists roots(
 """
 
 _META_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+_HYPERPLANE_SEED = 20261201  # never change: stored signatures depend on it
+
+
+@functools.cache
+def _hyperplanes(dim: int) -> np.ndarray:
+    return (
+        np.random.default_rng(_HYPERPLANE_SEED).standard_normal((2 * dim, dim)).astype(np.float32)
+    )
+
+
+def signature(v: np.ndarray) -> np.ndarray:
+    """A vector's side of ``2 * dim`` fixed random hyperplanes, one bit each (SimHash): the
+    Hamming distance of two signatures estimates their angle.  Twice the dimensions as bits
+    kept recall@10 at 0.98–0.99 with 1,024 candidates where the plain signs of the 256
+    coordinates kept 0.96 (100,000 chunks; bench/rag_latency.py)."""
+    bits = np.packbits(_hyperplanes(len(v)) @ np.asarray(v, np.float32) > 0, bitorder="little")
+    pad = (-len(bits)) % 8  # whole 64-bit words, for the popcount over uint64
+    return np.concatenate([bits, np.zeros(pad, np.uint8)]) if pad else bits
 
 
 class SqliteStore:
@@ -236,7 +257,7 @@ class SqliteStore:
                 (
                     int(i),
                     t,
-                    np.packbits(np.asarray(v) > 0, bitorder="little").tobytes(),
+                    signature(np.asarray(v, np.float32)).tobytes(),
                     np.asarray(v, np.float32).tobytes(),
                 )
                 for i, t, v in rows
@@ -401,7 +422,7 @@ class SqliteStore:
             )
             return [(int(i), 1.0 - float(d)) for i, d in rows]
         ids, bits = self._bits(tenant, model)
-        mine = np.packbits(q > 0, bitorder="little").view(np.uint64)
+        mine = signature(q).view(np.uint64)
         distance = np.bitwise_count(bits ^ mine).sum(axis=1)
         take = min(len(ids), max(self.coarse, 16 * k))
         near = np.argpartition(distance, take - 1)[:take] if take < len(ids) else slice(None)
@@ -421,7 +442,7 @@ class SqliteStore:
                 f"select chunk_id, bits from bit_{model.id} where tenant = ?", (tenant,)
             )
             ids = np.array([r[0] for r in rows], np.int64)
-            width = (model.dim + 63) // 64 * 8
+            width = len(signature(np.zeros(model.dim, np.float32)))
             raw = b"".join(r[1].ljust(width, b"\x00") for r in rows)
             bits = np.frombuffer(raw, np.uint8).reshape(len(rows), width).view(np.uint64)
             self._bit_cache[(tenant, model.id)] = (version, ids, bits)
