@@ -14,8 +14,9 @@ Why these pieces:
   chunk at 256 dimensions, read once per change of the database and kept as one numpy
   matrix) by Hamming distance, and the ``coarse`` nearest are re-ranked exactly.  The
   signatures and a copy of each float vector sit in a plain table keyed by chunk id,
-  because re-ranking looks vectors up one by one, which vec0 does slowly (it reads a storage chunk per lookup); vec0's own bit
-  search was not used because its cost grows with the number of candidates asked for.
+  because re-ranking looks vectors up one by one, which vec0 does slowly (it reads a
+  storage chunk per lookup); vec0's own bit search was not used because its cost grows
+  with the number of candidates asked for.
   ``bench/rag_latency.py`` measures both paths and the recall the coarse one keeps.
 - A **metadata filter** first counts what it allows: a few rows are ranked exactly one by
   one; otherwise the search over-fetches and filters, widening until ``k`` pass or the
