@@ -34,7 +34,7 @@ from fleetpilot.rag.sqlite import SqliteStore
 from fleetpilot.rag.store import Filters
 
 TARGET_P99_MS = 20.0
-COARSE = (64, 128, 256, 512, 1024)
+COARSE = (256, 512, 1024, 2048)
 RECALL_FLOOR = 0.95
 
 
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=1400)
     ap.add_argument("--paragraphs", type=int, default=50)
     ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument("--baseline-queries", type=int, default=100, help="Postgres baselines")
     args = ap.parse_args()
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # one core
@@ -73,7 +74,8 @@ def main() -> None:
     for col in ("store", "path", "queries", "chunks", "p50 ms", "p99 ms", "recall@10 vs exact"):
         table.add_column(col, justify="right")
     verdicts = []
-    with tempfile.TemporaryDirectory() as tmp, OtherLoad() as load:
+    with tempfile.TemporaryDirectory() as tmp:
+        load = OtherLoad().__enter__()
         store = SqliteStore(Path(tmp) / "rag.db")
         t0 = time.perf_counter()
         build(Path(tmp) / "docs", store, args.files, args.paragraphs)
@@ -137,15 +139,17 @@ def main() -> None:
                     f"{np.percentile(t, 99):.2f}",
                     recall_s,
                 )
-            verdicts.append((f"SQLite hybrid, {name}", float(np.percentile(hybrid, 99))))
+            verdicts.append((f"SQLite hybrid, {name}", float(np.percentile(hybrid, 99)), load))
         store.close()
+        load.__exit__(None, None, None)
+        console.print(f"SQLite part: {load.line()}")
         if not args.no_postgres:
             _postgres(Path(tmp), args, sets, qv, table, verdicts, console)
     console.print(table)
-    for name, p99 in verdicts:
-        v = "busy: not judged" if load.busy else ("PASS" if p99 <= TARGET_P99_MS else "MISS")
+    for name, p99, during in verdicts:
+        ok = p99 <= TARGET_P99_MS
+        v = "busy: not judged" if during.busy else ("PASS" if ok else "MISS")
         console.print(f"{name}: p99 {p99:.2f} ms (target ≤ {TARGET_P99_MS} ms): {v}")
-    console.print(load.line())
 
 
 def _postgres(
@@ -163,7 +167,9 @@ def _postgres(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
+    load = OtherLoad(ours=("postgres",))  # the server's work is the benchmark's
     try:
+        load.__enter__()
         store = PostgresStore(server.get_uri())
         t0 = time.perf_counter()
         build(tmp / "docs-pg", store, args.files, args.paragraphs)
@@ -179,19 +185,20 @@ def _postgres(
             rec = _recall(store, model, qv[name], exact)
             hybrid = _times(lambda q: r.search(q, tenant="default", k=10), qs)
             vec = _times(lambda q: r.search(q, tenant="default", k=10, mode="vector"), qs)
-            brute = _times(lambda q: store.exact_search("default", model, wl_query(q), 10), qs)
+            few = qs[: args.baseline_queries]  # the baselines scan: a sample of the queries
+            brute = _times(lambda q: store.exact_search("default", model, wl_query(q), 10), few)
             kw = _times(lambda q: r.search(q, tenant="default", k=10, mode="keyword"), qs)
-            kw_full, same = _unpruned(store, r, qs)
+            kw_full, same = _unpruned(store, r, few)
             for path, t, recall_s in [
                 ("hybrid: HNSW + full text (default)", hybrid, f"{rec:.3f} (vector part)"),
                 ("vector: HNSW, ef_search 100", vec, f"{rec:.3f}"),
-                ("vector: exact scan (baseline)", brute, "1.000"),
+                (f"vector: exact scan (baseline, {len(few)} queries)", brute, "1.000"),
                 (
                     "keyword: rarer words select (default)",
                     kw,
                     f"{same:.3f} of the full OR's top 10",
                 ),
-                ("keyword: every word selects (baseline)", kw_full, "1.000"),
+                (f"keyword: every word selects (baseline, {len(few)} queries)", kw_full, "1.000"),
             ]:
                 table.add_row(
                     "Postgres",
@@ -202,8 +209,10 @@ def _postgres(
                     f"{np.percentile(t, 99):.2f}",
                     recall_s,
                 )
-            verdicts.append((f"Postgres hybrid, {name}", float(np.percentile(hybrid, 99))))
+            verdicts.append((f"Postgres hybrid, {name}", float(np.percentile(hybrid, 99)), load))
         store.close()
+        load.__exit__(None, None, None)
+        console.print(f"Postgres part: {load.line()}")
     finally:
         server.cleanup()
 
