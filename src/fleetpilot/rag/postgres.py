@@ -69,7 +69,7 @@ class PostgresStore:
     index_only = False  # the HNSW index even where the planner would rank exactly (tests)
     retire_grace_s = 30.0  # a replaced model's table is kept this long for searches under way
 
-    common_share = 0.02  # a word in more of the chunks than this does not select candidates
+    common_share = 0.10  # pruned, a word in more of the chunks than this does not select
     common_rows = 5000  # ... nor in fewer chunks than this: pruning small stores gains nothing
 
     def __init__(self, url: str) -> None:
@@ -314,11 +314,12 @@ class PostgresStore:
             return [(int(i), float(s)) for i, s in cur.fetchall()]
 
     def keyword_search(
-        self, tenant: str, query: str, k: int, filters: Filters
+        self, tenant: str, query: str, k: int, filters: Filters, *, prune: bool = False
     ) -> list[tuple[int, float]]:
-        """Chunks that hold one of the query's *rarer* words, ranked by ``ts_rank_cd`` with
-        all of them.  Ranking every chunk that holds any word (an OR over "flow", "layer")
-        reads most of the table; a word in more than ``common_share`` of chunks and more
+        """Chunks that hold one of the query's words (with ``prune``, the hybrid search's
+        keyword half: one of its *rarer* words), ranked by ``ts_rank_cd`` with all of them.
+        Ranking every chunk that holds any word (an OR over "flow", "layer") reads most of
+        the table; a word in more than ``common_share`` of chunks and more
         than ``common_rows`` of them (known from ANALYZE's most common lexemes, free) only
         adds to the rank — as max-score pruning drops terms too common to lift a document
         into the top ``k``."""
@@ -329,7 +330,7 @@ class PostgresStore:
         if not lexemes:
             return []
         common, n = self._common_lexemes()
-        share = max(self.common_share, self.common_rows / n) if n else 1.0
+        share = max(self.common_share, self.common_rows / n) if n and prune else 1.0
         rare = [w for w in lexemes if common.get(w, 0.0) <= share]
         if not rare:  # every word is common: the two least common select
             rare = sorted(lexemes, key=lambda w: common.get(w, 0.0))[:2]

@@ -4,7 +4,10 @@ The query is embedded with the store's *active* model, read at each search, so a
 switch (:mod:`fleetpilot.rag.migrate`) takes effect at once and query and chunk vectors
 always come from the same model.  Hybrid fuses the top ``depth`` of each method by
 reciprocal rank; its default weights were chosen on half of Cranfield's queries and are
-reported on the other half (``bench/rag_quality.py``).
+reported on the other half (``bench/rag_quality.py``).  Its keyword half prunes words too
+common to matter (:meth:`VectorStore.keyword_search`); on Cranfield, pruning words in over
+10% of the chunks left hybrid nDCG@10 where it was (0.353 against 0.350) while keyword
+search alone fell from 0.345 to 0.327, so keyword mode never prunes.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class Retriever:
             if mode == "vector":
                 ranked = near
             else:
-                words = self.store.keyword_search(tenant, query, depth, filters)
+                words = self.store.keyword_search(tenant, query, depth, filters, prune=True)
                 ranked = rrf(
                     [[i for i, _ in near], [i for i, _ in words]],
                     [w.vector, w.keyword],

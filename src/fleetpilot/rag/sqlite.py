@@ -100,7 +100,7 @@ class SqliteStore:
     exact_limit = 20_000  # vectors in a tenant up to which vector search is exact
     coarse = 1024  # candidates the bit scan takes for exact re-ranking (bench/rag_latency.py)
     few = 1024  # a filter that allows this many chunks or fewer is ranked row by row
-    common_share = 0.02  # a word in more of the chunks than this does not select (see keywords)
+    common_share = 0.10  # pruned, a word in more of the chunks than this does not select
     common_rows = 5000  # ... nor in fewer chunks than this: pruning small stores gains nothing
     retire_grace_s = 30.0  # a replaced model's tables are kept this long for searches under way
 
@@ -480,14 +480,15 @@ class SqliteStore:
         return {r[0] for r in rows}
 
     def keyword_search(
-        self, tenant: str, query: str, k: int, filters: Filters
+        self, tenant: str, query: str, k: int, filters: Filters, *, prune: bool = False
     ) -> list[tuple[int, float]]:
-        """BM25 over the chunks holding the query's rarer words.  FTS5 scores every row that
-        matches any word of an OR, so a common word ("flow", "layer") makes it score most
-        of a large store; a word in more than ``common_share`` of the chunks (and more than
-        ``common_rows``: a small store is never pruned) only selects when every word is that
-        common — max-score pruning, as search engines drop terms too common to lift a
-        document into the top ``k``.  Document frequencies come from FTS5's own vocabulary
+        """BM25 over the chunks holding any of the query's words — or, with ``prune`` (the
+        hybrid search's keyword half), its rarer words.  FTS5 scores every row that matches
+        any word of an OR, so a common word ("flow", "layer") makes it score most of a
+        large store; pruned, a word in more than ``common_share`` of the chunks (and more
+        than ``common_rows``: a small store is never pruned) selects only when every word
+        is that common — max-score pruning, as search engines drop terms too common to lift
+        a document into the top ``k``.  Document frequencies come from FTS5's own vocabulary
         table, one indexed lookup a word."""
         words = keyword_words(query)
         if not words or k <= 0:
@@ -502,7 +503,7 @@ class SqliteStore:
         present = [w for w in words if df[w] > 0]
         if not present:
             return []
-        limit = max(self.common_share * total, self.common_rows)
+        limit = max(self.common_share * total, self.common_rows) if prune else total
         chosen = [w for w in present if df[w] <= limit] or sorted(present, key=df.__getitem__)[:2]
         match = " OR ".join(f'"{w}"' for w in chosen)
         where, args = _conditions(filters)
