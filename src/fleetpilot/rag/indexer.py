@@ -26,7 +26,7 @@ import numpy as np
 from fleetpilot.errors import ConfigError, DocumentUnreadable
 from fleetpilot.rag.chunking import Chunker
 from fleetpilot.rag.documents import Document, FileEntry, content_hash, load_file, scan
-from fleetpilot.rag.embed import Embedder
+from fleetpilot.rag.embed import Embedder, embed_all
 from fleetpilot.rag.store import ModelInfo, Root, StoredDoc, VectorStore
 
 __all__ = ["Indexer", "Pending", "Report", "pending"]
@@ -152,7 +152,7 @@ class Indexer:
         report.chunks_reused += sum(1 for c in chunks if c.hash in known)
         fresh = list(dict.fromkeys(c.text for c in chunks if c.hash not in known))
         if fresh:
-            made = self.embedder.documents(fresh)
+            made = embed_all(self.embedder, fresh)  # batches: an endpoint caps its inputs
             known.update({content_hash(t): made[i] for i, t in enumerate(fresh)})
         report.chunks_embedded += len(fresh)
         rows = np.array([known[c.hash] for c in chunks], np.float32)
