@@ -118,6 +118,8 @@ class SqliteStore:
         with self._write():
             self._db.execute(_SCHEMA)
         self._fts: Any = None
+        self._df: dict[str, int] = {}
+        self._df_version: tuple[int, int] | None = None
         self._counts: dict[tuple[str, int], tuple[tuple[int, int], int]] = {}
         self._bit_cache: dict[tuple[str, int], tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
 
@@ -493,18 +495,9 @@ class SqliteStore:
         words = keyword_words(query)
         if not words or k <= 0:
             return []
-        with self._lock:
-            table = self._fts_table()
-            total = table.row_count
-            df = {}
-            for w in words:
-                tokens = table.tokenize(w.encode(), include_offsets=False, include_colocated=False)
-                df[w] = max((r[0] for t in tokens for r in self._db.execute(_DF, (t,))), default=0)
-        present = [w for w in words if df[w] > 0]
-        if not present:
+        chosen = self._selecting(words) if prune else words
+        if not chosen:
             return []
-        limit = max(self.common_share * total, self.common_rows) if prune else total
-        chosen = [w for w in present if df[w] <= limit] or sorted(present, key=df.__getitem__)[:2]
         match = " OR ".join(f'"{w}"' for w in chosen)
         where, args = _conditions(filters)
         join = " join documents d on d.tenant = c.tenant and d.id = c.doc_id" if where else ""
@@ -514,6 +507,28 @@ class SqliteStore:
             [match, tenant, *args, k],
         )
         return [(int(i), -float(s)) for i, s in rows]
+
+    def _selecting(self, words: list[str]) -> list[str]:
+        """The words that select candidates for pruned keyword search (see above); each
+        word's document frequency is looked up once per change of the database."""
+        with self._lock:
+            version = self._version()
+            if self._df_version != version:
+                self._df.clear()
+                self._df_version = version
+            table = self._fts_table()
+            for w in words:
+                if w not in self._df:
+                    tokens = table.tokenize(
+                        w.encode(), include_offsets=False, include_colocated=False
+                    )
+                    found = (r[0] for t in tokens for r in self._db.execute(_DF, (t,)))
+                    self._df[w] = max(found, default=0)
+            total = table.row_count
+            df = {w: self._df[w] for w in words}
+        present = [w for w in words if df[w] > 0]
+        limit = max(self.common_share * total, self.common_rows)
+        return [w for w in present if df[w] <= limit] or sorted(present, key=df.__getitem__)[:2]
 
     def _fts_table(self) -> Any:
         if self._fts is None:
