@@ -427,7 +427,7 @@ class SqliteStore:
         ids, bits = self._bits(tenant, model)
         mine = signature(q).view(np.uint64)
         distance = np.bitwise_count(bits ^ mine).sum(axis=1)
-        take = min(len(ids), max(self.coarse, 16 * k))
+        take = min(len(ids), max(self.coarse, 4 * k))
         near = np.argpartition(distance, take - 1)[:take] if take < len(ids) else slice(None)
         return self._rank(model, q, ids[near].tolist())[:k]
 
