@@ -370,6 +370,10 @@ def test_cli_ingest_search_status(tmp_path: Path) -> None:
     assert "fleetpilot_rag_documents 3.0" in out.output
     out = runner.invoke(app, ["rag", "search", "x", "--store", db, "--mode", "nope"])
     assert out.exit_code == 2 and "unknown mode" in out.output
+    missing = str(tmp_path / "nowhere.db")
+    out = runner.invoke(app, ["rag", "search", "x", "--store", missing])
+    assert out.exit_code == 2 and "no RAG store" in out.output
+    assert not Path(missing).exists()  # a reader never creates an empty store
 
 
 def test_watch_picks_up_a_change(tmp_path: Path) -> None:

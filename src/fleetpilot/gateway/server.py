@@ -287,7 +287,9 @@ def retrieval_of(config: FleetConfig, metrics: GatewayMetrics, detector: Any) ->
     from fleetpilot.rag.store import open_store as open_rag
 
     try:
-        store = open_rag(config.retrieval.store)
+        store = open_rag(config.retrieval.store, create=False)
+    except ConfigError:
+        raise
     except Exception as exc:
         raise ConfigError(f"retrieval.store {config.retrieval.store!r}: {exc}") from None
     metrics_ = RetrievalMetrics(metrics.registry)

@@ -107,7 +107,7 @@ def run_search(
     as_json: bool,
     console: Console,
 ) -> None:
-    store = open_store(store_url)
+    store = open_store(store_url, create=False)
     try:
         parsed = Filters.parse(json.loads(filters)) if filters else Filters()
         t0 = time.perf_counter()
@@ -143,7 +143,7 @@ def run_search(
 
 
 def run_status(*, store_url: str, prometheus: bool, console: Console) -> None:
-    store = open_store(store_url)
+    store = open_store(store_url, create=False)
     try:
         if prometheus:
             from prometheus_client import CollectorRegistry, generate_latest
@@ -222,7 +222,7 @@ def run_watch(
 def run_reembed(*, store_url: str, embedder_spec: str, batch: int, console: Console) -> None:
     from fleetpilot.rag.migrate import reembed
 
-    store = open_store(store_url)
+    store = open_store(store_url, create=False)
     try:
         new = embedder(embedder_spec)
         with _progress(console) as bar:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from fleetpilot.errors import ConfigError
 from fleetpilot.rag.chunking import Chunk
 from fleetpilot.rag.documents import Document
 
@@ -190,12 +192,17 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(url: str) -> VectorStore:
-    """``sqlite:///path/to/file.db`` (or a bare path) or ``postgresql://…``."""
+def open_store(url: str, *, create: bool = True) -> VectorStore:
+    """``sqlite:///path/to/file.db`` (or a bare path) or ``postgresql://…``.  With
+    ``create=False`` (a reader: search, status, the gateway) a SQLite file that does not
+    exist is a :class:`~fleetpilot.errors.ConfigError`, not a new empty store."""
     if url.startswith(("postgresql://", "postgres://")):
         from fleetpilot.rag.postgres import PostgresStore
 
         return PostgresStore(url)
     from fleetpilot.rag.sqlite import SqliteStore
 
-    return SqliteStore(url.removeprefix("sqlite://"))
+    path = url.removeprefix("sqlite://")
+    if not create and path != ":memory:" and not Path(path).exists():
+        raise ConfigError(f"no RAG store at {path}: create one with `fleetpilot rag ingest`")
+    return SqliteStore(path)
