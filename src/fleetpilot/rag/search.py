@@ -5,9 +5,9 @@ switch (:mod:`fleetpilot.rag.migrate`) takes effect at once and query and chunk 
 always come from the same model.  Hybrid fuses the top ``depth`` of each method by
 reciprocal rank; its default weights were chosen on half of Cranfield's queries and are
 reported on the other half (``bench/rag_quality.py``).  Its keyword half prunes words too
-common to matter (:meth:`VectorStore.keyword_search`); on Cranfield, pruning words in over
-10% of the chunks left hybrid nDCG@10 where it was (0.353 against 0.350) while keyword
-search alone fell from 0.345 to 0.327, so keyword mode never prunes.
+common to matter (:meth:`VectorStore.keyword_search`): the vector half makes up for what
+that drops, so hybrid quality held on Cranfield where keyword search alone lost, and
+keyword mode never prunes (figures: the README's RAG benchmarks).
 """
 
 from __future__ import annotations

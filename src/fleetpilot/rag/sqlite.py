@@ -88,9 +88,9 @@ def _hyperplanes(dim: int) -> np.ndarray:
 
 def signature(v: np.ndarray) -> np.ndarray:
     """A vector's side of ``2 * dim`` fixed random hyperplanes, one bit each (SimHash): the
-    Hamming distance of two signatures estimates their angle.  Twice the dimensions as bits
-    kept recall@10 at 0.98–0.99 with 1,024 candidates where the plain signs of the 256
-    coordinates kept 0.96 (100,000 chunks; bench/rag_latency.py)."""
+    Hamming distance of two signatures estimates their angle.  Twice the dimensions as bits,
+    because the plain signs of the coordinates kept visibly less recall at the same number
+    of candidates (``bench/rag_latency.py``; figures in its README)."""
     bits = np.packbits(_hyperplanes(len(v)) @ np.asarray(v, np.float32) > 0, bitorder="little")
     pad = (-len(bits)) % 8  # whole 64-bit words, for the popcount over uint64
     return np.concatenate([bits, np.zeros(pad, np.uint8)]) if pad else bits
@@ -432,10 +432,10 @@ class SqliteStore:
         return self._rank(model, q, ids[near].tolist())[:k]
 
     def _bits(self, tenant: str, model: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
-        """The tenant's bit vectors as one matrix, read from the store once per change of
-        the database (any connection's commit) and kept: a popcount over 32 bytes a chunk in
-        numpy scans 100,000 chunks in about 2 ms, where ``vec0``'s own bit search costs
-        time in proportion to its ``k`` (the candidates re-ranking needs)."""
+        """The tenant's signatures as one matrix, read from the store once per change of
+        the database (any connection's commit) and kept: one numpy popcount over all of
+        them costs the same whatever the number of candidates, where ``vec0``'s own bit
+        search costs time in proportion to its ``k`` (the candidates re-ranking needs)."""
         with self._lock:
             version = self._version()
             cached = self._bit_cache.get((tenant, model.id))
