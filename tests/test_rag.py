@@ -414,3 +414,18 @@ def test_yardsticks() -> None:
     assert recall(["a", "x"], ["a", "b"], 100) == 0.5
     r, p, iou = span_scores([(0, 10), (5, 20)], [(10, 30)])
     assert (r, p, iou) == (0.5, 0.5, pytest.approx(10 / 30))
+
+
+def test_pruning_drops_common_words_from_selection_when_asked(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "rag.db")
+    docs = [Document(f"c{i}", f"the turbine blade number {i} spins") for i in range(20)]
+    docs.append(Document("rare", "a turbine with ceramic coating"))
+    _indexer(store).add(docs)
+    everything = store.keyword_search("default", "turbine ceramic", 50, Filters())
+    assert len(everything) == 21  # keyword mode: any word selects
+    store.common_rows, store.common_share = 0, 0.3  # "turbine" is in every chunk: common
+    pruned = store.keyword_search("default", "turbine ceramic", 50, Filters(), prune=True)
+    assert [store.chunks("default", [i])[i].doc_id for i, _ in pruned] == ["rare"]
+    assert len(store.keyword_search("default", "turbine ceramic", 50, Filters())) == 21
+    only_common = store.keyword_search("default", "turbine", 50, Filters(), prune=True)
+    assert len(only_common) == 21  # every word common: the least common still selects

@@ -69,7 +69,10 @@ class PostgresStore:
     index_only = False  # the HNSW index even where the planner would rank exactly (tests)
     retire_grace_s = 30.0  # a replaced model's table is kept this long for searches under way
 
-    common_share = 0.10  # pruned, a word in more of the chunks than this does not select
+    # Pruned, a word in more of the chunks than this does not select.  Off (1.0) by default:
+    # on Cranfield even 10% cost hybrid search quality (bench/rag_quality.py's pruning
+    # table) for about a fifth of the keyword half's latency on 100,000 chunks.
+    common_share = 1.0
     common_rows = 5000  # ... nor in fewer chunks than this: pruning small stores gains nothing
 
     def __init__(self, url: str) -> None:
@@ -329,11 +332,13 @@ class PostgresStore:
             "select unnest(tsvector_to_array(to_tsvector('english', %s)))", (query,))]  # fmt: skip
         if not lexemes:
             return []
-        common, n = self._common_lexemes()
-        share = max(self.common_share, self.common_rows / n) if n and prune else 1.0
-        rare = [w for w in lexemes if common.get(w, 0.0) <= share]
-        if not rare:  # every word is common: the two least common select
-            rare = sorted(lexemes, key=lambda w: common.get(w, 0.0))[:2]
+        rare = lexemes
+        if prune and self.common_share < 1.0:
+            common, n = self._common_lexemes()
+            share = max(self.common_share, self.common_rows / n) if n else 1.0
+            rare = [w for w in lexemes if common.get(w, 0.0) <= share]
+            if not rare:  # every word is common: the two least common select
+                rare = sorted(lexemes, key=lambda w: common.get(w, 0.0))[:2]
         where, args = _conditions(filters)
         join = " join rag_documents d on d.tenant = c.tenant and d.id = c.doc_id" if where else ""
         rows = self._rows(

@@ -4,10 +4,10 @@ The query is embedded with the store's *active* model, read at each search, so a
 switch (:mod:`fleetpilot.rag.migrate`) takes effect at once and query and chunk vectors
 always come from the same model.  Hybrid fuses the top ``depth`` of each method by
 reciprocal rank; its default weights were chosen on half of Cranfield's queries and are
-reported on the other half (``bench/rag_quality.py``).  Its keyword half prunes words too
-common to matter (:meth:`VectorStore.keyword_search`): the vector half makes up for what
-that drops, so hybrid quality held on Cranfield where keyword search alone lost, and
-keyword mode never prunes (figures: the README's RAG benchmarks).
+reported on the other half (``bench/rag_quality.py``).  Its keyword half may prune words too
+common to matter (:meth:`VectorStore.keyword_search`, the stores' ``common_share``), a
+latency knob that is off by default because it cost quality where it was measured; keyword
+mode never prunes.
 """
 
 from __future__ import annotations

@@ -100,7 +100,10 @@ class SqliteStore:
     exact_limit = 20_000  # vectors in a tenant up to which vector search is exact
     coarse = 1024  # candidates the bit scan takes for exact re-ranking (bench/rag_latency.py)
     few = 1024  # a filter that allows this many chunks or fewer is ranked row by row
-    common_share = 0.10  # pruned, a word in more of the chunks than this does not select
+    # Pruned, a word in more of the chunks than this does not select.  Off (1.0) by default:
+    # on Cranfield even 10% cost hybrid search quality (bench/rag_quality.py's pruning
+    # table) for about a fifth of the keyword half's latency on 100,000 chunks.
+    common_share = 1.0
     common_rows = 5000  # ... nor in fewer chunks than this: pruning small stores gains nothing
     retire_grace_s = 30.0  # a replaced model's tables are kept this long for searches under way
 
@@ -495,7 +498,7 @@ class SqliteStore:
         words = keyword_words(query)
         if not words or k <= 0:
             return []
-        chosen = self._selecting(words) if prune else words
+        chosen = self._selecting(words) if prune and self.common_share < 1.0 else words
         if not chosen:
             return []
         match = " OR ".join(f'"{w}"' for w in chosen)
