@@ -92,16 +92,9 @@ async def run_guard(console: Console | None = None) -> list[GuardRow]:
     out = console or Console()
     with tempfile.TemporaryDirectory(prefix="fleetpilot-guard-") as tmp:
         async with Supervisor() as sup:
-            urls = await sup.emulators(
-                2, model=MODEL, accelerator="A10G", time_scale=TIME_SCALE, host=HOST
+            gw = await sup.emulated_gateway(
+                Path(tmp), model=MODEL, time_scale=TIME_SCALE, host=HOST, guard={"enabled": True}
             )
-            fleet = {
-                "gateway": {"time_scale": TIME_SCALE, "health_interval_s": 0.5},
-                "pools": [{"name": "a10g", "model": MODEL, "accelerator": "A10G",
-                           "replicas": urls}],
-                "guard": {"enabled": True},
-            }  # fmt: skip
-            gw = await sup.gateway(fleet, Path(tmp), host=HOST)
             out.print(
                 "A gateway with guard: {enabled: true} (attacks blocked, personal data "
                 "redacted, answers checked for leaks) in front of 2 emulated A10G replicas."

@@ -90,17 +90,11 @@ async def run_rag(console: Console | None = None) -> RagResult:
         )
         rows: list[tuple[str, str, str, bool]] = []
         async with Supervisor() as sup:
-            urls = await sup.emulators(
-                2, model=MODEL, accelerator="A10G", time_scale=TIME_SCALE, host=HOST
-            )
-            fleet = {
-                "gateway": {"time_scale": TIME_SCALE, "health_interval_s": 0.5},
-                "pools": [{"name": "a10g", "model": MODEL, "accelerator": "A10G",
-                           "replicas": urls}],
-                "guard": {"enabled": True},
-                "retrieval": {"enabled": True, "store": str(db), "k": 3},
-            }  # fmt: skip
-            gw = await sup.gateway(fleet, Path(tmp), host=HOST)
+            gw = await sup.emulated_gateway(
+                Path(tmp), model=MODEL, time_scale=TIME_SCALE, host=HOST,
+                guard={"enabled": True},
+                retrieval={"enabled": True, "store": str(db), "k": 3},
+            )  # fmt: skip
             out.print("A gateway with retrieval and the guard on, in front of 2 emulated replicas.")
             async with openai.AsyncOpenAI(base_url=gw + "/v1", api_key="demo", max_retries=0) as c:
                 for query, want in [("how do I rotate an API key", "auth/rotate-keys.html"),

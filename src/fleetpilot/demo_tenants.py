@@ -105,22 +105,16 @@ async def run_tenants(console: Console | None = None) -> TenantsResult:
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="fleetpilot-tenants-") as tmp:
         async with Supervisor() as sup:
-            urls = await sup.emulators(
-                2, model=MODEL, accelerator="A10G", time_scale=TIME_SCALE, host=HOST
-            )
-            fleet = {
-                "gateway": {"admin_token": token,
-                            "time_scale": TIME_SCALE, "health_interval_s": 0.5},
-                "pools": [{"name": "a10g", "model": MODEL, "accelerator": "A10G",
-                           "replicas": urls}],
-                "store": {"url": f"sqlite:///{tmp}/fleetpilot.db"},
-                "tenancy": {"tenants": [
-                    {"name": "research",
-                     "budgets": [{"usd": RESEARCH_BUDGET_USD, "period": "day"}]},
-                    {"name": "product", "budgets": [{"usd": 100.0, "period": "month"}]},
-                ]},
-            }  # fmt: skip
-            gw = await sup.gateway(fleet, Path(tmp), host=HOST)
+            tenants = [
+                {"name": "research", "budgets": [{"usd": RESEARCH_BUDGET_USD, "period": "day"}]},
+                {"name": "product", "budgets": [{"usd": 100.0, "period": "month"}]},
+            ]
+            gw = await sup.emulated_gateway(
+                Path(tmp), model=MODEL, time_scale=TIME_SCALE, host=HOST,
+                gateway={"admin_token": token},
+                store={"url": f"sqlite:///{tmp}/fleetpilot.db"},
+                tenancy={"tenants": tenants},
+            )  # fmt: skip
             keys = {
                 t: _admin(gw, token, "POST", "/admin/keys", {"tenant": t, "name": "demo"})["key"]
                 for t in ("research", "product")

@@ -199,6 +199,28 @@ class Supervisor:
         )
         return url
 
+    async def emulated_gateway(
+        self,
+        folder: Path,
+        *,
+        model: str,
+        time_scale: float,
+        host: str = "127.0.0.1",
+        gateway: dict[str, Any] | None = None,
+        **sections: Any,
+    ) -> str:
+        """Two emulated A10G replicas of ``model`` behind ``fleetpilot gateway``, with the
+        fleet file's other ``sections`` (guard, retrieval, store, tenancy); its URL."""
+        urls = await self.emulators(
+            2, model=model, accelerator="A10G", time_scale=time_scale, host=host
+        )
+        fleet = {
+            "gateway": {"time_scale": time_scale, "health_interval_s": 0.5, **(gateway or {})},
+            "pools": [{"name": "a10g", "model": model, "accelerator": "A10G", "replicas": urls}],
+            **sections,
+        }
+        return await self.gateway(fleet, folder, host=host)
+
     async def kill(self, child: Child) -> None:
         """SIGKILL at once (a spot pre-emption), and wait until it is gone."""
         _signal(child, signal.SIGKILL)
