@@ -285,21 +285,31 @@ async def test_pooled_lengths_average_over_windows_weighted_by_rate() -> None:
     assert (third.rps, third.mean_prompt_tokens, third.mean_output_tokens) == (0.0, 175, 40)
 
 
-@pytest.mark.timeout(120)
-def test_the_tenants_part_shows_one_tenant_refused_for_quota_and_the_other_served() -> None:
+def _part(name: str, width: int = 220) -> str:
+    """The demo's part ``name`` run alone, its output; it must exit 0."""
     buf = io.StringIO()
-    console = Console(file=buf, width=200, force_terminal=False, color_system=None)
-    code = run_demo(10, ["cost_slo"], seed=1, console=console, parts=["tenants"])
+    console = Console(file=buf, width=width, force_terminal=False, color_system=None)
+    code = run_demo(10, ["cost_slo"], seed=1, console=console, parts=[name])
     out = buf.getvalue()
     assert code == 0, out
+    return out
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("│┃ ").replace("┃", "│").split("│")]
+
+
+def _rows(out: str) -> list[list[str]]:
+    """The cells of every table body line of ``out``."""
+    return [_cells(line) for line in out.splitlines() if line.startswith("│")]
+
+
+@pytest.mark.timeout(120)
+def test_the_tenants_part_shows_one_tenant_refused_for_quota_and_the_other_served() -> None:
+    out = _part("tenants", width=200)
     header = next(line for line in out.splitlines() if line.startswith("┃") and "spend" in line)
-    names = [c.strip() for c in header.strip("┃ ").split("┃")]
-    rows = {
-        cells[0]: dict(zip(names, cells, strict=True))
-        for line in out.splitlines()
-        if line.startswith("│")
-        for cells in [[c.strip() for c in line.strip("│ ").split("│")]]
-    }
+    names = _cells(header)
+    rows = {cells[0]: dict(zip(names, cells, strict=True)) for cells in _rows(out)}
     research, product = rows["research"], rows["product"]
     assert int(research["429 insufficient_quota"]) > 0
     assert int(research["served"]) == int(research["settled requests"]) > 0
@@ -309,17 +319,8 @@ def test_the_tenants_part_shows_one_tenant_refused_for_quota_and_the_other_serve
 
 @pytest.mark.timeout(120)
 def test_the_guard_part_refuses_each_attack_with_its_code_and_serves_the_rest() -> None:
-    buf = io.StringIO()
-    console = Console(file=buf, width=220, force_terminal=False, color_system=None)
-    code = run_demo(10, ["cost_slo"], seed=1, console=console, parts=["guard"])
-    out = buf.getvalue()
-    assert code == 0, out
-    rows = [
-        [c.strip() for c in line.strip("│ ").split("│")]
-        for line in out.splitlines()
-        if line.startswith("│")
-    ]
-    outcomes = {r[0]: r[2] for r in rows}
+    out = _part("guard")
+    outcomes = {r[0]: r[2] for r in _rows(out)}
     assert outcomes["prompt injection"] == "prompt_injection"
     assert outcomes["the same, in base64"] == "prompt_injection"
     assert outcomes["injection in a tool result"] == "indirect_prompt_injection"
@@ -329,17 +330,8 @@ def test_the_guard_part_refuses_each_attack_with_its_code_and_serves_the_rest() 
 
 @pytest.mark.timeout(120)
 def test_the_rag_part_reindexes_one_chunk_and_retrieves_with_citations() -> None:
-    buf = io.StringIO()
-    console = Console(file=buf, width=220, force_terminal=False, color_system=None)
-    code = run_demo(10, ["cost_slo"], seed=1, console=console, parts=["rag"])
-    out = buf.getvalue()
-    assert code == 0, out
+    out = _part("rag")
     assert "skipped: scan.pdf" in out and "1 changed, 3 unchanged, 1 chunk embedded" in out
-    rows = [
-        [c.strip() for c in line.strip("│ ").split("│")]
-        for line in out.splitlines()
-        if line.startswith("│") and "chat with retrieval" in line
-    ]
-    got = {r[0]: r[2] for r in rows}
+    got = {r[0]: r[2] for r in _rows(out) if "chat with retrieval" in r[0]}
     assert "billing/restart.md" in got["chat with retrieval: cited"]
     assert got["chat with retrieval: poisoned chunk"] == "left out"
