@@ -123,7 +123,7 @@ class SqliteStore:
         self._fts: Any = None
         self._df: dict[str, int] = {}
         self._df_version: tuple[int, int] | None = None
-        self._counts: dict[tuple[str, int], tuple[tuple[int, int], int]] = {}
+        self._counts: dict[str, tuple[tuple[int, int], int]] = {}  # tenant -> (version, n)
         self._bit_cache: dict[tuple[str, int], tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
 
     # -- plumbing ------------------------------------------------------------------------
@@ -207,7 +207,6 @@ class SqliteStore:
                 (time.time(), model.id),
             )
             self._drop_retired()
-        self._counts.clear()
 
     def _drop_retired(self) -> None:
         """Drop the tables of models retired over ``retire_grace_s`` ago.  Not at once: a
@@ -374,15 +373,15 @@ class SqliteStore:
 
     # -- search --------------------------------------------------------------------------
 
-    def _tenant_size(self, tenant: str, model: ModelInfo) -> int:
+    def _tenant_size(self, tenant: str) -> int:
         with self._lock:
             version = self._version()
-            cached = self._counts.get((tenant, model.id))
+            cached = self._counts.get(tenant)
             if cached is not None and cached[0] == version:
                 return cached[1]
             sql = "select count(*) from chunks where tenant = ?"
             (n,) = self._rows_locked(sql, (tenant,))[0]
-            self._counts[(tenant, model.id)] = (version, int(n))
+            self._counts[tenant] = (version, int(n))
             return int(n)
 
     def vector_search(
@@ -390,7 +389,7 @@ class SqliteStore:
     ) -> list[tuple[int, float]]:
         q = np.asarray(vector, np.float32)
         if filters.empty:
-            return self._nearest(tenant, model, q, k, self._tenant_size(tenant, model))
+            return self._nearest(tenant, model, q, k, self._tenant_size(tenant))
         where, args = _conditions(filters)
         allowed = [
             r[0]
@@ -402,7 +401,7 @@ class SqliteStore:
         ]
         if len(allowed) <= self.few:
             return self._rank(model, q, allowed)[:k]
-        n = self._tenant_size(tenant, model)
+        n = self._tenant_size(tenant)
         want = k * 8
         while True:
             found = self._nearest(tenant, model, q, min(want, n), n)
