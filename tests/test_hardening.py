@@ -23,10 +23,10 @@ from fleetpilot.catalogue import load_catalogue
 from fleetpilot.config import GatewayConfig, replica_url
 from fleetpilot.controller.observe import HttpMembership
 from fleetpilot.core.model import CapacityClass, Replica
+from fleetpilot.engines import in_flight
 from fleetpilot.errors import Forbidden, Unauthorized
 from fleetpilot.gateway.auth import AdminAuth, hash_key
 from fleetpilot.gateway.server import FLEET, PROXY
-from fleetpilot.replica_metrics import in_flight
 
 from conftest import HOST, Emulators, fleet, gateway_process, serve_gateway
 

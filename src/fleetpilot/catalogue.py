@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleetpilot.core.model import Accelerator, CapacityClass, Offering, Pool, Profile
 from fleetpilot.errors import ConfigError
 
-__all__ = ["Catalogue", "load_catalogue"]
+__all__ = ["Catalogue", "ProfileSpec", "load_catalogue"]
 
 
 class _Strict(BaseModel):
@@ -37,13 +37,31 @@ class _Price(_Strict):
     spot: float | None = Field(default=None, gt=0)
 
 
-class _Prof(_Strict):
+class ProfileSpec(_Strict):
+    """A profile as the catalogue's YAML writes it (also inline in a fleet file's pool, and
+    what ``fleetpilot profile`` prints); ``source`` and other provenance keys are kept by
+    the file, not here."""
+
     count: int = Field(default=1, ge=1)
     prefill_rate: float = Field(gt=0)
     max_batch: int = Field(ge=1)
     context_tokens: int = Field(default=8192, ge=1)
     step_points: list[tuple[int, float]]
     startup_s: float = Field(default=180.0, ge=0)
+
+    def build(self, model: str, accelerator: str) -> Profile:
+        try:
+            return Profile(
+                model=model,
+                accelerator=accelerator,
+                prefill_rate=self.prefill_rate,
+                step_points=tuple((int(b), float(t)) for b, t in self.step_points),
+                max_batch=self.max_batch,
+                count=self.count,
+                context_tokens=self.context_tokens,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 class _Discount(_Strict):
@@ -57,7 +75,7 @@ class _CatalogueFile(_Strict):
     spot_interruption_rate: dict[str, float] = {}
     spot_zones: dict[str, int] = {}
     quotas: dict[str, dict[CapacityClass, Annotated[int, Field(strict=True, ge=0)]]] = {}
-    profiles: dict[str, dict[str, _Prof]]
+    profiles: dict[str, dict[str, ProfileSpec]]
 
 
 @dataclass(frozen=True)
@@ -74,7 +92,7 @@ class Catalogue:
     def accelerators_for(self, model: str) -> list[str]:
         return sorted(self._profiles_of(model))
 
-    def _profiles_of(self, model: str) -> dict[str, _Prof]:
+    def _profiles_of(self, model: str) -> dict[str, ProfileSpec]:
         try:
             return self._file.profiles[model]
         except KeyError:
@@ -86,16 +104,7 @@ class Catalogue:
             raise ConfigError(
                 f"no profile for {model!r} on {accelerator!r}; known: {sorted(profs)}"
             )
-        p = profs[accelerator]
-        return Profile(
-            model=model,
-            accelerator=accelerator,
-            prefill_rate=p.prefill_rate,
-            step_points=tuple((int(b), float(t)) for b, t in p.step_points),
-            max_batch=p.max_batch,
-            count=p.count,
-            context_tokens=p.context_tokens,
-        )
+        return profs[accelerator].build(model, accelerator)
 
     def offering(
         self, model: str, accelerator: str, capacity_class: CapacityClass | str

@@ -126,6 +126,67 @@ def demo(
     raise typer.Exit(run_demo(duration=duration, policies=policies.split(","), seed=seed))
 
 
+@app.command()
+def profile(
+    url: Annotated[str, typer.Option(help="the engine's base URL (OpenAI-compatible)")],
+    model: Annotated[str, typer.Option(help="the model name it serves")],
+    accelerator: Annotated[
+        str, typer.Option(help="what to call its hardware in the profile")
+    ] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="write the YAML here, not stdout")] = None,
+    prompts: Annotated[
+        str, typer.Option(help="prompt lengths (words) of the prefill sweep")
+    ] = "64,128,256,512,1024",
+    batches: Annotated[str, typer.Option(help="batch sizes of the decode sweep")] = "1,2,4,8,16",
+    repeats: Annotated[int, typer.Option(min=1, help="requests per prompt length")] = 3,
+    decode_tokens: Annotated[int, typer.Option(min=4, help="tokens per decode stream")] = 48,
+    api_key: Annotated[str | None, typer.Option(envvar="FLEETPILOT_ENGINE_KEY")] = None,
+) -> None:
+    """Measure a running engine: prefill rate, decode step per batch, admission limit."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from fleetpilot.profiling import Profiler, profile_yaml
+
+    sizes = _guard(_ints, prompts, "prompts")
+    widths = _guard(_ints, batches, "batches")
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("profiling", total=1.0)
+
+        def progress(what: str, share: float) -> None:
+            bar.update(task, description=what, completed=share)
+
+        profiler = Profiler(url, model, api_key=api_key, progress=progress)
+        measured = _guard(
+            asyncio.run,
+            profiler.measure(
+                accelerator, prompts=sizes, batches=widths, repeats=repeats,
+                decode_tokens=decode_tokens,
+            ),
+        )  # fmt: skip
+    text = profile_yaml(measured)
+    if out is None:
+        print(text, end="")
+    else:
+        out.write_text(text)
+        console.print(f"profile written to {out}")
+
+
+def _ints(text: str, what: str) -> list[int]:
+    from fleetpilot.errors import ConfigError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{what} must be comma-separated whole numbers, not {text!r}") from None
+    if not values or min(values) < 1 or values != sorted(set(values)):
+        raise ConfigError(f"--{what} must be increasing positive numbers, not {text!r}")
+    return values
+
+
 def _knobs(pairs: list[str]) -> dict[str, float]:
     """``KNOB=VALUE`` options as ``PlanParams.extra``, each name checked against ``KNOBS``."""
     from fleetpilot.core.capacity import check_knobs

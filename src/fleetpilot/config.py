@@ -37,8 +37,8 @@ from pydantic import (
     model_validator,
 )
 
-from fleetpilot.catalogue import Catalogue
-from fleetpilot.core.model import CapacityClass, Pool, Replica
+from fleetpilot.catalogue import Catalogue, ProfileSpec
+from fleetpilot.core.model import CapacityClass, Offering, Pool, Profile, Replica
 from fleetpilot.core.routing import ROUTERS
 from fleetpilot.errors import ConfigError
 from fleetpilot.tenancy.model import TenancyConfig
@@ -134,6 +134,10 @@ class GatewayConfig(_Frozen):
         "on when gateways share one (a Redis store, or tenancy.gateway_replicas > 1)",
     )
     share_interval_s: float = Field(default=0.02, gt=0, description="how often (real s)")
+    learn_profiles: bool = Field(
+        default=True,
+        description="correct each replica's profile by its observed stream timings",
+    )
     scrape_metrics: bool = Field(
         default=False,
         description="read each replica's /metrics for other gateways' requests (no store)",
@@ -213,8 +217,14 @@ class PoolConfig(_Frozen):
     capacity_class: CapacityClass = CapacityClass.ON_DEMAND
     replicas: list[str] = Field(default_factory=list)
     price_per_hour: float | None = Field(default=None, gt=0, description="override catalogue")
-    profile: str | None = Field(
-        default=None, description="catalogue model whose profile and prices apply (default: model)"
+    profile: str | ProfileSpec | None = Field(
+        default=None,
+        description="catalogue model whose profile and prices apply (default: model), or the "
+        "profile itself (as `fleetpilot profile` writes it; then price_per_hour is required)",
+    )
+    engine: str = Field(
+        default="auto",
+        description="the replicas' engine kind (fleetpilot.engines), or auto: detected",
     )
     api_key: str | None = Field(default=None, description="sent to the replicas as Bearer")
     upstream_model: str | None = Field(
@@ -234,6 +244,46 @@ class PoolConfig(_Frozen):
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
         return [replica_url(u) for u in v]
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        from fleetpilot.engines import ENGINES
+
+        if v != "auto" and v not in ENGINES:
+            raise ValueError(f"unknown engine {v!r}; known: auto, {', '.join(ENGINES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _inline_priced(self) -> PoolConfig:
+        if isinstance(self.profile, ProfileSpec) and self.price_per_hour is None:
+            raise ValueError(f"pool {self.name!r}: an inline profile needs price_per_hour")
+        return self
+
+    def resolve(self, catalogue: Catalogue) -> tuple[Offering, Profile]:
+        """This pool's offering and profile, from the catalogue or inline."""
+        if isinstance(self.profile, ProfileSpec):
+            spec = self.profile
+            cls = CapacityClass(self.capacity_class)
+            suffix = f"x{spec.count}" if spec.count > 1 else ""
+            offering = Offering(
+                name=f"{self.accelerator}{suffix}-{cls.value}",
+                accelerator=self.accelerator,
+                capacity_class=cls,
+                price_per_hour=float(self.price_per_hour or 0.0),
+                count=spec.count,
+                startup_s=spec.startup_s,
+            )
+            profile = spec.build(self.model, self.accelerator)
+        else:
+            known_as = self.profile or self.model
+            offering = catalogue.offering(known_as, self.accelerator, self.capacity_class)
+            if self.price_per_hour is not None:
+                offering = replace(offering, price_per_hour=self.price_per_hour)
+            profile = replace(catalogue.profile(known_as, self.accelerator), model=self.model)
+        if self.context_tokens is not None:
+            profile = replace(profile, context_tokens=self.context_tokens)
+        return offering, profile
 
 
 Action = Literal["block", "flag", "log", "off"]
@@ -329,13 +379,7 @@ class FleetConfig(_Frozen):
         pools: list[Pool] = []
         replicas: list[Replica] = []
         for pc in self.pools:
-            known_as = pc.profile or pc.model
-            offering = catalogue.offering(known_as, pc.accelerator, pc.capacity_class)
-            if pc.price_per_hour is not None:
-                offering = replace(offering, price_per_hour=pc.price_per_hour)
-            profile = replace(catalogue.profile(known_as, pc.accelerator), model=pc.model)
-            if pc.context_tokens is not None:
-                profile = replace(profile, context_tokens=pc.context_tokens)
+            offering, profile = pc.resolve(catalogue)
             pools.append(Pool(pc.name, pc.model, offering, len(pc.replicas), profile))
             for i, url in enumerate(pc.replicas):
                 replicas.append(
@@ -346,6 +390,7 @@ class FleetConfig(_Frozen):
                         url=url,
                         offering=offering,
                         profile=profile,
+                        engine=pc.engine,
                     )
                 )
         return pools, replicas

@@ -153,6 +153,7 @@ class Replica:
     state: ReplicaState = ReplicaState.READY
     load: ReplicaLoad = IDLE
     healthy: bool = True
+    engine: str = "auto"  # the engine kind serving it (fleetpilot.engines); auto: detect it
 
     @property
     def routable(self) -> bool:

@@ -24,8 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from fleetpilot.clock import Clock
-from fleetpilot.core.model import Pool, Replica, ReplicaLoad, ReplicaState, Snapshot
+from fleetpilot.core.correction import UNCORRECTED, Correction, corrected, learn
+from fleetpilot.core.model import Pool, Profile, Replica, ReplicaLoad, ReplicaState, Snapshot
 from fleetpilot.core.routing import RoutingParams, tune_headroom
+from fleetpilot.engines import Engine, engine
 
 __all__ = ["Lease", "LiveFleet", "LiveReplica"]
 
@@ -49,6 +51,11 @@ class LiveReplica:
     share_integral: float = 0.0
     idle_cost: float = 0.0
     last_t: float = 0.0
+    engine: Engine = field(default_factory=lambda: engine("auto"))  # its kind's adapter
+    # the profile as configured, and what its timings taught (fleetpilot.core.correction)
+    assumed: Profile | None = None
+    correction: Correction = UNCORRECTED
+    applied: Correction = UNCORRECTED  # the correction ``base.profile`` carries
     _view: Replica | None = field(default=None, repr=False)
 
     @property
@@ -76,6 +83,19 @@ class LiveReplica:
 
     def touch(self) -> None:
         self._view = None
+
+    def observed(
+        self, ttft: tuple[float, float] | None, per_token: tuple[float, float] | None
+    ) -> None:
+        """A request's (observed, predicted) first-token and per-token times: the profile
+        the router sees is corrected by them (rebuilt only when it would predict 2% apart)."""
+        self.correction = c = learn(self.correction, ttft=ttft, per_token=per_token)
+        if not c.near(self.applied):
+            assumed = self.assumed or self.base.profile
+            self.assumed = assumed
+            self.base = replace(self.base, profile=corrected(assumed, c))
+            self.applied = c
+            self.touch()
 
     def set_others(self, in_flight: int, prefill: int, remaining: int) -> None:
         """Other gateways' load on this replica (see :mod:`fleetpilot.gateway.shared_load`)."""
@@ -177,7 +197,13 @@ class LiveFleet:
     def add(self, replica: Replica) -> None:
         if replica.id in self._by_id:
             raise ValueError(f"replica {replica.id} already in the fleet")
-        live = LiveReplica(replica, state=replica.state, last_t=self.clock.now())
+        live = LiveReplica(
+            replica,
+            state=replica.state,
+            last_t=self.clock.now(),
+            engine=engine(replica.engine),
+            assumed=replica.profile,
+        )
         self._by_id[replica.id] = live
         self._by_model.setdefault(replica.model, []).append(live)
         self._context_of(replica.model)
@@ -220,6 +246,14 @@ class LiveFleet:
         """Recount ``model``'s context on a change of membership, not on every request."""
         reps = self._by_model.get(model, ())
         self._context[model] = max((r.base.profile.context_tokens for r in reps), default=0)
+
+    def set_engine(self, replica_id: str, kind: str) -> None:
+        """What engine serves the replica, once detected (see :func:`fleetpilot.engines.detect`)."""
+        live = self._by_id.get(replica_id)
+        if live is not None:
+            live.base = replace(live.base, engine=kind)
+            live.engine = engine(kind)
+            live.touch()
 
     def set_state(self, replica_id: str, state: ReplicaState) -> None:
         live = self._by_id[replica_id]
@@ -307,6 +341,10 @@ class LiveFleet:
         event = self._change
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout=self.clock.real_seconds(max(timeout, 0.0)))
+
+    def corrections(self) -> dict[str, Correction]:
+        """Per replica: how far its timings have moved its profile."""
+        return {r.id: r.correction for r in self._by_id.values()}
 
     def idle_costs(self) -> dict[str, float]:
         """Per pool: dollars of ready replica time with nothing in flight, so far."""

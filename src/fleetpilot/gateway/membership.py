@@ -33,6 +33,7 @@ from aiohttp import web
 from fleetpilot.catalogue import Catalogue
 from fleetpilot.config import in_networks, replica_url
 from fleetpilot.core.model import CapacityClass, Replica, ReplicaState
+from fleetpilot.engines import ENGINES
 from fleetpilot.errors import ApiError, BadRequest, ConfigError
 from fleetpilot.gateway.appkeys import CONFIG, FLEET
 
@@ -53,6 +54,9 @@ def replica_from_json(body: Any, catalogue: Catalogue) -> Replica:
         accelerator = str(body["accelerator"])
         cls = CapacityClass(body.get("capacity_class", "on_demand"))
         state = ReplicaState(body.get("state", "ready"))
+        engine = str(body.get("engine", "auto"))
+        if engine != "auto" and engine not in ENGINES:
+            raise BadRequest(f"unknown engine {engine!r}", param="engine")
         known_as = str(body.get("profile") or model)
         offering = catalogue.offering(known_as, accelerator, cls)
         profile = replace(catalogue.profile(known_as, accelerator), model=model)
@@ -71,7 +75,7 @@ def replica_from_json(body: Any, catalogue: Catalogue) -> Replica:
         raise BadRequest(str(exc), param="url") from None
     if state is ReplicaState.GONE:
         raise BadRequest("a new member cannot be gone", param="state")
-    return Replica(rid, pool, model, url, offering, profile, state=state)
+    return Replica(rid, pool, model, url, offering, profile, state=state, engine=engine)
 
 
 async def _addresses(url: str) -> list[str]:

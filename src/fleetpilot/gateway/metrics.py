@@ -89,7 +89,11 @@ class ServedSeries:
 
 
 class GatewayMetrics:
-    def __init__(self, idle_costs: Callable[[], dict[str, float]] | None = None) -> None:
+    def __init__(
+        self,
+        idle_costs: Callable[[], dict[str, float]] | None = None,
+        corrections: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self._served: dict[tuple[str, str], ServedSeries] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -156,6 +160,14 @@ class GatewayMetrics:
             )
             self._idle_costs = idle_costs
             self._idle = idle
+        self._corrections = corrections
+        self.correction = Gauge(
+            "fleetpilot_replica_correction",
+            "Observed over predicted time, learnt per replica (prefill: first token; step: "
+            "per output token); 1 = its profile predicts it",
+            ["replica", "kind"],
+            registry=r,
+        )
 
     def served(self, model: str, pool: str) -> ServedSeries:
         """The series a served request touches, looked up once per (model, pool): label
@@ -179,4 +191,8 @@ class GatewayMetrics:
         if hasattr(self, "_idle"):
             for pool, dollars in self._idle_costs().items():
                 self._idle.labels(pool).set(dollars)
+        if self._corrections is not None:
+            for rid, c in self._corrections().items():
+                self.correction.labels(rid, "prefill").set(c.prefill)
+                self.correction.labels(rid, "step").set(c.step)
         return generate_latest(self.registry)

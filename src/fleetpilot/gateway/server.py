@@ -31,6 +31,7 @@ from fleetpilot.clock import Clock, SystemClock
 from fleetpilot.config import FleetConfig, load_fleet
 from fleetpilot.core.model import ReplicaState
 from fleetpilot.core.routing import ROUTERS
+from fleetpilot.engines import detect, in_flight
 from fleetpilot.errors import (
     ApiError,
     BadRequest,
@@ -61,7 +62,6 @@ from fleetpilot.gateway.stages.tenant import admission_stage, tenant_auth_stage
 from fleetpilot.gateway.stages.upstream import Proxy
 from fleetpilot.gateway.tenancy_routes import add_tenancy_routes
 from fleetpilot.gateway.upstream import Upstream
-from fleetpilot.replica_metrics import in_flight
 from fleetpilot.store import Store, StoreUnavailable, open_store
 from fleetpilot.tenancy import registry
 from fleetpilot.tenancy.admission import Admission, TenancyMetrics
@@ -190,6 +190,30 @@ def _set_state(state: ReplicaState) -> _Handler:
     return handler
 
 
+async def _detect_engine(app: web.Application, live: LiveReplica) -> None:
+    """Tell what engine serves a replica whose pool says ``engine: auto``, from its
+    ``/v1/models`` and ``/metrics``; it stays vLLM-shaped until one of them answers."""
+    upstream = app[PROXY].upstream
+    models: Any = None
+    metrics: str | None = None
+    with contextlib.suppress(Exception):
+        status, data = await upstream.get(live.base.url + "/v1/models", timeout=1.0)
+        if status == 200:
+            models = json.loads(data)
+    with contextlib.suppress(Exception):
+        status, data = await upstream.get(live.base.url + "/metrics", timeout=1.0)
+        if status == 200:
+            metrics = data.decode("utf-8", "replace")
+    kind = detect(models, metrics)
+    if kind is not None and live.base.engine == "auto":
+        app[FLEET].set_engine(live.id, kind)
+        log.info("replica %s runs %s", live.id, kind)
+
+
+def _undetected(app: web.Application) -> list[LiveReplica]:
+    return [r for r in app[FLEET].replicas if r.base.engine == "auto"]
+
+
 async def _health_loop(app: web.Application) -> None:
     """Active checks: an unreachable replica is ejected; one that answers again is back."""
     fleet, upstream = app[FLEET], app[PROXY].upstream
@@ -202,6 +226,9 @@ async def _health_loop(app: web.Application) -> None:
             ok = status == 200
         except Exception:
             ok = False
+        live = fleet.find(rid)
+        if ok and live is not None and live.base.engine == "auto":
+            await _detect_engine(app, live)
         if ok and rid in down:
             down.discard(rid)
             fleet.recovered(rid)
@@ -256,7 +283,7 @@ async def _scrape_loop(app: web.Application) -> None:
         except Exception:
             return  # the health checks deal with a replica that does not answer
         if status == 200:
-            live.scraped(in_flight(text.decode("utf-8", "replace")), ours)
+            live.scraped(in_flight(text.decode("utf-8", "replace"), live.engine), ours)
 
     while True:
         now = fleet.clock.now()
@@ -439,7 +466,7 @@ def create_app(
     fleet = LiveFleet(
         clock, pools, replicas, cooldown_s=cfg.cooldown_s, max_cooldown_s=cfg.max_cooldown_s
     )
-    metrics = GatewayMetrics(fleet.idle_costs)
+    metrics = GatewayMetrics(fleet.idle_costs, fleet.corrections)
     upstream = Upstream(
         connect_timeout=cfg.connect_timeout_s,
         read_timeout=cfg.first_byte_timeout_s,
@@ -484,6 +511,7 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await upstream.start()
+        await asyncio.gather(*(_detect_engine(app, r) for r in _undetected(app)))
         tasks = [asyncio.create_task(_health_loop(app))] if health_checks else []
         if tenancy is not None and config.shares_load:
             shared = SharedLoad(tenancy.store, fleet, interval_s=cfg.share_interval_s)

@@ -65,6 +65,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fleetpilot.core.capacity import Plan, PlanParams
+from fleetpilot.core.correction import UNCORRECTED, Correction, corrected, learn
 from fleetpilot.core.model import (
     Action,
     CapacityClass,
@@ -120,6 +121,9 @@ class _Rep:
     step_s: float = 0.0  # duration of the step in progress
     noticed: bool = False  # got a pre-emption notice
     dirty: bool = False  # ``view`` is stale
+    correction: Correction = UNCORRECTED  # what its timings taught (learn_profiles)
+    applied: Correction = UNCORRECTED  # the one ``profile`` carries
+    assumed: Profile | None = None  # the pool's profile, before correction
     id: str = field(init=False)
     url: str = field(init=False)
     view: Replica = field(init=False)
@@ -135,6 +139,18 @@ class _Rep:
             self.view = self._view()
             self.dirty = False
         return self.view
+
+    def observed(
+        self, ttft: tuple[float, float] | None, per_token: tuple[float, float] | None
+    ) -> None:
+        """As :meth:`fleetpilot.gateway.fleet.LiveReplica.observed`: the router's profile
+        of this replica corrected by its timings."""
+        self.correction = c = learn(self.correction, ttft=ttft, per_token=per_token)
+        if not c.near(self.applied):
+            self.assumed = assumed = self.assumed or self.profile
+            self.profile = corrected(assumed, c)
+            self.applied = c
+            self.dirty = True
 
     def _view(self) -> Replica:
         p = self.pool
@@ -307,6 +323,8 @@ def simulate(
     routing_params: RoutingParams = DEFAULT_PARAMS,
     window_s: float = 60.0,
     engine: Callable[[Profile], BatchEngine] = BatchEngine,
+    executed: Mapping[str, Profile] | None = None,
+    learn_profiles: bool = False,
 ) -> SimResult:
     """Replay ``trace`` (sorted by arrival) on a fleet of ``pools``.
 
@@ -318,6 +336,10 @@ def simulate(
     the pools' model, when they all serve one).  ``ttft_slo_s`` defaults to
     ``params.ttft_slo_s``.  ``engine`` makes each replica's batching engine (a seam for
     fault injection, e.g. a ``slowdown``, and for benchmarking engine changes).
+    ``executed`` gives, per pool, the profile its engines really run when it is not the one
+    the router is told (a wrong catalogue figure); ``learn_profiles`` corrects the router's
+    profile of each replica from its first-token and per-token times, as the gateway does
+    (:mod:`fleetpilot.core.correction`).
     """
     if window_s <= 0:
         raise ValueError("window_s must be positive")
@@ -337,6 +359,8 @@ def simulate(
         model,
         routing_params,
         engine,
+        executed or {},
+        learn_profiles,
     )
     # The run allocates millions of short-lived objects and no reference cycles, so the cyclic
     # collector's passes are pure overhead (~6% of the run); reference counting frees them.
@@ -368,6 +392,8 @@ class _Sim:
         model: str | None,
         routing_params: RoutingParams,
         engine: Callable[[Profile], BatchEngine],
+        executed: Mapping[str, Profile],
+        learn_profiles: bool,
     ) -> None:
         if router not in ROUTERS:
             raise ValueError(f"unknown router {router!r}; known: {sorted(ROUTERS)}")
@@ -396,6 +422,8 @@ class _Sim:
         self.loop = EventLoop()
         self.route_fn = ROUTERS[router]
         self.new_engine = engine
+        self.executed = executed
+        self.learning = learn_profiles
         self.routing_params = routing_params
         self.policy = policy
         self.params = params
@@ -439,6 +467,7 @@ class _Sim:
         self.e2e = [_NAN] * n
         self.status = [_PENDING] * n
         self.served = [-1] * n
+        self.routed = [(0.0, 0.0, 0.0)] * n  # when routed; predicted TTFT and time per token
         self.produced = [0] * n  # tokens delivered by earlier (pre-empted) segments
         self.continued = [0] * n
         self.wait_token = [0] * n  # bumps on every routing attempt, so stale timers are ignored
@@ -525,6 +554,11 @@ class _Sim:
         if action is Action.ROUTE:
             rep = self.by_id[decision.replica_id or ""]
             rep.engine.add(EngineSequence(str(i), request.prompt_tokens, request.max_tokens))
+            if self.learning:
+                per_token = (decision.predicted_e2e - decision.predicted_ttft) / max(
+                    request.max_tokens - 1, 1
+                )
+                self.routed[i] = (now, decision.predicted_ttft, per_token)
             rep.dirty = True
             if rep.boundary == _INF:  # idle: a step starts now, with whatever else arrives now
                 rep.boundary = now
@@ -593,7 +627,7 @@ class _Sim:
         if (
             stepping
             and not admitted
-            and (not engine.waiting or len(engine.running) >= rep.profile.max_batch)
+            and (not engine.waiting or len(engine.running) >= engine.profile.max_batch)
         ):
             # In a run of identical steps (nobody admitted, and nobody could be since): jump
             # to ``t`` or to the step that finishes a sequence.
@@ -617,8 +651,11 @@ class _Sim:
                                 self.headroom = tune_headroom(
                                     self.headroom, ttft[i] <= budget[i], self.routing_params
                                 )
+                            if self.learning:
+                                at, predicted, _ = self.routed[i]
+                                rep.observed((b - at, predicted), None)
                 if finished:
-                    self._finished(finished, b)
+                    self._finished(finished, b, rep)
             if engine.running or engine.waiting:
                 d, _, admitted = engine.begin_step()
                 stepping = True
@@ -638,10 +675,13 @@ class _Sim:
                 b = _INF
         rep.stepping, rep.admitted, rep.boundary, rep.step_s = stepping, admitted, b, d
 
-    def _finished(self, finished: list[EngineSequence], t: float) -> None:
+    def _finished(self, finished: list[EngineSequence], t: float, rep: _Rep) -> None:
         """Record sequences that got their last token at ``t``."""
         for seq in finished:
             i = int(seq.id)
+            if self.learning and not self.continued[i] and seq.generated >= 3:
+                per_token = (t - self.arrival[i] - self.ttft[i]) / (seq.generated - 1)
+                rep.observed(None, (per_token, self.routed[i][2]))
             self.e2e[i] = t - self.arrival[i]
             self.produced[i] += seq.generated
             self.status[i] = _OK
@@ -656,7 +696,8 @@ class _Sim:
         pool = self.pools[p]
         profile = pool.profile
         assert profile is not None
-        rep = _Rep(len(self.reps), p, pool, profile, self.new_engine(profile), now)
+        runs = self.executed.get(pool.name, profile)
+        rep = _Rep(len(self.reps), p, pool, profile, self.new_engine(runs), now)
         self.reps.append(rep)
         self.by_id[rep.id] = rep
         self.live.append(rep)

@@ -63,8 +63,8 @@ from fleetpilot.clock import Clock
 from fleetpilot.controller.actuators.base import NoticeBus, PreemptionNotice
 from fleetpilot.core.capacity import Plan
 from fleetpilot.core.model import CapacityClass, Pool, Replica, ReplicaState
+from fleetpilot.engines import in_flight
 from fleetpilot.errors import ConfigError, FleetpilotError
-from fleetpilot.replica_metrics import in_flight
 
 __all__ = [
     "GPU_PRODUCTS",

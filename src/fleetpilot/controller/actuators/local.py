@@ -38,9 +38,9 @@ from fleetpilot.clock import Clock
 from fleetpilot.controller.actuators.base import ACTIVE, NoticeBus, PreemptionNotice
 from fleetpilot.core.capacity import Plan
 from fleetpilot.core.model import CapacityClass, Pool, Replica, ReplicaState
+from fleetpilot.engines import in_flight
 from fleetpilot.errors import ConfigError
 from fleetpilot.procs import Child, ChildFailed, Supervisor, fleetpilot_command, free_port
-from fleetpilot.replica_metrics import in_flight
 
 __all__ = ["LocalActuator", "SpotPlay"]
 

@@ -8,11 +8,18 @@ sends it and, on a failure before the client has seen a byte (connection refused
 A stream is answered with a :class:`~fleetpilot.gateway.pipeline.Streamed` as soon as a
 replica has sent its head; its events are relayed as they come.  A replica that dies after
 that is replaced through the same loop by one asked to continue from the text already sent —
-for chat, the partial answer as a final assistant message with vLLM's
-``continue_final_message``; for completions, appended to the prompt.  Chunks from the new
+for chat, the partial answer as a final assistant message (how, the engine's entry in
+:mod:`fleetpilot.engines` says); for completions, appended to the prompt.  Chunks from the new
 replica are relabelled with the original stream's id, its role-only opening chunk is dropped,
-and ``usage`` adds up both parts, so the client sees one uninterrupted stream.  This assumes
-one token per chunk (vLLM's default ``stream_interval``).
+and ``usage`` adds up both parts, so the client sees one uninterrupted stream.
+
+Tokens are counted as the engine reports them: llama.cpp's running count on every chunk
+(it holds text back around stop sequences, so a chunk is not a token), one per chunk for
+engines that send one.  So a continuation asks for exactly the tokens still owed.  ``usage``
+is the engine's, from whichever chunk carries it; the client gets it once, in a chunk of its
+own.  After a continuation the engine that finished counted the text already sent as prompt:
+its prompt count less those tokens is the original prompt's, and its completion count plus
+them is the whole answer's.
 
 Neither a retry nor a continuation is judged against time the failure spent: each is routed
 afresh with the request's whole TTFT budget from now, away from the replicas that already
@@ -36,6 +43,7 @@ from fleetpilot.clock import Clock
 from fleetpilot.config import GatewayConfig, PoolConfig
 from fleetpilot.core.model import Action, Decision, ReplicaState, Request, ServiceClass
 from fleetpilot.core.routing import Router, RoutingParams
+from fleetpilot.engines import Engine
 from fleetpilot.errors import (
     ApiError,
     NoHealthyReplica,
@@ -68,7 +76,8 @@ class _Stream:
 
     chat: bool = True
     pieces: list[str | bytes] = field(default_factory=list)
-    produced: int = 0
+    produced: int = 0  # tokens the client has been sent, as the engines counted them
+    base: int = 0  # of those, the ones sent before the current segment
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     stream_id: str | None = None
@@ -106,6 +115,8 @@ class _Held:
     lease: Lease
     resp: UpstreamResponse
     data: bytes | None  # the whole body, for a non-streamed answer
+    sent_at: float = 0.0
+    predicted: tuple[float, float] = (0.0, 0.0)  # the router's TTFT and time per token
 
 
 class Proxy:
@@ -210,12 +221,20 @@ class Proxy:
             await fleet.wait_change(until - now)
             request = replace(request, must_serve=True)  # it waited: it is not shed after
 
-    def _body(self, pool: str, inbound: Inbound, body: dict[str, Any] | None) -> bytes:
-        """Bytes for the replica: the client's own when nothing changes (the fast path)."""
-        rename = self._rename.get(pool)
+    def _body(
+        self, replica: LiveReplica, inbound: Inbound, body: dict[str, Any] | None, cont: _Cont
+    ) -> bytes:
+        """Bytes for the replica: the client's own when nothing changes (the fast path);
+        a stream's carry the fields its engine needs, a continuation's its way to carry on."""
+        rename = self._rename.get(replica.base.pool)
+        kind = replica.engine
+        if cont is not None:
+            body = _continuation(inbound, cont[0], cont[1], kind)
         if body is None and rename is None:
             return inbound.raw
         out = dict(body if body is not None else inbound.body)
+        if inbound.stream and kind.stream_fields:
+            out.update(kind.stream_fields)
         if rename is not None:
             out["model"] = rename
         return json.dumps(out).encode()
@@ -230,11 +249,17 @@ class Proxy:
         self.metrics.requests.labels(model, pool, str(exc.status)).inc()
 
     async def _attempt(
-        self, t: _Tries, inbound: Inbound, body: dict[str, Any] | None, whole: bool
+        self,
+        t: _Tries,
+        inbound: Inbound,
+        body: dict[str, Any] | None,
+        whole: bool,
+        cont: _Cont = None,
     ) -> _Held:
         """Route and send until a replica answers (its head, and its body when ``whole``);
         a failure before that goes to another replica.  Raises the :class:`ApiError` the
-        client is to see when the tries run out; the hold is the caller's to release."""
+        client is to see when the tries run out; the hold is the caller's to release.
+        ``cont``: the stream so far and the tokens still owed, when continuing one."""
         model = t.request.model
         while True:
             try:
@@ -244,9 +269,13 @@ class Proxy:
                 raise
             replica = self.fleet.get(decision.replica_id or "")
             t.pool = pool = replica.base.pool
+            data = self._body(replica, inbound, body, cont)
             lease = self.fleet.acquire(replica.id, t.request.prompt_tokens, t.request.max_tokens)
             t.attempts += 1
-            data = self._body(pool, inbound, body)
+            sent_at = self.clock.now()
+            tokens = t.request.max_tokens
+            per_token = (decision.predicted_e2e - decision.predicted_ttft) / max(tokens - 1, 1)
+            predicted = (decision.predicted_ttft, per_token)
             try:
                 if whole:
                     resp = await self.upstream.send(
@@ -255,7 +284,7 @@ class Proxy:
                         read_timeout=self._patience(decision.predicted_e2e, 5.0),
                         headers=self._headers.get(pool),
                     )
-                    return _Held(replica, lease, resp, await resp.read())
+                    return _Held(replica, lease, resp, await resp.read(), sent_at, predicted)
                 resp = await self.upstream.send(
                     replica.base.url + inbound.path,
                     data,
@@ -265,7 +294,7 @@ class Proxy:
                     ),
                     headers=self._headers.get(pool),
                 )
-                return _Held(replica, lease, resp, None)
+                return _Held(replica, lease, resp, None, sent_at, predicted)
             except UpstreamError as exc:
                 lease.release()
                 self.fleet.failed(replica.id)
@@ -392,14 +421,14 @@ class Proxy:
                         done = True
                         return
                 self.metrics.continuations.labels(model).inc()
-                body = _continuation(inbound, state, remaining)
                 t.request = replace(
                     self.afresh(t.request, must_serve=True),
                     prompt_tokens=inbound.prompt_tokens + state.produced,
                     max_tokens=remaining,
                 )
+                state.base, state.usage = state.produced, None
                 try:
-                    held = await self._attempt(t, inbound, body, False)
+                    held = await self._attempt(t, inbound, None, False, (state, remaining))
                 except ApiError as exc:
                     yield self._abort(exc, call)
                     done = True
@@ -413,6 +442,8 @@ class Proxy:
                     done = True
                     return
             self.fleet.succeeded(held.replica.id)
+            if state.segments == 1 and self.config.learn_profiles:
+                self._learn(held, state)
             usage = call.usage = self._final_usage(inbound, state)
             ttft = state.first_at - arrival if state.first_at is not None else None
             self._settle(held.lease, t.pool, model, usage, self.clock.now() - arrival, ttft)
@@ -448,6 +479,16 @@ class Proxy:
         itl = self.metrics.served(model, pool).itl
         lease = held.lease
         sink = state.sink
+        counted = held.replica.engine.tokens_so_far if held.replica.engine.produced else None
+
+        def tokens(payload: bytes) -> int:
+            """How many tokens ``payload`` adds to what the client has (1 a chunk, unless
+            the engine counts them)."""
+            if counted is None:
+                return 1
+            so_far = counted(payload)
+            return 1 if so_far is None else max(0, state.base + so_far - state.produced)
+
         if sink is not None and not continuing:
             special, has_text = _SPECIAL.search, _TEXT.search
 
@@ -461,7 +502,7 @@ class Proxy:
                 ):
                     return False
                 if has_text(payload) is not None:
-                    self._token(state, lease, model, itl, payload)
+                    self._token(state, lease, model, itl, payload, tokens(payload))
                 return True
 
             held.resp.divert(take)
@@ -478,17 +519,18 @@ class Proxy:
                     # The common event: one more piece of text, or none.  Nothing in it
                     # changes how the stream goes on, so it is passed on undecoded.
                     if _TEXT.search(payload) is not None:
-                        self._token(state, lease, model, itl, payload)
+                        self._token(state, lease, model, itl, payload, tokens(payload))
                     yield payload
                     continue
                 try:
                     chunk = json.loads(payload)
                 except ValueError:
                     continue
+                usage = chunk.pop("usage", None)
+                if isinstance(usage, dict) and usage:
+                    state.usage = usage  # the gateway sends it once, at the end
                 choices = chunk.get("choices") or ()
                 if not choices:
-                    if chunk.get("usage"):
-                        state.usage = chunk["usage"]
                     continue
                 choice = choices[0]
                 text = _choice_text(choice, chat)
@@ -498,12 +540,17 @@ class Proxy:
                     if not text and not choice.get("finish_reason"):
                         continue  # the new replica's opening role chunk
                     chunk["id"], chunk["created"] = state.stream_id, state.created
-                    chunk.pop("usage", None)
                     payload = json.dumps(chunk).encode()
-                elif state.stream_id is None:
-                    state.stream_id, state.created = chunk.get("id"), chunk.get("created")
+                else:
+                    if state.stream_id is None:
+                        state.stream_id, state.created = chunk.get("id"), chunk.get("created")
+                    if usage is not None:
+                        payload = json.dumps(chunk).encode()
+                n = tokens(payload)
                 if text:
-                    self._token(state, lease, model, itl, text)
+                    self._token(state, lease, model, itl, text, n)
+                elif n and counted is not None and state.first_at is not None:
+                    self._count(state, lease, n)  # the finish chunk's last held-back tokens
                 yield payload
             raise ReplicaGone("the replica ended its stream without [DONE]")
         finally:
@@ -528,6 +575,19 @@ class Proxy:
         m.prompt_tokens.inc(usage.get("prompt_tokens", 0) or 0)
         m.completion_tokens.inc(usage.get("completion_tokens", 0) or 0)
 
+    @staticmethod
+    def _learn(held: _Held, state: _Stream) -> None:
+        """A stream that one replica served whole teaches that replica's correction: its
+        first token against the router's prediction, and its time per token after that."""
+        if state.first_at is None:
+            return
+        ttft = (state.first_at - held.sent_at, held.predicted[0])
+        per_token = None
+        if state.last_at is not None and state.produced >= 3:
+            observed = (state.last_at - state.first_at) / (state.produced - 1)
+            per_token = (observed, held.predicted[1])
+        held.replica.observed(ttft, per_token)
+
     def _patience(self, predicted: float, slack: float) -> float:
         """Real seconds to wait for what the router predicted would take ``predicted``
         (modelled): a replica that queues a request is busy, not stalled, for three times
@@ -544,13 +604,16 @@ class Proxy:
         )
 
     def _final_usage(self, inbound: Inbound, state: _Stream) -> dict[str, Any]:
-        if state.segments <= 1 and state.usage:
-            return state.usage
+        """The engine's usage; after a continuation, both parts added up (see the module's
+        docstring); estimated only where no engine said."""
         last = state.usage or {}
-        completion = state.produced
-        if last.get("completion_tokens") is not None:
-            completion = max(completion, int(last["completion_tokens"]))
-        prompt = inbound.prompt_tokens
+        if state.segments <= 1 and last:
+            return last
+        completion, prompt = state.produced, inbound.prompt_tokens
+        if isinstance(last.get("completion_tokens"), int):
+            completion = state.base + last["completion_tokens"]
+        if isinstance(last.get("prompt_tokens"), int) and last["prompt_tokens"] > state.base:
+            prompt = last["prompt_tokens"] - state.base
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -558,21 +621,28 @@ class Proxy:
         }
 
     def _token(
-        self, state: _Stream, lease: Lease, model: str, itl: Any, piece: str | bytes
+        self, state: _Stream, lease: Lease, model: str, itl: Any, piece: str | bytes, n: int
     ) -> None:
-        """One token sent: first-token and inter-token bookkeeping, the text kept."""
+        """A piece of text sent, ``n`` tokens: first-token and inter-token bookkeeping, the
+        text kept."""
         now = self.clock.now()
         if state.first_at is None:
             state.first_at = now
             lease.first_token()
             if state.learn:
                 self.fleet.first_token(model, now <= state.deadline, self.params)
-        elif state.last_at is not None:
-            itl.observe(now - state.last_at)
-        state.last_at = now
+        elif state.last_at is not None and n:
+            itl.observe((now - state.last_at) / n)
+        if n:
+            state.last_at = now
         state.pieces.append(piece)
-        state.produced += 1
-        lease.tokens(1)
+        state.produced += n
+        lease.tokens(n)
+
+    @staticmethod
+    def _count(state: _Stream, lease: Lease, n: int) -> None:
+        state.produced += n
+        lease.tokens(n)
 
     def _abort(self, exc: ApiError, call: Call) -> bytes:
         """The error event that ends a started stream: the status line has already gone."""
@@ -611,22 +681,27 @@ def _chunk_object(inbound: Inbound) -> str:
     return "chat.completion.chunk" if inbound.kind == "chat" else "text_completion"
 
 
-def _continuation(inbound: Inbound, state: _Stream, remaining: int) -> dict[str, Any]:
-    """A body asking another replica to carry on from what the client already has."""
+_Cont = tuple[_Stream, int] | None  # a stream to continue and the tokens it is still owed
+
+
+def _continuation(inbound: Inbound, state: _Stream, remaining: int, kind: Engine) -> dict[str, Any]:
+    """A body asking a replica of ``kind`` to carry on from what the client already has."""
     body = dict(inbound.body)
     body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     body["max_tokens"] = remaining
     body.pop("max_completion_tokens", None)
     if inbound.kind == "chat":
+        if kind.continue_chat is None:
+            raise ReplicaGone(f"a {kind.name} replica cannot continue an assistant message")
         body["messages"] = [*inbound.body["messages"], {"role": "assistant", "content": state.text}]
-        body["continue_final_message"] = True
-        body["add_generation_prompt"] = False
+        body.update(kind.continue_chat)
     else:
         prompt = inbound.body["prompt"]
         if isinstance(prompt, list):  # one prompt per request is all a stream can carry on
             prompt = "".join(p for p in prompt if isinstance(p, str))
         body["prompt"] = prompt + state.text
-        body["fleetpilot_continue_from"] = state.produced
+        if kind.continue_count:
+            body[kind.continue_count] = state.produced
     return body
 
 

@@ -1,0 +1,88 @@
+"""Learning a replica's prediction error online, so a wrong profile stops misleading routing.
+
+A profile can be wrong by a lot: the catalogue's A10G figures for a replica that is really a
+CPU running a small model, or a GPU whose driver, kernel or neighbour makes it slower than
+when it was measured.  The router then believes one replica is fast and packs it.  As
+Dynamo's planner does with its correction factors, each replica keeps two ratios of observed
+to predicted time:
+
+- ``prefill``: first-token time observed over predicted.  It scales the profile's prefill
+  time (``prefill_rate`` divided by it).
+- ``step``: time per output token observed over predicted.  It scales every decode step.
+
+Each observation moves a factor geometrically toward the value that would have made that
+prediction right: ``f ← f · (observed / predicted) ** rate``.  The prediction was made with
+the corrected profile, so the fixed point is where predictions are right on average (in log
+terms), and the error left after ``n`` observations is ``(1 - rate) ** n`` of the first
+one's (about 3% after 20 at the default 0.16, in log space).  Factors stay within
+``[1/limit, limit]``: one timing taken across a stall must not make a replica look unusable
+for long.  The first token of a request carries queueing the profile predicts too, so the
+step factor is learnt from steady decoding (the time per token after the first) and the
+prefill factor from what is left.
+
+The gateway (:mod:`fleetpilot.gateway.fleet`) and the request-level simulator both call
+:func:`learn` and :func:`corrected`; these are the only copy of the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from fleetpilot.core.model import Profile
+
+__all__ = ["UNCORRECTED", "Correction", "corrected", "learn"]
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    prefill: float = 1.0
+    step: float = 1.0
+    samples: int = 0
+
+    def near(self, other: Correction, tolerance: float = 0.02) -> bool:
+        """Whether a profile corrected by ``other`` would predict within ``tolerance`` of one
+        corrected by this (so it need not be rebuilt)."""
+        return (
+            abs(math.log(self.prefill / other.prefill)) <= tolerance
+            and abs(math.log(self.step / other.step)) <= tolerance
+        )
+
+
+UNCORRECTED = Correction()
+
+
+def _toward(factor: float, observed: float, predicted: float, rate: float, limit: float) -> float:
+    if observed <= 0 or predicted <= 0 or not math.isfinite(observed / predicted):
+        return factor
+    moved = factor * math.pow(observed / predicted, rate)
+    return min(limit, max(1.0 / limit, moved))
+
+
+def learn(
+    c: Correction,
+    *,
+    ttft: tuple[float, float] | None = None,
+    per_token: tuple[float, float] | None = None,
+    rate: float = 0.16,
+    limit: float = 50.0,
+) -> Correction:
+    """``c`` after one request: ``ttft`` and ``per_token`` are (observed, predicted) pairs,
+    each predicted with the profile as ``c`` corrected it."""
+    prefill, step = c.prefill, c.step
+    if per_token is not None:
+        step = _toward(step, per_token[0], per_token[1], rate, limit)
+    if ttft is not None:
+        prefill = _toward(prefill, ttft[0], ttft[1], rate, limit)
+    return Correction(prefill, step, c.samples + 1)
+
+
+def corrected(profile: Profile, c: Correction) -> Profile:
+    """``profile`` with prefill ``c.prefill`` times and decode steps ``c.step`` times as slow."""
+    if c.prefill == 1.0 and c.step == 1.0:
+        return profile
+    return replace(
+        profile,
+        prefill_rate=profile.prefill_rate / c.prefill,
+        step_points=tuple((b, s * c.step) for b, s in profile.step_points),
+    )
