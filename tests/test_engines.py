@@ -137,8 +137,8 @@ def test_prefill_rate_is_fitted_through_the_origin_after_one_step() -> None:
 
 
 def test_streams_that_waited_for_a_slot_are_not_counted_as_admitted() -> None:
-    assert admitted([0.1, 0.1, 0.12, 0.11], [1.0, 1.0, 1.1, 1.0]) == 4
-    assert admitted([0.1, 0.1, 1.0, 1.05], [1.0, 1.0, 2.0, 2.0]) == 2
+    assert admitted([0.1, 0.3, 0.5, 0.7], [1.0, 1.2, 1.4, 1.6]) == 4  # prefills in turn
+    assert admitted([0.1, 0.1, 1.02, 1.05], [1.0, 1.0, 2.0, 2.0]) == 2  # two waited
 
 
 def test_a_measured_profile_round_trips_into_the_catalogue_and_a_fleet_file() -> None:

@@ -11,8 +11,9 @@ model needs, over the engine's own OpenAI API, the way a client sees them:
   end-of-sequence token; a stream's step is its time from first to last token over the
   tokens between them (the engine's count), and the step at that batch is the median.
 - **admission limit**: the batch at which streams stop starting together.  A stream whose
-  first token comes after half the batch's median run was queued for a slot; the largest
-  number of streams seen running at once is ``max_batch``, and the sweep stops there.
+  first token came only after another stream of its batch had finished waited for a slot
+  (:func:`admitted`); the largest number of streams seen running at once is ``max_batch``,
+  and the sweep stops there.
 
 The output is the catalogue's YAML for one profile, with when, on what engine and version,
 on what hardware and how it was measured, so it can be pasted into a catalogue copy or
@@ -29,6 +30,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -67,14 +69,15 @@ def fit_prefill_rate(points: Sequence[tuple[int, float]], step: float) -> float:
     return num / den
 
 
-def admitted(first: Sequence[float], runs: Sequence[float]) -> int:
-    """How many of a batch's streams ran at once: those whose first token came before half
-    the batch's median run (start to last token).  A stream queued for a slot waits about a
-    whole run of the ones ahead of it."""
+def admitted(first: Sequence[float], ends: Sequence[float]) -> int:
+    """How many of a batch's streams ran at once: those whose first token came before any
+    stream of the batch had finished.  A stream queued for a slot can only start once a
+    slot frees, that is after some stream ended; prefills done one after another still all
+    come before the first end."""
     if not first:
         return 0
-    cut = 0.5 * statistics.median(runs)
-    return sum(1 for f in first if f <= cut)
+    cut = min(ends)
+    return sum(1 for f in first if f < cut)
 
 
 @dataclass(slots=True)
@@ -197,7 +200,7 @@ class Profiler:
         self.progress = progress or (lambda _what, _share: None)
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.kind = engine("auto")
-        self._rng = random.Random(0)
+        self._rng = random.Random()  # prompts differ from every earlier run's (prefix caches)
         self._session: aiohttp.ClientSession | None = None
 
     # -- the engine ---------------------------------------------------------------------------
@@ -241,7 +244,7 @@ class Profiler:
 
     def _prompt(self, words: int) -> str:
         """``words`` words whose start was never sent before (no prefix cache serves it)."""
-        head = f"{self._rng.getrandbits(64):x}"
+        head = secrets.token_hex(8)
         return head + " " + " ".join(self._rng.choice(_WORDS) for _ in range(words))
 
     async def _stream(self, prompt: str, max_tokens: int) -> _Run:
@@ -292,7 +295,12 @@ class Profiler:
         repeats: int = 3,
         decode_tokens: int = 48,
     ) -> Measured:
-        async with aiohttp.ClientSession(timeout=self.timeout) as self._session:
+        # A connection each: llama-server drops idle keep-alive connections, and a request
+        # written into one that it just dropped fails.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(
+            timeout=self.timeout, connector=connector
+        ) as self._session:
             name, version, context = await self.identify()
             context = context or 8192
             total = len(batches) + len(prompts) * repeats
@@ -373,8 +381,13 @@ def _context_of(info: Any, model: str) -> int | None:
     if not isinstance(info, dict):
         return None
     for m in info.get("data") or ():
-        if isinstance(m, dict) and m.get("id") == model and isinstance(m.get("max_model_len"), int):
+        if not isinstance(m, dict) or m.get("id") != model:
+            continue
+        if isinstance(m.get("max_model_len"), int):
             return int(m["max_model_len"])
+        meta = m.get("meta")
+        if isinstance(meta, dict) and isinstance(meta.get("n_ctx"), int):
+            return int(meta["n_ctx"])
     settings = info.get("default_generation_settings")
     if isinstance(settings, dict) and isinstance(settings.get("n_ctx"), int):
         return int(settings["n_ctx"])

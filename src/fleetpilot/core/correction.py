@@ -20,8 +20,14 @@ for long.  The first token of a request carries queueing the profile predicts to
 step factor is learnt from steady decoding (the time per token after the first) and the
 prefill factor from what is left.
 
+Each pool also keeps one correction learnt from all its replicas' timings, and a replica with
+no timings of its own starts from it (:func:`inherit`): replicas of one pool run the same
+engine on the same hardware, so one's error is the best guess at another's.  Without it a
+router that has learnt one replica is slow still believes its untried twin is fast, and packs
+that one instead.
+
 The gateway (:mod:`fleetpilot.gateway.fleet`) and the request-level simulator both call
-:func:`learn` and :func:`corrected`; these are the only copy of the rule.
+:func:`learn`, :func:`inherit` and :func:`corrected`; these are the only copy of the rule.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from dataclasses import dataclass, replace
 
 from fleetpilot.core.model import Profile
 
-__all__ = ["UNCORRECTED", "Correction", "corrected", "learn"]
+__all__ = ["UNCORRECTED", "Correction", "corrected", "inherit", "learn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,11 @@ def learn(
     if ttft is not None:
         prefill = _toward(prefill, ttft[0], ttft[1], rate, limit)
     return Correction(prefill, step, c.samples + 1)
+
+
+def inherit(own: Correction, pooled: Correction) -> Correction:
+    """A replica's correction given its pool's: its own once it has timings, else the pool's."""
+    return own if own.samples else replace(pooled, samples=0)
 
 
 def corrected(profile: Profile, c: Correction) -> Profile:

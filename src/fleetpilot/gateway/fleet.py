@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from fleetpilot.clock import Clock
-from fleetpilot.core.correction import UNCORRECTED, Correction, corrected, learn
+from fleetpilot.core.correction import UNCORRECTED, Correction, corrected, inherit, learn
 from fleetpilot.core.model import Pool, Profile, Replica, ReplicaLoad, ReplicaState, Snapshot
 from fleetpilot.core.routing import RoutingParams, tune_headroom
 from fleetpilot.engines import Engine, engine
@@ -88,8 +88,12 @@ class LiveReplica:
         self, ttft: tuple[float, float] | None, per_token: tuple[float, float] | None
     ) -> None:
         """A request's (observed, predicted) first-token and per-token times: the profile
-        the router sees is corrected by them (rebuilt only when it would predict 2% apart)."""
-        self.correction = c = learn(self.correction, ttft=ttft, per_token=per_token)
+        the router sees is corrected by them."""
+        self.adopt(learn(self.correction, ttft=ttft, per_token=per_token))
+
+    def adopt(self, c: Correction) -> None:
+        """Route by ``c`` (the profile is rebuilt only when it would predict 2% apart)."""
+        self.correction = c
         if not c.near(self.applied):
             assumed = self.assumed or self.base.profile
             self.assumed = assumed
@@ -189,6 +193,7 @@ class LiveFleet:
         self._context: dict[str, int] = {}  # model -> the longest context a replica serves
         self._tick = 0
         self._headroom: dict[str, float] = {}  # model → the router's learnt headroom
+        self._pooled: dict[str, Correction] = {}  # pool → learnt from all its replicas
         self._change = asyncio.Event()
         for r in replicas:
             self.add(r)
@@ -206,6 +211,7 @@ class LiveFleet:
         )
         self._by_id[replica.id] = live
         self._by_model.setdefault(replica.model, []).append(live)
+        live.adopt(inherit(live.correction, self._pooled.get(replica.pool, UNCORRECTED)))
         self._context_of(replica.model)
         self._changed()
 
@@ -341,6 +347,26 @@ class LiveFleet:
         event = self._change
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout=self.clock.real_seconds(max(timeout, 0.0)))
+
+    def observed(
+        self,
+        replica_id: str,
+        ttft: tuple[float, float] | None,
+        per_token: tuple[float, float] | None,
+    ) -> None:
+        """A stream's timings on ``replica_id`` (see :mod:`fleetpilot.core.correction`): its
+        own correction learns, so does its pool's, and replicas of the pool with no timings
+        of their own take the pool's."""
+        live = self._by_id.get(replica_id)
+        if live is None:
+            return
+        live.observed(ttft, per_token)
+        pool = live.base.pool
+        pooled = learn(self._pooled.get(pool, UNCORRECTED), ttft=ttft, per_token=per_token)
+        self._pooled[pool] = pooled
+        for r in self._by_id.values():
+            if r.base.pool == pool and not r.correction.samples:
+                r.adopt(inherit(r.correction, pooled))
 
     def corrections(self) -> dict[str, Correction]:
         """Per replica: how far its timings have moved its profile."""

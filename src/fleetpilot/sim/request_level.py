@@ -65,7 +65,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fleetpilot.core.capacity import Plan, PlanParams
-from fleetpilot.core.correction import UNCORRECTED, Correction, corrected, learn
+from fleetpilot.core.correction import UNCORRECTED, Correction, corrected, inherit, learn
 from fleetpilot.core.model import (
     Action,
     CapacityClass,
@@ -145,7 +145,10 @@ class _Rep:
     ) -> None:
         """As :meth:`fleetpilot.gateway.fleet.LiveReplica.observed`: the router's profile
         of this replica corrected by its timings."""
-        self.correction = c = learn(self.correction, ttft=ttft, per_token=per_token)
+        self.adopt(learn(self.correction, ttft=ttft, per_token=per_token))
+
+    def adopt(self, c: Correction) -> None:
+        self.correction = c
         if not c.near(self.applied):
             self.assumed = assumed = self.assumed or self.profile
             self.profile = corrected(assumed, c)
@@ -424,6 +427,7 @@ class _Sim:
         self.new_engine = engine
         self.executed = executed
         self.learning = learn_profiles
+        self.pooled = [UNCORRECTED for _ in pools]  # learnt from all of a pool's replicas
         self.routing_params = routing_params
         self.policy = policy
         self.params = params
@@ -653,7 +657,7 @@ class _Sim:
                                 )
                             if self.learning:
                                 at, predicted, _ = self.routed[i]
-                                rep.observed((b - at, predicted), None)
+                                self._observed(rep, (b - at, predicted), None)
                 if finished:
                     self._finished(finished, b, rep)
             if engine.running or engine.waiting:
@@ -681,12 +685,23 @@ class _Sim:
             i = int(seq.id)
             if self.learning and not self.continued[i] and seq.generated >= 3:
                 per_token = (t - self.arrival[i] - self.ttft[i]) / (seq.generated - 1)
-                rep.observed(None, (per_token, self.routed[i][2]))
+                self._observed(rep, None, (per_token, self.routed[i][2]))
             self.e2e[i] = t - self.arrival[i]
             self.produced[i] += seq.generated
             self.status[i] = _OK
             self.unresolved -= 1
         self.last_done = max(self.last_done, t)
+
+    def _observed(
+        self, rep: _Rep, ttft: tuple[float, float] | None, per_token: tuple[float, float] | None
+    ) -> None:
+        """As :meth:`fleetpilot.gateway.fleet.LiveFleet.observed`."""
+        rep.observed(ttft, per_token)
+        p = rep.pool_idx
+        self.pooled[p] = pooled = learn(self.pooled[p], ttft=ttft, per_token=per_token)
+        for r in self.active[p]:
+            if not r.correction.samples:
+                r.adopt(inherit(r.correction, pooled))
 
     # -- lifecycle --------------------------------------------------------------------------
     def _launch(self, p: int, at_once: bool = False) -> _Rep:
@@ -698,6 +713,8 @@ class _Sim:
         assert profile is not None
         runs = self.executed.get(pool.name, profile)
         rep = _Rep(len(self.reps), p, pool, profile, self.new_engine(runs), now)
+        if self.learning:
+            rep.adopt(inherit(rep.correction, self.pooled[p]))
         self.reps.append(rep)
         self.by_id[rep.id] = rep
         self.live.append(rep)

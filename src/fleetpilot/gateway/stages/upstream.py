@@ -575,8 +575,7 @@ class Proxy:
         m.prompt_tokens.inc(usage.get("prompt_tokens", 0) or 0)
         m.completion_tokens.inc(usage.get("completion_tokens", 0) or 0)
 
-    @staticmethod
-    def _learn(held: _Held, state: _Stream) -> None:
+    def _learn(self, held: _Held, state: _Stream) -> None:
         """A stream that one replica served whole teaches that replica's correction: its
         first token against the router's prediction, and its time per token after that."""
         if state.first_at is None:
@@ -586,7 +585,7 @@ class Proxy:
         if state.last_at is not None and state.produced >= 3:
             observed = (state.last_at - state.first_at) / (state.produced - 1)
             per_token = (observed, held.predicted[1])
-        held.replica.observed(ttft, per_token)
+        self.fleet.observed(held.replica.id, ttft, per_token)
 
     def _patience(self, predicted: float, slack: float) -> float:
         """Real seconds to wait for what the router predicted would take ``predicted``
