@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import aiohttp
+import openai
 import pytest
 import yaml
 
@@ -18,8 +20,11 @@ from fleetpilot.core.perf import predict, step_time
 from fleetpilot.core.workload import TraceRequest
 from fleetpilot.engines import ENGINES, detect, engine, in_flight
 from fleetpilot.errors import ConfigError
+from fleetpilot.gateway.appkeys import FLEET
 from fleetpilot.profiling import Measured, admitted, fit_prefill_rate, profile_yaml
 from fleetpilot.sim.request_level import simulate
+
+from conftest import Emulators, fleet, metric, serve_gateway
 
 CAT = load_catalogue()
 MODEL = "llama-3.1-8b"
@@ -179,3 +184,34 @@ def test_a_measured_profile_round_trips_into_the_catalogue_and_a_fleet_file() ->
     })  # fmt: skip
     with pytest.raises(ConfigError, match="batches must increase"):
         cfg.build(CAT)
+
+
+# -- live, on emulators -------------------------------------------------------------------------
+async def test_the_gateway_learns_which_replica_is_slower_than_its_profile(
+    emulators: Emulators,
+) -> None:
+    """Two replicas of one pool, one a straggler taking 3x its profile's step time: its
+    step correction climbs towards 3, its twin's stays near 1, and both are exported."""
+    fast = emulators.start("A10G", time_scale=0.2)
+    slow = emulators.start("A10G", time_scale=0.2, args=("--fault", "slow", "--slowdown", "3"))
+    cfg = fleet(
+        [{"name": "p", "model": MODEL, "accelerator": "A10G", "replicas": [fast.url, slow.url]}],
+        time_scale=0.2,
+        router="round_robin",  # both get streams whatever they are believed to be
+    )
+    async with serve_gateway(cfg) as gw:
+        client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+        for _ in range(30):
+            stream = await client.completions.create(
+                model=MODEL, prompt="hello", max_tokens=12, stream=True
+            )
+            async for _chunk in stream:
+                pass
+        await client.close()
+        corrections = gw.app[FLEET].corrections()
+        async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
+            text = await r.text()
+    assert corrections["p/1"].step > 2.0, corrections
+    assert 0.6 < corrections["p/0"].step < 1.5, corrections
+    exported = metric(text, "fleetpilot_replica_correction", replica="p/1", kind="step")
+    assert exported == pytest.approx(corrections["p/1"].step)

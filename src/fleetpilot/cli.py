@@ -119,11 +119,22 @@ def demo(
         str, typer.Option(help="comma-separated routing policies to compare")
     ] = "cost_slo,round_robin,least_load,power_of_two",
     seed: Annotated[int, typer.Option()] = 7,
+    parts: Annotated[
+        str, typer.Option(help="comma-separated parts: routing,controller,tenants,guard,rag")
+    ] = "routing,controller,tenants,guard,rag",
+    engine: Annotated[
+        str, typer.Option(help="llama.cpp: also run part 1 on two real llama.cpp replicas")
+    ] = "emulator",
 ) -> None:
-    """Emulated fleet + gateway + load generator: a table per routing policy."""
+    """Emulated fleet + gateway + load generator: a table per routing policy, then the
+    controller, tenants, guard and retrieval parts."""
     from fleetpilot.demo import run_demo
 
-    raise typer.Exit(run_demo(duration=duration, policies=policies.split(","), seed=seed))
+    chosen = [p.strip() for p in parts.split(",") if p.strip()]
+    code = run_demo(
+        duration=duration, policies=policies.split(","), seed=seed, parts=chosen, engine=engine
+    )
+    raise typer.Exit(code)
 
 
 @app.command()

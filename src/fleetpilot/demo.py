@@ -38,10 +38,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fleetpilot import llamacpp
 from fleetpilot.core.model import CapacityClass
 from fleetpilot.core.routing import ROUTERS
 from fleetpilot.core.workload import LengthDist, TraceRequest, synthetic_trace
 from fleetpilot.demo_controller import DayResult, DaySettings, describe, print_day, run_day
+from fleetpilot.demo_engine import EngineResult, print_engine, run_engine
 from fleetpilot.demo_guard import GuardRow, guard_ok, print_guard, run_guard
 from fleetpilot.demo_rag import RagResult, print_rag, run_rag
 from fleetpilot.demo_tenants import TenantsResult, print_tenants, run_tenants
@@ -341,10 +343,12 @@ def run_demo(
     console: Console | None = None,
     parts: Sequence[str] = PARTS,
     day: DaySettings | None = None,
+    engine: str = "emulator",
 ) -> int:
     """Run the demo's ``parts`` and print what they show: exit code 0 when no request was lost.
 
-    ``duration``, ``policies`` and ``time_scale`` are part 1's; ``day`` is part 2's."""
+    ``duration``, ``policies`` and ``time_scale`` are part 1's; ``day`` is part 2's.
+    ``engine`` ``llama.cpp`` adds part 1 on two real engines (:mod:`fleetpilot.demo_engine`)."""
     out = console or Console()
     if console is None and not out.is_terminal:
         out.width = max(out.width, 120)  # a log or a pipe: do not squeeze the table
@@ -353,7 +357,14 @@ def run_demo(
     routing = "routing" in parts
     bad_part = [p for p in parts if p not in PARTS]
     bad_numbers = duration <= 0 or time_scale <= 0
-    if bad_part or not parts or bad_numbers or (routing and (unknown or not policies)):
+    if engine not in ("emulator", "llama.cpp"):
+        out.print(f"[red]fleetpilot demo: --engine is emulator or llama.cpp, not {engine!r}[/]")
+        return 2
+    if engine == "llama.cpp" and llamacpp.find() is None:
+        out.print(f"[red]fleetpilot demo --engine llama.cpp: {llamacpp.missing()}[/]")
+        return 2
+    nothing = not parts and engine == "emulator"
+    if bad_part or nothing or bad_numbers or (routing and (unknown or not policies)):
         out.print(
             f"[red]fleetpilot demo: need parts among {list(PARTS)} (unknown: {bad_part}), a "
             f"positive duration and time scale and policies among {sorted(ROUTERS)}; "
@@ -365,9 +376,14 @@ def run_demo(
     tenants: TenantsResult | None = None
     guarded: list[GuardRow] | None = None
     rag: RagResult | None = None
+    real: EngineResult | None = None
     try:
         if routing:
             results = _routing_part(duration, policies, seed, time_scale, out)
+        if engine == "llama.cpp":
+            out.rule("Part 1, again · two real llama.cpp replicas, one killed half-way")
+            real = asyncio.run(run_engine(out))
+            print_engine(real, out)
         if "controller" in parts:
             settings = day or DaySettings(seed=seed)
             out.rule("Part 2 · the capacity controller over a synthetic day")
@@ -394,6 +410,7 @@ def run_demo(
         return 1
     lost = sum(r.load.lost for r in results) + (outcome.load.lost if outcome else 0)
     lost += tenants.lost if tenants else 0
+    lost += real.load.lost if real else 0
     if lost:
         out.print(f"[bold red]{lost} request(s) lost[/]")
         return 1

@@ -26,6 +26,7 @@ import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import openai
 
@@ -64,6 +65,7 @@ class Outcome:
     e2e: float | None = None
     tokens: int = 0  # completion words received
     usage_tokens: int | None = None  # usage.completion_tokens, if the stream reported it
+    prompt_usage: int | None = None  # usage.prompt_tokens, likewise
     attempts: int | None = None  # x-fleetpilot-attempts, if the server sent it
     replica: str | None = None  # x-fleetpilot-replica, if the server sent it
     lag: float = 0.0  # how late the client sent it (should stay near 0)
@@ -156,6 +158,8 @@ async def _send(
     clock: Clock,
     ttft_slo_s: float,
     timeout_s: float,
+    words: bool = True,
+    extra_body: dict[str, Any] | None = None,
 ) -> Outcome:
     headers = {"x-fleetpilot-service-class": req.service_class.value}
     if req.service_class is ServiceClass.INTERACTIVE:
@@ -165,6 +169,7 @@ async def _send(
     ttft: float | None = None
     parts: list[str] = []
     usage: int | None = None
+    prompt_usage: int | None = None
     finish: str | None = None
     attempts: int | None = None
     replica: str | None = None
@@ -177,6 +182,7 @@ async def _send(
             stream_options={"include_usage": True},
             user=req.tenant,
             extra_headers=headers,
+            extra_body=extra_body,
             timeout=timeout_s,
         ) as response:
             attempts = _int_header(response.headers.get("x-fleetpilot-attempts"))
@@ -192,6 +198,7 @@ async def _send(
                         finish = choice.finish_reason
                 if chunk.usage is not None:
                     usage = chunk.usage.completion_tokens
+                    prompt_usage = chunk.usage.prompt_tokens
     except openai.APIStatusError as exc:
         status = SHED if exc.status_code == 429 else f"http_{exc.status_code}"
         got = exc.response.headers.get("x-fleetpilot-attempts")
@@ -205,7 +212,8 @@ async def _send(
     except Exception as exc:  # the transport broke mid-stream (reset, protocol error)
         status, detail = f"broken_{type(exc).__name__}", str(exc)
     else:
-        tokens = len("".join(parts).split())
+        # the emulator's words are its tokens; a real engine's count is its usage
+        tokens = len("".join(parts).split()) if words else (usage or 0)
         if usage is None:
             status, detail = INCOMPLETE, "no usage chunk"
         elif tokens != usage:
@@ -221,8 +229,9 @@ async def _send(
         status=status,
         ttft=ttft,
         e2e=clock.now() - scheduled,
-        tokens=len("".join(parts).split()),
+        tokens=len("".join(parts).split()) if words else (usage or 0),
         usage_tokens=usage,
+        prompt_usage=prompt_usage,
         attempts=attempts,
         replica=replica,
         detail=detail[:200],
@@ -241,13 +250,18 @@ async def replay(
     timeout_s: float = 120.0,
     on_done: Callable[[Outcome], None] | None = None,
     clock: Clock | None = None,
+    words: bool = True,
+    extra_body: dict[str, Any] | None = None,
 ) -> LoadResult:
     """Send every request of ``trace`` on schedule and wait for all of them.
 
     ``ttft_slo_s`` is in trace seconds, in the header as in the summary.  At most
     ``max_connections`` requests are open at once (the rest wait, their latency counting).
     ``timeout_s`` bounds the wait for each response byte.  ``on_done`` sees every outcome as
-    it finishes (a progress bar).
+    it finishes (a progress bar).  ``words``: the replicas are emulators, whose words are
+    their tokens, so a stream is checked word for word against its usage (a real engine's
+    is checked against nothing but itself).  ``extra_body`` goes into every request (e.g.
+    llama.cpp's ``ignore_eos``).
     """
     if time_scale <= 0 or max_connections < 1:
         raise ValueError("time_scale must be positive and max_connections at least 1")
@@ -266,6 +280,8 @@ async def replay(
                 clock=clk,
                 ttft_slo_s=ttft_slo_s,
                 timeout_s=timeout_s,
+                words=words,
+                extra_body=extra_body,
             )
         outcomes.append(outcome)
         if on_done is not None:

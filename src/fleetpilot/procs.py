@@ -31,6 +31,7 @@ import yaml
 
 from fleetpilot.clock import Clock, SystemClock
 from fleetpilot.errors import FleetpilotError
+from fleetpilot.llamacpp import LlamaCpp
 
 __all__ = ["Child", "ChildFailed", "Supervisor", "fleetpilot_command", "free_port"]
 
@@ -183,6 +184,16 @@ class Supervisor:
                 "--port", str(port), "--time-scale", f"{time_scale:g}",
             )  # fmt: skip
             await self.start_healthy(f"emulator {url}", args, url)
+            urls.append(url)
+        return urls
+
+    async def llama_servers(self, n: int, engine: LlamaCpp) -> list[str]:
+        """``n`` real llama.cpp replicas (:mod:`fleetpilot.llamacpp`), each answering."""
+        urls = []
+        for _ in range(n):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            await self.start_healthy(f"llama-server {url}", engine.command(port), url)
             urls.append(url)
         return urls
 
