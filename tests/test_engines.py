@@ -21,7 +21,7 @@ from fleetpilot.core.workload import TraceRequest
 from fleetpilot.engines import ENGINES, detect, engine, in_flight
 from fleetpilot.errors import ConfigError
 from fleetpilot.gateway.appkeys import FLEET
-from fleetpilot.profiling import Measured, admitted, fit_prefill_rate, profile_yaml
+from fleetpilot.profiling import Measured, admitted, decode_step, fit_prefill_rate, profile_yaml
 from fleetpilot.sim.request_level import simulate
 
 from conftest import Emulators, fleet, metric, serve_gateway
@@ -215,3 +215,13 @@ async def test_the_gateway_learns_which_replica_is_slower_than_its_profile(
     assert 0.6 < corrections["p/0"].step < 1.5, corrections
     exported = metric(text, "fleetpilot_replica_correction", replica="p/1", kind="step")
     assert exported == pytest.approx(corrections["p/1"].step)
+
+
+def test_decode_step_counts_only_the_window_where_every_stream_decodes() -> None:
+    # stream 1 starts at 0 and, while stream 2 prefills (0 to 1 s), gets a token every 0.1 s;
+    # after that both get one every 0.02 s
+    one = [(0.1 * k, k) for k in range(1, 11)] + [(1.0 + 0.02 * k, 10 + k) for k in range(1, 51)]
+    two = [(1.0 + 0.02 * k, k) for k in range(1, 61)]
+    assert math.isclose(decode_step([one, two]), 0.02, rel_tol=1e-6)
+    lone = [(0.0, 1), (0.5, 11)]
+    assert math.isclose(decode_step([lone]), 0.05)

@@ -66,6 +66,7 @@ class Outcome:
     tokens: int = 0  # completion words received
     usage_tokens: int | None = None  # usage.completion_tokens, if the stream reported it
     prompt_usage: int | None = None  # usage.prompt_tokens, likewise
+    prompt_cached: int = 0  # of those, the ones the engine's prefix cache served
     attempts: int | None = None  # x-fleetpilot-attempts, if the server sent it
     replica: str | None = None  # x-fleetpilot-replica, if the server sent it
     lag: float = 0.0  # how late the client sent it (should stay near 0)
@@ -170,6 +171,7 @@ async def _send(
     parts: list[str] = []
     usage: int | None = None
     prompt_usage: int | None = None
+    cached = 0
     finish: str | None = None
     attempts: int | None = None
     replica: str | None = None
@@ -199,6 +201,8 @@ async def _send(
                 if chunk.usage is not None:
                     usage = chunk.usage.completion_tokens
                     prompt_usage = chunk.usage.prompt_tokens
+                    details = chunk.usage.prompt_tokens_details
+                    cached = (details.cached_tokens or 0) if details is not None else 0
     except openai.APIStatusError as exc:
         status = SHED if exc.status_code == 429 else f"http_{exc.status_code}"
         got = exc.response.headers.get("x-fleetpilot-attempts")
@@ -232,6 +236,7 @@ async def _send(
         tokens=len("".join(parts).split()) if words else (usage or 0),
         usage_tokens=usage,
         prompt_usage=prompt_usage,
+        prompt_cached=cached,
         attempts=attempts,
         replica=replica,
         detail=detail[:200],

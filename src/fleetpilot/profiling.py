@@ -8,8 +8,10 @@ model needs, over the engine's own OpenAI API, the way a client sees them:
   prompt starting with words never sent before so no prefix cache can serve it.  The TTFT
   less one decode step is fitted through the origin against the engine's own prompt count.
 - **decode step time** at each batch size: that many streams at once, asked to ignore their
-  end-of-sequence token; a stream's step is its time from first to last token over the
-  tokens between them (the engine's count), and the step at that batch is the median.
+  end-of-sequence token.  Only the window in which all of them are decoding counts (from
+  the last first token to the first last token): before it, the others' prefills share the
+  engine's steps.  A stream's step is its time across that window over the tokens it got in
+  it (the engine's count), and the step at that batch is the median.
 - **admission limit**: the batch at which streams stop starting together.  A stream whose
   first token came only after another stream of its batch had finished waited for a slot
   (:func:`admitted`); the largest number of streams seen running at once is ``max_batch``,
@@ -48,6 +50,7 @@ __all__ = [
     "Measured",
     "Profiler",
     "admitted",
+    "decode_step",
     "fit_prefill_rate",
     "hardware",
     "profile_yaml",
@@ -67,6 +70,25 @@ def fit_prefill_rate(points: Sequence[tuple[int, float]], step: float) -> float:
     if num <= 0 or den <= 0:
         raise ValueError("no prefill points to fit")
     return num / den
+
+
+def decode_step(marks: Sequence[Sequence[tuple[float, int]]]) -> float:
+    """Seconds per token while every stream of a batch was decoding.  ``marks`` are each
+    stream's (time, tokens so far) at every chunk; the window runs from the latest first
+    token to the earliest last one.  Streams with under two chunks in it are left out; if
+    none is left (streams too short to overlap), each stream's whole run is used."""
+    start = max(m[0][0] for m in marks)
+    end = min(m[-1][0] for m in marks)
+    per: list[float] = []
+    for m in marks:
+        inside = [(t, n) for t, n in m if start <= t <= end]
+        if len(inside) >= 2 and inside[-1][1] > inside[0][1]:
+            per.append((inside[-1][0] - inside[0][0]) / (inside[-1][1] - inside[0][1]))
+    if not per:
+        per = [(m[-1][0] - m[0][0]) / (m[-1][1] - m[0][1]) for m in marks if m[-1][1] > m[0][1]]
+    if not per:
+        raise ValueError("no stream produced two tokens")
+    return statistics.median(per)
 
 
 def admitted(first: Sequence[float], ends: Sequence[float]) -> int:
@@ -178,6 +200,7 @@ class _Run:
     end: float  # to its last
     prompt: int  # the engine's counts
     tokens: int
+    marks: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens so far)
 
 
 class Profiler:
@@ -263,6 +286,7 @@ class Profiler:
         start = time.perf_counter()
         first = end = 0.0
         produced, usage = 0, dict[str, Any]()
+        marks: list[tuple[float, int]] = []
         async with self._session.post(
             self.url + "/v1/completions", json=body, headers=self.headers
         ) as r:
@@ -282,8 +306,9 @@ class Profiler:
                     end = now
                     so_far = self.kind.tokens_so_far(payload)
                     produced = so_far if so_far is not None else produced + 1
+                    marks.append((now, produced))
         tokens = int(usage.get("completion_tokens") or produced)
-        return _Run(first, end, int(usage.get("prompt_tokens") or 0), tokens)
+        return _Run(first, end, int(usage.get("prompt_tokens") or 0), tokens, marks)
 
     # -- the sweeps ---------------------------------------------------------------------------
     async def measure(
@@ -320,13 +345,12 @@ class Profiler:
                 )
                 tick(f"decode at batch {b}")
                 running = admitted([r.first for r in runs], [r.end for r in runs])
-                per = [(r.end - r.first) / (r.tokens - 1) for r in runs if r.tokens > 1]
                 if running < b:  # it queued some: the last batch that all ran is the limit
                     max_batch = max(max_batch, running)
                     done += len(batches) - batches.index(b) - 1
                     break
                 max_batch = b
-                steps.append((b, statistics.median(per)))
+                steps.append((b, decode_step([r.marks for r in runs if r.marks])))
             if not steps:
                 raise ConfigError(f"{self.url} did not run even one stream at a time")
             step1 = steps[0][1]
@@ -343,8 +367,8 @@ class Profiler:
             f"prefill: streamed completions of 1 token, prompts of {list(prompts)} words x "
             f"{repeats} with fresh prefixes, TTFT less one step fitted through the origin; "
             f"decode: {decode_tokens} tokens per stream ignoring EOS, median per-token time "
-            f"of concurrent streams at batch {[b for b, _ in steps]}; max_batch: the largest "
-            "batch whose streams all started together"
+            f"while all streams of a batch decoded, at batch {[b for b, _ in steps]}; "
+            "max_batch: the largest batch whose streams all started before one ended"
         )
         return Measured(
             model=self.model,
