@@ -269,3 +269,21 @@ async def test_a_wrong_profile_is_learnt_and_stops_packing_one_replica(
     else:
         assert factors == [1.0, 1.0]
         assert split[0] == 0 and sum(split) <= 2, waves  # packed
+
+
+async def test_demo_part_on_real_engines_answers_and_loses_nothing(
+    llama_servers: LlamaServers,
+) -> None:
+    """``fleetpilot demo --engine llama.cpp``'s part, shortened: the model answers through
+    the gateway, one replica is killed half-way, every request completes."""
+    from rich.console import Console
+
+    from fleetpilot.demo_engine import print_engine, run_engine
+
+    out = Console(record=True, width=140)
+    result = await run_engine(out, seconds=16.0, rps=0.5)
+    print_engine(result, out)
+    assert result.answer.strip()
+    assert result.load.requests >= 4 and result.load.lost == 0
+    assert result.profile.engine == "llama.cpp" and result.profile.max_batch == 4
+    assert "measured profile" in out.export_text()

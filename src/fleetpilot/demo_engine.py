@@ -47,13 +47,15 @@ class EngineResult:
     load: LoadSummary
     continued: int
     replicas: dict[str, int]
+    seconds: float = SECONDS
+    rps: float = RPS
 
     @property
     def ok(self) -> bool:
         return self.load.lost == 0
 
 
-async def run_engine(out: Console) -> EngineResult:
+async def run_engine(out: Console, *, seconds: float = SECONDS, rps: float = RPS) -> EngineResult:
     engine = llamacpp.find()
     if engine is None:
         raise EngineMissing(llamacpp.missing())
@@ -91,7 +93,7 @@ async def run_engine(out: Console) -> EngineResult:
             answer = (reply.choices[0].message.content or "").strip()
             trace = list(
                 synthetic_trace(
-                    SECONDS, RPS, 11, batch_fraction=0.0,
+                    seconds, rps, 11, batch_fraction=0.0,
                     prompt=LengthDist(48, 0.8, 8, 256), output=LengthDist(32, 0.6, 8, 96),
                 )
             )  # fmt: skip
@@ -110,7 +112,7 @@ async def run_engine(out: Console) -> EngineResult:
                         counts[o.replica] = counts.get(o.replica, 0) + 1
 
                 async def kill_half_way() -> None:
-                    await asyncio.sleep(SECONDS / 2)
+                    await asyncio.sleep(seconds / 2)
                     if victim is not None:
                         await sup.kill(victim)
 
@@ -124,7 +126,7 @@ async def run_engine(out: Console) -> EngineResult:
                     killer.cancel()
                     await asyncio.wait([killer])
             continued = await _continuations(url)
-    return EngineResult(measured, answer, result.summary(), continued, counts)
+    return EngineResult(measured, answer, result.summary(), continued, counts, seconds, rps)
 
 
 async def _continuations(url: str) -> int:
@@ -157,7 +159,7 @@ def print_engine(r: EngineResult, out: Console) -> None:
         return "-" if math.isnan(x) else f"{x:.2f}"
 
     table = Table(
-        title=f"{SECONDS:.0f} s of traffic at {RPS:g} req/s on two real replicas, one killed "
+        title=f"{r.seconds:.0f} s of traffic at {r.rps:g} req/s on two real replicas, one killed "
         f"half-way; real seconds (TTFT SLO {SLO_S:g} s)"
     )
     for col in ("requests", "TTFT p50 p95 p99", "e2e p50 p95 p99", "SLO %", "continued",
