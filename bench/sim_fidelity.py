@@ -95,7 +95,8 @@ async def live(trace, time_scale: float) -> tuple[np.ndarray, np.ndarray]:
 def simulated(trace) -> tuple[np.ndarray, np.ndarray]:
     pools = load_catalogue().pools(MODEL, ["A10G", "L40S"])
     initial = {name: n for name, (_, _, n) in FLEET.items()}
-    res = simulate(trace, pools, initial=initial, ttft_slo_s=SLO)
+    # the gateway learns its replicas' corrections (gateway.learn_profiles); so does this
+    res = simulate(trace, pools, initial=initial, ttft_slo_s=SLO, learn_profiles=True)
     done = res.status == STATUSES.index("ok")
     return res.ttft[done], res.e2e[done]
 
