@@ -4,8 +4,8 @@ Two llama.cpp ``llama-server`` replicas serve SmolLM2-135M on this machine's CPU
 (:mod:`fleetpilot.llamacpp`; the demo only runs this part when they are installed).  The
 demo measures one of them the way ``fleetpilot profile`` does, starts the gateway with that
 profile inline, asks the model one question through it, then replays a short trace with
-``cost_slo`` and kills one replica with SIGKILL half-way: its streams are continued on the
-other, and nothing is lost.  Everything runs in real time.
+``cost_slo`` and, half-way, kills with SIGKILL the replica with the most streams in flight:
+they are continued on the other, and nothing is lost.  Everything runs in real time.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = ["EngineResult", "print_engine", "run_engine"]
 
 SLO_S = 2.0
 SECONDS = 60.0
-RPS = 0.6
+RPS = 0.4  # what one of the two carries, once the other is killed
 
 
 class EngineMissing(FleetpilotError):
@@ -94,10 +94,9 @@ async def run_engine(out: Console, *, seconds: float = SECONDS, rps: float = RPS
             trace = list(
                 synthetic_trace(
                     seconds, rps, 11, batch_fraction=0.0,
-                    prompt=LengthDist(48, 0.8, 8, 256), output=LengthDist(32, 0.6, 8, 96),
+                    prompt=LengthDist(24, 0.6, 8, 128), output=LengthDist(24, 0.5, 8, 64),
                 )
             )  # fmt: skip
-            victim = sup.children[0] if sup.children else None
             counts: dict[str, int] = {}
             columns = (
                 TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
@@ -113,8 +112,10 @@ async def run_engine(out: Console, *, seconds: float = SECONDS, rps: float = RPS
 
                 async def kill_half_way() -> None:
                     await asyncio.sleep(seconds / 2)
-                    if victim is not None:
-                        await sup.kill(victim)
+                    busiest = await _busiest(url)
+                    for child in sup.children:
+                        if child.name == f"llama-server {busiest}":
+                            await sup.kill(child)
 
                 killer = asyncio.create_task(kill_half_way())
                 try:
@@ -127,6 +128,20 @@ async def run_engine(out: Console, *, seconds: float = SECONDS, rps: float = RPS
                     await asyncio.wait([killer])
             continued = await _continuations(url)
     return EngineResult(measured, answer, result.summary(), continued, counts, seconds, rps)
+
+
+async def _busiest(url: str) -> str:
+    """The URL of the replica with the most requests in flight (the gateway's view)."""
+    import aiohttp
+
+    for _ in range(50):  # until one has a stream on it
+        async with aiohttp.ClientSession() as s, s.get(url + "/admin/fleet") as r:
+            rows = (await r.json())["replicas"]
+        best = max(rows, key=lambda row: row["in_flight"])
+        if best["in_flight"]:
+            return str(best["url"])
+        await asyncio.sleep(0.1)
+    return str(rows[0]["url"])
 
 
 async def _continuations(url: str) -> int:
@@ -162,8 +177,8 @@ def print_engine(r: EngineResult, out: Console) -> None:
         title=f"{r.seconds:.0f} s of traffic at {r.rps:g} req/s on two real replicas, one killed "
         f"half-way; real seconds (TTFT SLO {SLO_S:g} s)"
     )
-    for col in ("requests", "TTFT p50 p95 p99", "e2e p50 p95 p99", "SLO %", "continued",
-                "lost", "served by"):  # fmt: skip
+    for col in ("requests", "TTFT p50 p95 p99", "e2e p50 p95 p99", "SLO %", "shed",
+                "continued", "lost", "served by"):  # fmt: skip
         table.add_column(col, justify="right")
     slo = "-" if math.isnan(s.slo_attainment) else f"{100 * s.slo_attainment:.1f}"
     table.add_row(
@@ -171,6 +186,7 @@ def print_engine(r: EngineResult, out: Console) -> None:
         " ".join(sec(x) for x in (s.ttft_p50, s.ttft_p95, s.ttft_p99)),
         " ".join(sec(x) for x in (s.e2e_p50, s.e2e_p95, s.e2e_p99)),
         slo,
+        str(s.shed),
         str(r.continued),
         str(s.lost) if s.lost == 0 else f"[bold red]{s.lost}[/]",
         ", ".join(f"{k} {v}" for k, v in sorted(r.replicas.items())),
