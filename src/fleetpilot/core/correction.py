@@ -21,23 +21,24 @@ step factor is learnt from steady decoding (the time per token after the first) 
 prefill factor from what is left.
 
 Each pool also keeps one correction learnt from all its replicas' timings, and a replica with
-no timings of its own starts from it (:func:`inherit`): replicas of one pool run the same
+no timings of its own starts from it (:meth:`Learnt.inherit`): replicas of one pool run the same
 engine on the same hardware, so one's error is the best guess at another's.  Without it a
 router that has learnt one replica is slow still believes its untried twin is fast, and packs
 that one instead.
 
 The gateway (:mod:`fleetpilot.gateway.fleet`) and the request-level simulator both call
-:func:`learn`, :func:`inherit` and :func:`corrected`; these are the only copy of the rule.
+:class:`Learnt` (over :func:`learn` and :func:`corrected`); these are the only copy of the
+rule.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from fleetpilot.core.model import Profile
 
-__all__ = ["UNCORRECTED", "Correction", "corrected", "inherit", "learn"]
+__all__ = ["UNCORRECTED", "Correction", "Learnt", "corrected", "learn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +84,38 @@ def learn(
     return Correction(prefill, step, c.samples + 1)
 
 
-def inherit(own: Correction, pooled: Correction) -> Correction:
-    """A replica's correction given its pool's: its own once it has timings, else the pool's."""
-    return own if own.samples else replace(pooled, samples=0)
+@dataclass(slots=True)
+class Learnt:
+    """One replica's correction and the profile it is routed by: ``assumed`` corrected by
+    ``applied``, rebuilt only when the learnt correction would predict 2% apart from it (a
+    profile is rebuilt in O(max_batch); a request's timing comes every request)."""
+
+    assumed: Profile
+    correction: Correction = UNCORRECTED
+    applied: Correction = UNCORRECTED
+    profile: Profile = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.profile = corrected(self.assumed, self.applied)
+
+    def observe(
+        self, ttft: tuple[float, float] | None, per_token: tuple[float, float] | None
+    ) -> bool:
+        """Learn from one request (see :func:`learn`); whether ``profile`` changed."""
+        return self.adopt(learn(self.correction, ttft=ttft, per_token=per_token))
+
+    def adopt(self, c: Correction) -> bool:
+        """Take ``c`` as this replica's correction; whether ``profile`` changed."""
+        self.correction = c
+        if c.near(self.applied):
+            return False
+        self.applied = c
+        self.profile = corrected(self.assumed, c)
+        return True
+
+    def inherit(self, pooled: Correction) -> bool:
+        """Take the pool's correction while this replica has no timings of its own."""
+        return not self.correction.samples and self.adopt(replace(pooled, samples=0))
 
 
 def corrected(profile: Profile, c: Correction) -> Profile:

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from fleetpilot.clock import Clock
-from fleetpilot.core.correction import UNCORRECTED, Correction, corrected, inherit, learn
-from fleetpilot.core.model import Pool, Profile, Replica, ReplicaLoad, ReplicaState, Snapshot
+from fleetpilot.core.correction import UNCORRECTED, Correction, Learnt, learn
+from fleetpilot.core.model import Pool, Replica, ReplicaLoad, ReplicaState, Snapshot
 from fleetpilot.core.routing import RoutingParams, tune_headroom
 from fleetpilot.engines import Engine, engine
 
@@ -52,10 +52,8 @@ class LiveReplica:
     idle_cost: float = 0.0
     last_t: float = 0.0
     engine: Engine = field(default_factory=lambda: engine("auto"))  # its kind's adapter
-    # the profile as configured, and what its timings taught (fleetpilot.core.correction)
-    assumed: Profile | None = None
-    correction: Correction = UNCORRECTED
-    applied: Correction = UNCORRECTED  # the correction ``base.profile`` carries
+    # the profile as configured and what its timings taught (fleetpilot.core.correction)
+    learnt: Learnt | None = None
     _view: Replica | None = field(default=None, repr=False)
 
     @property
@@ -84,21 +82,14 @@ class LiveReplica:
     def touch(self) -> None:
         self._view = None
 
-    def observed(
-        self, ttft: tuple[float, float] | None, per_token: tuple[float, float] | None
-    ) -> None:
-        """A request's (observed, predicted) first-token and per-token times: the profile
-        the router sees is corrected by them."""
-        self.adopt(learn(self.correction, ttft=ttft, per_token=per_token))
+    @property
+    def correction(self) -> Correction:
+        return self.learnt.correction if self.learnt is not None else UNCORRECTED
 
-    def adopt(self, c: Correction) -> None:
-        """Route by ``c`` (the profile is rebuilt only when it would predict 2% apart)."""
-        self.correction = c
-        if not c.near(self.applied):
-            assumed = self.assumed or self.base.profile
-            self.assumed = assumed
-            self.base = replace(self.base, profile=corrected(assumed, c))
-            self.applied = c
+    def relearnt(self, changed: bool) -> None:
+        """Route by the learnt profile, if it ``changed``."""
+        if changed and self.learnt is not None:
+            self.base = replace(self.base, profile=self.learnt.profile)
             self.touch()
 
     def set_others(self, in_flight: int, prefill: int, remaining: int) -> None:
@@ -207,11 +198,12 @@ class LiveFleet:
             state=replica.state,
             last_t=self.clock.now(),
             engine=engine(replica.engine),
-            assumed=replica.profile,
+            learnt=Learnt(replica.profile),
         )
         self._by_id[replica.id] = live
         self._by_model.setdefault(replica.model, []).append(live)
-        live.adopt(inherit(live.correction, self._pooled.get(replica.pool, UNCORRECTED)))
+        if live.learnt is not None:
+            live.relearnt(live.learnt.inherit(self._pooled.get(replica.pool, UNCORRECTED)))
         self._context_of(replica.model)
         self._changed()
 
@@ -358,15 +350,15 @@ class LiveFleet:
         own correction learns, so does its pool's, and replicas of the pool with no timings
         of their own take the pool's."""
         live = self._by_id.get(replica_id)
-        if live is None:
+        if live is None or live.learnt is None:
             return
-        live.observed(ttft, per_token)
+        live.relearnt(live.learnt.observe(ttft, per_token))
         pool = live.base.pool
         pooled = learn(self._pooled.get(pool, UNCORRECTED), ttft=ttft, per_token=per_token)
         self._pooled[pool] = pooled
         for r in self._by_id.values():
-            if r.base.pool == pool and not r.correction.samples:
-                r.adopt(inherit(r.correction, pooled))
+            if r.base.pool == pool and r.learnt is not None:
+                r.relearnt(r.learnt.inherit(pooled))
 
     def corrections(self) -> dict[str, Correction]:
         """Per replica: how far its timings have moved its profile."""

@@ -65,7 +65,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fleetpilot.core.capacity import Plan, PlanParams
-from fleetpilot.core.correction import UNCORRECTED, Correction, corrected, inherit, learn
+from fleetpilot.core.correction import UNCORRECTED, Learnt, learn
 from fleetpilot.core.model import (
     Action,
     CapacityClass,
@@ -121,9 +121,7 @@ class _Rep:
     step_s: float = 0.0  # duration of the step in progress
     noticed: bool = False  # got a pre-emption notice
     dirty: bool = False  # ``view`` is stale
-    correction: Correction = UNCORRECTED  # what its timings taught (learn_profiles)
-    applied: Correction = UNCORRECTED  # the one ``profile`` carries
-    assumed: Profile | None = None  # the pool's profile, before correction
+    learnt: Learnt | None = None  # what its timings taught (learn_profiles)
     id: str = field(init=False)
     url: str = field(init=False)
     view: Replica = field(init=False)
@@ -140,19 +138,10 @@ class _Rep:
             self.dirty = False
         return self.view
 
-    def observed(
-        self, ttft: tuple[float, float] | None, per_token: tuple[float, float] | None
-    ) -> None:
-        """As :meth:`fleetpilot.gateway.fleet.LiveReplica.observed`: the router's profile
-        of this replica corrected by its timings."""
-        self.adopt(learn(self.correction, ttft=ttft, per_token=per_token))
-
-    def adopt(self, c: Correction) -> None:
-        self.correction = c
-        if not c.near(self.applied):
-            self.assumed = assumed = self.assumed or self.profile
-            self.profile = corrected(assumed, c)
-            self.applied = c
+    def relearnt(self, changed: bool) -> None:
+        """Route by the learnt profile, if it ``changed``."""
+        if changed and self.learnt is not None:
+            self.profile = self.learnt.profile
             self.dirty = True
 
     def _view(self) -> Replica:
@@ -696,12 +685,14 @@ class _Sim:
         self, rep: _Rep, ttft: tuple[float, float] | None, per_token: tuple[float, float] | None
     ) -> None:
         """As :meth:`fleetpilot.gateway.fleet.LiveFleet.observed`."""
-        rep.observed(ttft, per_token)
+        if rep.learnt is None:
+            return
+        rep.relearnt(rep.learnt.observe(ttft, per_token))
         p = rep.pool_idx
         self.pooled[p] = pooled = learn(self.pooled[p], ttft=ttft, per_token=per_token)
         for r in self.active[p]:
-            if not r.correction.samples:
-                r.adopt(inherit(r.correction, pooled))
+            if r.learnt is not None:
+                r.relearnt(r.learnt.inherit(pooled))
 
     # -- lifecycle --------------------------------------------------------------------------
     def _launch(self, p: int, at_once: bool = False) -> _Rep:
@@ -714,7 +705,8 @@ class _Sim:
         runs = self.executed.get(pool.name, profile)
         rep = _Rep(len(self.reps), p, pool, profile, self.new_engine(runs), now)
         if self.learning:
-            rep.adopt(inherit(rep.correction, self.pooled[p]))
+            rep.learnt = Learnt(profile)
+            rep.relearnt(rep.learnt.inherit(self.pooled[p]))
         self.reps.append(rep)
         self.by_id[rep.id] = rep
         self.live.append(rep)
