@@ -1,6 +1,6 @@
 """Run capacity policies side by side on one workload, in either simulator, plus the optimum.
 
-This is what ``fleetpilot simulate --compare`` prints: every policy of
+This is what ``fleetpilot simulate`` prints (with no ``--policy``, or several): every policy of
 :data:`~fleetpilot.core.policies.CAPACITY_POLICIES` (and ``adaptive`` when the planner is
 installed) on the same trace, the same fleet and the same spot pre-emptions, with the
 offline optimum — the cheapest schedule that carries every window with perfect knowledge —
