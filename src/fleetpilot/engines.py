@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["ENGINES", "Engine", "detect", "engine", "in_flight"]
+__all__ = ["DEFAULT", "ENGINES", "Engine", "detect", "engine", "in_flight"]
 
 _NONE: Mapping[str, Any] = MappingProxyType({})
 _CONTINUE_CHAT: Mapping[str, Any] = MappingProxyType(

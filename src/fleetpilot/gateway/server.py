@@ -31,6 +31,7 @@ from fleetpilot.clock import Clock, SystemClock
 from fleetpilot.config import FleetConfig, load_fleet
 from fleetpilot.core.model import ReplicaState
 from fleetpilot.core.routing import ROUTERS
+from fleetpilot.engines import DEFAULT as DEFAULT_ENGINE
 from fleetpilot.engines import detect, in_flight
 from fleetpilot.errors import (
     ApiError,
@@ -205,6 +206,10 @@ async def _detect_engine(app: web.Application, live: LiveReplica) -> None:
         if status == 200:
             metrics = data.decode("utf-8", "replace")
     kind = detect(models, metrics)
+    if kind is None and (models is not None or metrics is not None):
+        # it answered but does not say what it is: take it for vLLM-shaped, and stop asking
+        kind = DEFAULT_ENGINE
+        log.info("replica %s does not say what engine it is: taken for %s", live.id, kind)
     if kind is not None and live.base.engine == "auto":
         app[FLEET].set_engine(live.id, kind)
         log.info("replica %s runs %s", live.id, kind)
