@@ -116,7 +116,7 @@ class _Held:
     resp: UpstreamResponse
     data: bytes | None  # the whole body, for a non-streamed answer
     sent_at: float = 0.0
-    predicted: tuple[float, float] = (0.0, 0.0)  # the router's TTFT and time per token
+    decision: Decision | None = None  # what the router predicted for it
 
 
 class Proxy:
@@ -273,9 +273,6 @@ class Proxy:
             lease = self.fleet.acquire(replica.id, t.request.prompt_tokens, t.request.max_tokens)
             t.attempts += 1
             sent_at = self.clock.now()
-            tokens = t.request.max_tokens
-            per_token = (decision.predicted_e2e - decision.predicted_ttft) / max(tokens - 1, 1)
-            predicted = (decision.predicted_ttft, per_token)
             try:
                 if whole:
                     resp = await self.upstream.send(
@@ -284,7 +281,7 @@ class Proxy:
                         read_timeout=self._patience(decision.predicted_e2e, 5.0),
                         headers=self._headers.get(pool),
                     )
-                    return _Held(replica, lease, resp, await resp.read(), sent_at, predicted)
+                    return _Held(replica, lease, resp, await resp.read(), sent_at, decision)
                 resp = await self.upstream.send(
                     replica.base.url + inbound.path,
                     data,
@@ -294,7 +291,7 @@ class Proxy:
                     ),
                     headers=self._headers.get(pool),
                 )
-                return _Held(replica, lease, resp, None, sent_at, predicted)
+                return _Held(replica, lease, resp, None, sent_at, decision)
             except UpstreamError as exc:
                 lease.release()
                 self.fleet.failed(replica.id)
@@ -482,11 +479,9 @@ class Proxy:
         counted = held.replica.engine.tokens_so_far if held.replica.engine.produced else None
 
         def tokens(payload: bytes) -> int:
-            """How many tokens ``payload`` adds to what the client has (1 a chunk, unless
-            the engine counts them)."""
-            if counted is None:
-                return 1
-            so_far = counted(payload)
+            """How many tokens ``payload`` adds to what the client has, by the engine's
+            count (called only when it counts: otherwise a chunk is one token)."""
+            so_far = counted(payload) if counted is not None else None
             return 1 if so_far is None else max(0, state.base + so_far - state.produced)
 
         if sink is not None and not continuing:
@@ -502,7 +497,8 @@ class Proxy:
                 ):
                     return False
                 if has_text(payload) is not None:
-                    self._token(state, lease, model, itl, payload, tokens(payload))
+                    n = 1 if counted is None else tokens(payload)
+                    self._token(state, lease, model, itl, payload, n)
                 return True
 
             held.resp.divert(take)
@@ -519,7 +515,8 @@ class Proxy:
                     # The common event: one more piece of text, or none.  Nothing in it
                     # changes how the stream goes on, so it is passed on undecoded.
                     if _TEXT.search(payload) is not None:
-                        self._token(state, lease, model, itl, payload, tokens(payload))
+                        n = 1 if counted is None else tokens(payload)
+                        self._token(state, lease, model, itl, payload, n)
                     yield payload
                     continue
                 try:
@@ -578,13 +575,15 @@ class Proxy:
     def _learn(self, held: _Held, state: _Stream) -> None:
         """A stream that one replica served whole teaches that replica's correction: its
         first token against the router's prediction, and its time per token after that."""
-        if state.first_at is None:
+        d = held.decision
+        if state.first_at is None or d is None:
             return
-        ttft = (state.first_at - held.sent_at, held.predicted[0])
+        ttft = (state.first_at - held.sent_at, d.predicted_ttft)
         per_token = None
         if state.last_at is not None and state.produced >= 3:
             observed = (state.last_at - state.first_at) / (state.produced - 1)
-            per_token = (observed, held.predicted[1])
+            steps = max(held.lease.max_tokens - 1, 1)
+            per_token = (observed, (d.predicted_e2e - d.predicted_ttft) / steps)
         self.fleet.observed(held.replica.id, ttft, per_token)
 
     def _patience(self, predicted: float, slack: float) -> float:
