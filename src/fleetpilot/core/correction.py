@@ -21,24 +21,26 @@ step factor is learnt from steady decoding (the time per token after the first) 
 prefill factor from what is left.
 
 Each pool also keeps one correction learnt from all its replicas' timings, and a replica with
-no timings of its own starts from it (:meth:`Learnt.inherit`): replicas of one pool run the same
+no timings of its own follows it (:class:`PoolCorrections`): replicas of one pool run the same
 engine on the same hardware, so one's error is the best guess at another's.  Without it a
 router that has learnt one replica is slow still believes its untried twin is fast, and packs
 that one instead.
 
 The gateway (:mod:`fleetpilot.gateway.fleet`) and the request-level simulator both call
-:class:`Learnt` (over :func:`learn` and :func:`corrected`); these are the only copy of the
-rule.
+:class:`Learnt` and :class:`PoolCorrections` (over :func:`learn` and :func:`corrected`);
+these are the only copy of the rule.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
+from typing import Generic, TypeVar
 
 from fleetpilot.core.model import Profile
 
-__all__ = ["UNCORRECTED", "Correction", "Learnt", "corrected", "learn"]
+__all__ = ["UNCORRECTED", "Correction", "Learnt", "PoolCorrections", "corrected", "learn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,47 @@ class Learnt:
     def inherit(self, pooled: Correction) -> bool:
         """Take the pool's correction while this replica has no timings of its own."""
         return not self.correction.samples and self.adopt(replace(pooled, samples=0))
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class PoolCorrections(Generic[K]):
+    """Per pool: the correction learnt from all its replicas' timings, and the replicas with
+    no timings of their own yet, which follow it.  Only those are visited on an observation,
+    so a learnt stream costs O(1) once every replica has been timed."""
+
+    def __init__(self) -> None:
+        self._pooled: dict[Hashable, Correction] = {}
+        self._untimed: dict[Hashable, dict[K, Learnt]] = {}
+
+    def join(self, pool: Hashable, key: K, learnt: Learnt) -> bool:
+        """A replica enters ``pool``; whether its profile changed (it took the pool's)."""
+        if learnt.correction.samples:
+            return False
+        self._untimed.setdefault(pool, {})[key] = learnt
+        return learnt.inherit(self._pooled.get(pool, UNCORRECTED))
+
+    def leave(self, pool: Hashable, key: K) -> None:
+        self._untimed.get(pool, {}).pop(key, None)
+
+    def observe(
+        self,
+        pool: Hashable,
+        key: K,
+        learnt: Learnt,
+        ttft: tuple[float, float] | None,
+        per_token: tuple[float, float] | None,
+    ) -> list[K]:
+        """One request's timings on replica ``key``: it learns, its pool learns, and the
+        pool's untimed replicas follow; the replicas whose profile changed."""
+        changed = [key] if learnt.observe(ttft, per_token) else []
+        untimed = self._untimed.get(pool, {})
+        untimed.pop(key, None)
+        pooled = learn(self._pooled.get(pool, UNCORRECTED), ttft=ttft, per_token=per_token)
+        self._pooled[pool] = pooled
+        changed.extend(k for k, other in untimed.items() if other.inherit(pooled))
+        return changed
 
 
 def corrected(profile: Profile, c: Correction) -> Profile:

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from fleetpilot.clock import Clock
-from fleetpilot.core.correction import UNCORRECTED, Correction, Learnt, learn
+from fleetpilot.core.correction import Correction, Learnt, PoolCorrections
 from fleetpilot.core.model import Pool, Replica, ReplicaLoad, ReplicaState, Snapshot
 from fleetpilot.core.routing import RoutingParams, tune_headroom
 from fleetpilot.engines import Engine, engine
@@ -53,8 +53,11 @@ class LiveReplica:
     last_t: float = 0.0
     engine: Engine = field(default_factory=lambda: engine("auto"))  # its kind's adapter
     # the profile as configured and what its timings taught (fleetpilot.core.correction)
-    learnt: Learnt | None = None
+    learnt: Learnt = field(init=False)
     _view: Replica | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.learnt = Learnt(self.base.profile)
 
     @property
     def id(self) -> str:
@@ -82,15 +85,10 @@ class LiveReplica:
     def touch(self) -> None:
         self._view = None
 
-    @property
-    def correction(self) -> Correction:
-        return self.learnt.correction if self.learnt is not None else UNCORRECTED
-
-    def relearnt(self, changed: bool) -> None:
-        """Route by the learnt profile, if it ``changed``."""
-        if changed and self.learnt is not None:
-            self.base = replace(self.base, profile=self.learnt.profile)
-            self.touch()
+    def relearnt(self) -> None:
+        """Route by the learnt profile (it changed)."""
+        self.base = replace(self.base, profile=self.learnt.profile)
+        self.touch()
 
     def set_others(self, in_flight: int, prefill: int, remaining: int) -> None:
         """Other gateways' load on this replica (see :mod:`fleetpilot.gateway.shared_load`)."""
@@ -184,7 +182,7 @@ class LiveFleet:
         self._context: dict[str, int] = {}  # model -> the longest context a replica serves
         self._tick = 0
         self._headroom: dict[str, float] = {}  # model → the router's learnt headroom
-        self._pooled: dict[str, Correction] = {}  # pool → learnt from all its replicas
+        self._corrections: PoolCorrections[str] = PoolCorrections()
         self._change = asyncio.Event()
         for r in replicas:
             self.add(r)
@@ -198,12 +196,11 @@ class LiveFleet:
             state=replica.state,
             last_t=self.clock.now(),
             engine=engine(replica.engine),
-            learnt=Learnt(replica.profile),
         )
         self._by_id[replica.id] = live
         self._by_model.setdefault(replica.model, []).append(live)
-        if live.learnt is not None:
-            live.relearnt(live.learnt.inherit(self._pooled.get(replica.pool, UNCORRECTED)))
+        if self._corrections.join(replica.pool, replica.id, live.learnt):
+            live.relearnt()
         self._context_of(replica.model)
         self._changed()
 
@@ -212,6 +209,7 @@ class LiveFleet:
         live.accrue(self.clock.now())
         live.state = ReplicaState.GONE
         self._by_model[live.base.model].remove(live)
+        self._corrections.leave(live.base.pool, replica_id)
         self._context_of(live.base.model)
         self._changed()
 
@@ -348,21 +346,17 @@ class LiveFleet:
     ) -> None:
         """A stream's timings on ``replica_id`` (see :mod:`fleetpilot.core.correction`): its
         own correction learns, so does its pool's, and replicas of the pool with no timings
-        of their own take the pool's."""
+        of their own follow the pool's."""
         live = self._by_id.get(replica_id)
-        if live is None or live.learnt is None:
+        if live is None:
             return
-        live.relearnt(live.learnt.observe(ttft, per_token))
         pool = live.base.pool
-        pooled = learn(self._pooled.get(pool, UNCORRECTED), ttft=ttft, per_token=per_token)
-        self._pooled[pool] = pooled
-        for r in self._by_id.values():
-            if r.base.pool == pool and r.learnt is not None:
-                r.relearnt(r.learnt.inherit(pooled))
+        for rid in self._corrections.observe(pool, replica_id, live.learnt, ttft, per_token):
+            self._by_id[rid].relearnt()
 
     def corrections(self) -> dict[str, Correction]:
         """Per replica: how far its timings have moved its profile."""
-        return {r.id: r.correction for r in self._by_id.values()}
+        return {r.id: r.learnt.correction for r in self._by_id.values()}
 
     def idle_costs(self) -> dict[str, float]:
         """Per pool: dollars of ready replica time with nothing in flight, so far."""

@@ -65,7 +65,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fleetpilot.core.capacity import Plan, PlanParams
-from fleetpilot.core.correction import UNCORRECTED, Learnt, learn
+from fleetpilot.core.correction import Learnt, PoolCorrections
 from fleetpilot.core.model import (
     Action,
     CapacityClass,
@@ -121,7 +121,7 @@ class _Rep:
     step_s: float = 0.0  # duration of the step in progress
     noticed: bool = False  # got a pre-emption notice
     dirty: bool = False  # ``view`` is stale
-    learnt: Learnt | None = None  # what its timings taught (learn_profiles)
+    learnt: Learnt = field(init=False)  # what its timings taught (learn_profiles)
     id: str = field(init=False)
     url: str = field(init=False)
     view: Replica = field(init=False)
@@ -129,6 +129,7 @@ class _Rep:
     def __post_init__(self) -> None:
         self.id = f"{self.pool.name}/{self.index}"
         self.url = f"sim://{self.id}"
+        self.learnt = Learnt(self.profile)
         self.view = self._view()
 
     def frozen(self) -> Replica:
@@ -138,11 +139,10 @@ class _Rep:
             self.dirty = False
         return self.view
 
-    def relearnt(self, changed: bool) -> None:
-        """Route by the learnt profile, if it ``changed``."""
-        if changed and self.learnt is not None:
-            self.profile = self.learnt.profile
-            self.dirty = True
+    def relearnt(self) -> None:
+        """Route by the learnt profile (it changed)."""
+        self.profile = self.learnt.profile
+        self.dirty = True
 
     def _view(self) -> Replica:
         p = self.pool
@@ -416,7 +416,7 @@ class _Sim:
         self.new_engine = engine
         self.executed = executed
         self.learning = learn_profiles
-        self.pooled = [UNCORRECTED for _ in pools]  # learnt from all of a pool's replicas
+        self.corrections: PoolCorrections[_Rep] = PoolCorrections()
         self.routing_params = routing_params
         self.policy = policy
         self.params = params
@@ -685,14 +685,8 @@ class _Sim:
         self, rep: _Rep, ttft: tuple[float, float] | None, per_token: tuple[float, float] | None
     ) -> None:
         """As :meth:`fleetpilot.gateway.fleet.LiveFleet.observed`."""
-        if rep.learnt is None:
-            return
-        rep.relearnt(rep.learnt.observe(ttft, per_token))
-        p = rep.pool_idx
-        self.pooled[p] = pooled = learn(self.pooled[p], ttft=ttft, per_token=per_token)
-        for r in self.active[p]:
-            if r.learnt is not None:
-                r.relearnt(r.learnt.inherit(pooled))
+        for r in self.corrections.observe(rep.pool_idx, rep, rep.learnt, ttft, per_token):
+            r.relearnt()
 
     # -- lifecycle --------------------------------------------------------------------------
     def _launch(self, p: int, at_once: bool = False) -> _Rep:
@@ -704,9 +698,8 @@ class _Sim:
         assert profile is not None
         runs = self.executed.get(pool.name, profile)
         rep = _Rep(len(self.reps), p, pool, profile, self.new_engine(runs), now)
-        if self.learning:
-            rep.learnt = Learnt(profile)
-            rep.relearnt(rep.learnt.inherit(self.pooled[p]))
+        if self.learning and self.corrections.join(p, rep, rep.learnt):
+            rep.relearnt()
         self.reps.append(rep)
         self.by_id[rep.id] = rep
         self.live.append(rep)
@@ -752,6 +745,7 @@ class _Sim:
             self.routable.remove(rep)
         if rep in self.active[rep.pool_idx]:
             self.active[rep.pool_idx].remove(rep)
+        self.corrections.leave(rep.pool_idx, rep)
         rep.state = _GONE
         rep.gone_at = t
         rep.drained_at = min(rep.drained_at, t)
