@@ -33,7 +33,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
+def wait_http(
+    url: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    timeout: float = 20.0,
+    *,
+    ok_only: bool = False,
+) -> None:
+    """Until ``url`` answers (``ok_only``: answers 200; llama-server says 503 while it loads
+    its model)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -43,7 +51,9 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: fl
             with urllib.request.urlopen(url, timeout=1):
                 return
         except urllib.error.HTTPError:
-            return  # it answers; an unhealthy status is the fault a test asked for
+            if not ok_only:
+                return  # it answers; an unhealthy status is the fault a test asked for
+            time.sleep(0.1)
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{url} did not come up in {timeout}s")
@@ -265,42 +275,17 @@ def postgres_url(postgres_server: Any) -> str:
 
 
 @dataclass
-class LlamaServer:
+class LlamaServer(Emulator):
     """A real llama.cpp ``llama-server`` process serving SmolLM2-135M on loopback."""
-
-    url: str
-    proc: subprocess.Popen[bytes]
-    command: list[str]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(5)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGCONT)  # a test may have frozen it
             self.proc.terminate()
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    """Until ``/health`` says 200: llama-server answers 503 while it loads the model."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} was not ready in {timeout}s")
 
 
 @dataclass
@@ -314,9 +299,9 @@ class LlamaServers:
         port = free_port()
         cmd = self.engine.command(port, slots=slots)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server = LlamaServer(f"http://{HOST}:{port}", proc, cmd)
+        server = LlamaServer(f"http://{HOST}:{port}", proc)
         self.started.append(server)
-        wait_ready(server.url, proc)
+        wait_http(server.url + "/health", proc, timeout=60.0, ok_only=True)
         return server
 
     def stop(self) -> None:

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import aiohttp
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -48,7 +47,7 @@ from fleetpilot.demo_guard import GuardRow, guard_ok, print_guard, run_guard
 from fleetpilot.demo_rag import RagResult, print_rag, run_rag
 from fleetpilot.demo_tenants import TenantsResult, print_tenants, run_tenants
 from fleetpilot.errors import FleetpilotError
-from fleetpilot.loadgen import LoadSummary, Outcome, replay
+from fleetpilot.loadgen import LoadSummary, Outcome, metric_sums, replay
 from fleetpilot.procs import Child, ChildFailed, Supervisor, fleetpilot_command, free_port
 
 __all__ = ["DEMO_FLEET", "PARTS", "PolicyResult", "run_demo"]
@@ -183,11 +182,7 @@ async def _scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
             text = await resp.text()
     except aiohttp.ClientError as exc:
         raise DemoFailed(f"cannot read the gateway's metrics at {url}/metrics: {exc}") from exc
-    sums: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
-    return sums
+    return metric_sums(text)
 
 
 async def _preempt(

@@ -46,7 +46,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -78,7 +77,7 @@ from fleetpilot.core.policies import reactive
 from fleetpilot.core.workload import LengthDist, TraceRequest, synthetic_trace
 from fleetpilot.gateway.fastlane import listen
 from fleetpilot.gateway.server import FLEET, METRICS, create_app
-from fleetpilot.loadgen import LoadSummary, Outcome, replay
+from fleetpilot.loadgen import LoadSummary, Outcome, metric_sums, replay
 from fleetpilot.procs import ChildFailed
 
 __all__ = [
@@ -330,14 +329,6 @@ def spans_of(events: Sequence[tuple[float, str, str]], closing: float) -> tuple[
     return tuple(sorted(out, key=lambda s: (s.start, s.replica)))
 
 
-def _sums(text: str) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
-    return sums
-
-
 def _fleet_line(replicas: Sequence[Replica], pools: Sequence[Pool]) -> str:
     ready = {p.name: 0 for p in pools}
     per_hour = 0.0
@@ -461,7 +452,7 @@ async def run_day(settings: DaySettings, *, console: Console) -> DayResult:
                 showing[0] = False
                 await controller.stop()
                 closing = clock.now()
-            sums = _sums(app[METRICS].render().decode("utf-8", "replace"))
+            sums = metric_sums(app[METRICS].render().decode("utf-8", "replace"))
     finally:
         await listening.stop(grace_s=5.0)
     return DayResult(

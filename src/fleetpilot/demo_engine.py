@@ -25,7 +25,7 @@ from rich.table import Table
 from fleetpilot import llamacpp
 from fleetpilot.core.workload import LengthDist, synthetic_trace
 from fleetpilot.errors import FleetpilotError
-from fleetpilot.loadgen import LoadSummary, Outcome, replay
+from fleetpilot.loadgen import LoadSummary, Outcome, metric_sums, replay
 from fleetpilot.procs import Supervisor
 from fleetpilot.profiling import Measured, Profiler, profile_yaml
 
@@ -146,18 +146,10 @@ async def _busiest(url: str) -> str:
 
 async def _continuations(url: str) -> int:
     import aiohttp
-    from prometheus_client.parser import text_string_to_metric_families
 
     async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
         text = await r.text()
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "fleetpilot_continuations_total"
-        )
-    )
+    return int(metric_sums(text).get("fleetpilot_continuations_total", 0.0))
 
 
 def print_engine(r: EngineResult, out: Console) -> None:

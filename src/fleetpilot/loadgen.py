@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import openai
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleetpilot.clock import Clock, SystemClock
 from fleetpilot.core.model import ServiceClass
@@ -305,3 +306,13 @@ async def replay(
             tasks.create_task(one(index, req, scheduled), name=f"request-{index}")
     outcomes.sort(key=lambda o: o.index)
     return LoadResult(tuple(outcomes), time_scale, ttft_slo_s, clk.now() - start)
+
+
+def metric_sums(text: str) -> dict[str, float]:
+    """Every sample of a Prometheus exposition summed by sample name (a gateway's counters,
+    over all their labels)."""
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return sums

@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -175,25 +175,27 @@ class Supervisor:
         self, n: int, *, model: str, accelerator: str, time_scale: float, host: str = "127.0.0.1"
     ) -> list[str]:
         """``n`` emulated replicas (``fleetpilot emulate``), each answering; their URLs."""
+
+        def args(port: int) -> list[str]:
+            return fleetpilot_command(
+                "emulate", "--model", model, "--accelerator", accelerator, "--host", host,
+                "--port", str(port), "--time-scale", f"{time_scale:g}",
+            )  # fmt: skip
+
+        return await self._servers(n, "emulator", args, host)
+
+    async def llama_servers(self, n: int, engine: LlamaCpp) -> list[str]:
+        """``n`` real llama.cpp replicas (:mod:`fleetpilot.llamacpp`), each answering."""
+        return await self._servers(n, "llama-server", engine.command, "127.0.0.1")
+
+    async def _servers(
+        self, n: int, kind: str, args: Callable[[int], list[str]], host: str
+    ) -> list[str]:
         urls = []
         for _ in range(n):
             port = free_port()
             url = f"http://{host}:{port}"
-            args = fleetpilot_command(
-                "emulate", "--model", model, "--accelerator", accelerator, "--host", host,
-                "--port", str(port), "--time-scale", f"{time_scale:g}",
-            )  # fmt: skip
-            await self.start_healthy(f"emulator {url}", args, url)
-            urls.append(url)
-        return urls
-
-    async def llama_servers(self, n: int, engine: LlamaCpp) -> list[str]:
-        """``n`` real llama.cpp replicas (:mod:`fleetpilot.llamacpp`), each answering."""
-        urls = []
-        for _ in range(n):
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            await self.start_healthy(f"llama-server {url}", engine.command(port), url)
+            await self.start_healthy(f"{kind} {url}", args(port), url)
             urls.append(url)
         return urls
 
