@@ -42,7 +42,8 @@ time on the 50-offering fleet of ``planner_speed.py`` are printed too, and (unle
 the two hours before it) request by request, where lost requests and the router's packing
 can be seen, and prints it beside the window level's figures for the same windows.
 
-``--set`` passes planner knobs (``PlanParams.extra``) to every policy, to try other defaults.
+``--set`` passes knobs (``PlanParams.with_knobs``, :mod:`fleetpilot.core.knobs`) to every
+policy, to try other defaults.
 The catalogue sets no quotas (an account's are not known); ``--quota N`` gives every pool a
 quota of ``N`` replicas, as an account's would bind.
 """
@@ -61,7 +62,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fleetpilot.catalogue import load_catalogue
-from fleetpilot.core.capacity import Plan, PlanParams, check_knobs
+from fleetpilot.core.capacity import Plan, PlanParams
 from fleetpilot.core.forecast import evaluate
 from fleetpilot.core.model import CapacityClass, Pool
 from fleetpilot.core.policies import schedule
@@ -159,7 +160,7 @@ def _surges(
     """Windows in the reserve window (``reserve_s``), each window's peak of the windows that
     many before it (0 until there are that many), and its rate over that peak (0 where none)."""
     rps = np.asarray(series.rps, dtype=np.float64)
-    back = max(round(float(params.extra.get("reserve_s", 7200.0)) / series.window_s), 1)
+    back = max(round(params.adaptive.reserve_s / series.window_s), 1)
     prior = np.array([rps[w - back : w].max() if w >= back else 0.0 for w in range(len(rps))])
     ratio = np.divide(rps, prior, out=np.zeros_like(rps), where=prior > 0)
     return back, prior, ratio
@@ -251,7 +252,7 @@ def _hedged(name: str, params: PlanParams, quota: int | None) -> Hedged:
         "spot_loss_market": 0.0, "spot_loss_safety": params.utilisation, "spot_max_share": 1.0
     }  # fmt: skip
     least = hedged_optimum(
-        series, pools, replace(params, extra={**params.extra, **least_knobs})
+        series, pools, params.with_knobs(least_knobs)
     ).total_cost
     back, prior, ratio = _surges(series, params)
     surge = float(ratio.max()) if (prior > 0).any() else 0.0
@@ -368,8 +369,8 @@ def _forecast_line(series: Any) -> str:
 def _speed_line(steps: int, params: PlanParams) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import planner_speed  # bench/planner_speed.py: the 50-offering fleet and its demand
+    from fleetpilot.core.adaptive import PlannerState, adaptive
     from fleetpilot.core.model import Snapshot
-    from fleetpilot.core.planner import PlannerState, adaptive
 
     state: PlannerState | None = None
 
@@ -415,8 +416,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     extra = {k: float(v) for k, v in (s.split("=", 1) for s in args.set)}
-    check_knobs(extra)
-    params = PlanParams(extra=extra)
+    params = PlanParams().with_knobs(extra)
     if extra:
         print(f"planner knobs: {extra}\n")
     if args.quota is not None:

@@ -35,10 +35,11 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from fleetpilot.catalogue import load_catalogue
-from fleetpilot.core.capacity import Plan, PlanParams
+from fleetpilot.core.adaptive import PlannerState, adaptive
+from fleetpilot.core.capacity import Plan, PlanParams, replica_capacity
 from fleetpilot.core.forecast import ForecastState, forecast, new_state, observe
+from fleetpilot.core.mix import size_key
 from fleetpilot.core.model import CapacityClass, Demand, Pool, Snapshot
-from fleetpilot.core.planner import PlannerState, adaptive, replica_capacity, size_key
 
 MODEL = "llama-3.1-8b"
 REGIONS = {

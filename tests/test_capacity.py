@@ -20,13 +20,11 @@ from fleetpilot.core.capacity import (
     KNOBS,
     PlanParams,
     check_knobs,
-    knob,
-    planned_capacity,
+    replica_capacity,
     slo_capacity,
+    spot_survival,
 )
-from fleetpilot.core.model import Demand, Pool, Profile
-from fleetpilot.core.planner import replica_capacity
-from fleetpilot.core.policies import pool_capacity
+from fleetpilot.core.model import CapacityClass, Demand, Pool, Profile
 from fleetpilot.core.series import RateSeries
 from fleetpilot.sim.fluid import capacity_table
 
@@ -118,47 +116,71 @@ def test_planned_rate_is_the_lower_of_utilisation_and_calibration() -> None:
     assert planned_rate(10.0, 0.8, 0.0) == pytest.approx(10.0 * RATIO_FLOOR)
 
 
-def test_policies_planner_and_optimum_plan_with_the_same_calibrated_capacity() -> None:
-    d = Demand(rps=1.0, mean_prompt_tokens=1024.0, mean_output_tokens=256.0)
-    series = RateSeries(600.0, (1.0,), (1024.0,), (256.0,), (1.0,), 0.0)
+def test_every_sizer_plans_with_the_one_replica_capacity_rule() -> None:
+    """Policies, the mix program, the optimum and the simulators all size with
+    ``replica_capacity``: SLO capacity × utilisation, capped at the calibrated rate, spot × the
+    share expected to survive a replacement's start-up; lengths onto a 2.2% grid."""
+    d = Demand(rps=1.0, mean_prompt_tokens=1024.0, mean_output_tokens=256.0)  # on the grid
+    series = RateSeries(600.0, (1.0, 1.0), (1024.0, 1010.0), (256.0, 251.0), (1.0, 1.0), 0.0)
     pools = catalogue().pools(MODEL)
     params = PlanParams()
     table = capacity_table(series, pools, params)
+    spot_seen = False
     for j, pool in enumerate(pools):
         assert pool.profile is not None
         rps = analytic(pool.profile, 1024, 256)
-        want = planned_capacity(pool.profile, params, mean_prompt_tokens=1024,
-                                mean_output_tokens=256, analytic_rps=rps)  # fmt: skip
-        assert want <= 0.8 * rps + 1e-12
-        assert pool_capacity(pool, d, params) == pytest.approx(want)
-        assert table[0, j] == pytest.approx(want)
-        # the planner rounds lengths up ≤ 2.2% and discounts spot by pre-emption risk
-        assert replica_capacity(pool, d, params) <= want * 1.0 + 1e-9
+        ratio = calibrated_ratio(TABLE, pool.profile, ttft_slo_s=2.0, itl_slo_s=0.2,
+                                 mean_prompt_tokens=1024, mean_output_tokens=256)  # fmt: skip
+        want = planned_rate(rps, 0.8, ratio) * spot_survival(pool.offering)
+        assert replica_capacity(pool, d, params) == pytest.approx(want, rel=1e-12)
+        assert table[0, j] == pytest.approx(want, rel=1e-12)
+        # 1010 and 251 round up onto the grid points 1024 and 256 sit on: the same capacity
+        assert table[1, j] == table[0, j]
+        if pool.offering.capacity_class is CapacityClass.SPOT and pool.offering.interruption_rate:
+            spot_seen = True
+            assert spot_survival(pool.offering) < 1.0
+            assert replica_capacity(pool, d, params) < planned_rate(rps, 0.8, ratio)
+    assert spot_seen
     small = next(p for p in pools if p.offering.accelerator == "A10G")
     big = next(p for p in pools if p.offering.accelerator == "A100-80G")
     assert small.profile is not None and big.profile is not None
+    od = CapacityClass.ON_DEMAND
+    small = next(
+        p for p in pools if p.offering.accelerator == "A10G" and p.offering.capacity_class is od
+    )
     # the 16-slot A10G is measurably below 80% of its analytic capacity at these lengths ...
-    assert pool_capacity(small, d, params) < 0.8 * analytic(small.profile, 1024, 256)
+    assert replica_capacity(small, d, params) < 0.8 * analytic(small.profile, 1024, 256)
     # ... and without the table every pool is planned analytically
     plain = PlanParams(calibration={})
-    assert pool_capacity(small, d, plain) == pytest.approx(0.8 * analytic(small.profile, 1024, 256))
-    assert pool_capacity(big, d, plain) >= pool_capacity(big, d, params)
+    assert replica_capacity(small, d, plain) == pytest.approx(
+        0.8 * analytic(small.profile, 1024, 256)
+    )
+    assert replica_capacity(big, d, plain) >= replica_capacity(big, d, params)
 
 
 def test_a_pool_without_a_measured_profile_is_planned_analytically() -> None:
     base = catalogue().profile(MODEL, "A10G")
     custom = Profile(MODEL, "custom", base.prefill_rate * 2, base.step_points, base.max_batch)
     pool = Pool("c", MODEL, catalogue().offering(MODEL, "A10G", "on_demand"), 0, custom)
-    d = Demand(rps=1.0, mean_prompt_tokens=800.0, mean_output_tokens=200.0)
-    assert pool_capacity(pool, d, PlanParams()) == pytest.approx(0.8 * analytic(custom, 800, 200))
+    d = Demand(rps=1.0, mean_prompt_tokens=1024.0, mean_output_tokens=256.0)
+    want = 0.8 * analytic(custom, 1024, 256)
+    assert replica_capacity(pool, d, PlanParams()) == pytest.approx(want)
 
 
-def test_knobs_are_one_list_and_a_name_outside_it_is_refused() -> None:
-    params = PlanParams(extra={"surge_min": 0.0})
-    assert knob(params, "surge_min", 2.5) == 0.0
-    assert knob(PlanParams(), "surge_min", 2.5) == 2.5
-    with pytest.raises(ValueError, match="not in KNOBS"):
-        knob(params, "surge_mim", 2.5)
-    check_knobs(dict.fromkeys(KNOBS, 1.0))
+def test_knobs_are_typed_validated_and_a_misspelt_name_is_refused() -> None:
+    params = PlanParams().with_knobs({"surge_min": 0.0, "spot_spread": 3, "spot_cooldown_s": 60})
+    assert params.adaptive.surge_min == 0.0 and PlanParams().adaptive.surge_min == 1.8
+    assert params.spot_hedge.spot_spread == 3 and isinstance(params.spot_hedge.spot_spread, int)
+    # a name two policies share sets both
+    assert params.adaptive.spot_cooldown_s == params.spot_hedge.spot_cooldown_s == 60.0
+    assert params.knobs == {"surge_min": 0.0, "spot_spread": 3.0, "spot_cooldown_s": 60.0}
+    assert PlanParams().with_knobs(params.knobs) == params
+    check_knobs(dict.fromkeys(KNOBS - {"spot_max_share"}, 1.0))
     with pytest.raises(ValueError, match=r"unknown planner knob\(s\) \['holds'\]"):
         check_knobs({"hold_s": 1.0, "holds": 1.0})
+    with pytest.raises(ValueError, match="whole number"):
+        check_knobs({"max_remove_per_step": 1.5})
+    with pytest.raises(ValueError, match=">= 0"):
+        check_knobs({"hold_s": -1.0})
+    with pytest.raises(ValueError, match="at most 1"):
+        check_knobs({"max_remove_share": 2.0})

@@ -572,7 +572,8 @@ def test_controller_plan_knobs_reach_the_planner_and_a_misspelt_one_is_an_error(
     good.write_text(head + "plan: {ttft_slo_s: 1.5, knobs: {surge_min: 0, hold_s: 120}}\n")
     params = load_controller_settings(good).plan.params()
     assert params.ttft_slo_s == 1.5
-    assert params.extra == {"surge_min": 0.0, "hold_s": 120.0}
+    assert params.knobs == {"surge_min": 0.0, "hold_s": 120.0}
+    assert params.adaptive.surge_min == 0.0 and params.adaptive.hold_s == 120.0
     bad = tmp_path / "bad.yaml"
     bad.write_text(head + "plan: {knobs: {surge_mim: 0}}\n")
     with pytest.raises(ConfigError, match=r"unknown planner knob.*surge_mim"):
@@ -580,7 +581,7 @@ def test_controller_plan_knobs_reach_the_planner_and_a_misspelt_one_is_an_error(
 
 
 async def test_every_shared_capacity_policy_runs_under_the_controller() -> None:
-    """The controller's contract with ``core.policies`` and ``core.planner.adaptive``: a
+    """The controller's contract with ``core.policies`` and ``core.adaptive.adaptive``: a
     snapshot in, a Plan over its pools out."""
     names = sorted(CAPACITY_POLICIES)
     with contextlib.suppress(ConfigError):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from fleetpilot.catalogue import Catalogue, load_catalogue
-from fleetpilot.core.capacity import PlanParams
+from fleetpilot.core.capacity import PlanParams, replica_capacity
 from fleetpilot.core.model import CapacityClass, Demand, Pool
-from fleetpilot.core.policies import CAPACITY_POLICIES, CapacityPolicy, pool_capacity, schedule
+from fleetpilot.core.policies import CAPACITY_POLICIES, CapacityPolicy, schedule
 from fleetpilot.core.series import RateSeries, SpotMarket
 from fleetpilot.sim import FluidResult, hedged_optimum, offline_optimum, simulate_fluid
 from fleetpilot.sim.fluid import (
@@ -74,7 +74,7 @@ class TinySeries:
 
 def test_constant_demand_on_one_pool_costs_exactly_its_replica_hours_and_sheds_nothing() -> None:
     (pool,) = pools_of("A10G", classes=(CapacityClass.ON_DEMAND,))
-    slo = pool_capacity(pool, SHAPE, ANALYTIC)
+    slo = replica_capacity(pool, SHAPE, ANALYTIC)
     rps = 2.5 * slo  # four replicas at 62.5% of their SLO capacity
     n = 144
     day = TinySeries(600.0, (rps,) * n, (512.0,) * n, (128.0,) * n, (1.0,) * n)
@@ -100,7 +100,7 @@ def test_constant_demand_on_one_pool_costs_exactly_its_replica_hours_and_sheds_n
 
 def test_demand_above_capacity_is_shed_and_served_at_capacity() -> None:
     (pool,) = pools_of("A10G", classes=(CapacityClass.ON_DEMAND,))
-    slo = pool_capacity(pool, SHAPE, ANALYTIC)
+    slo = replica_capacity(pool, SHAPE, ANALYTIC)
     rps = 4.0 * slo
     s = series([rps] * 12)
     for factor in (1.0, 3.0):
@@ -141,7 +141,7 @@ def test_same_inputs_give_identical_outputs() -> None:
 
 def test_new_replicas_cost_from_launch_and_serve_after_their_start_up() -> None:
     (pool,) = pools_of("A10G", classes=(CapacityClass.ON_DEMAND,))
-    slo = pool_capacity(pool, SHAPE, ANALYTIC)
+    slo = replica_capacity(pool, SHAPE, ANALYTIC)
     policy = schedule([{pool.name: 1}, {pool.name: 2}, {pool.name: 2}], 600.0)
     result = simulate_fluid(series([0.5 * slo] * 3), (pool,), policy)
     startup = pool.offering.startup_s
@@ -153,7 +153,7 @@ def test_new_replicas_cost_from_launch_and_serve_after_their_start_up() -> None:
 
 def test_a_preempted_spot_replica_is_replaced_and_capacity_dips_for_its_start_up() -> None:
     (spot,) = pools_of("A10G", classes=(CapacityClass.SPOT,))
-    slo = pool_capacity(spot, SHAPE, ANALYTIC)
+    slo = replica_capacity(spot, SHAPE, ANALYTIC)
     result = simulate_fluid(
         series([0.5 * slo] * 3), (spot,), fixed({spot.name: 2}), preemptions={spot.name: (700.0,)}
     )
@@ -166,11 +166,11 @@ def test_a_preempted_spot_replica_is_replaced_and_capacity_dips_for_its_start_up
 
 def test_spot_hedge_in_the_fluid_sim_falls_back_when_the_market_dries_up_and_returns() -> None:
     pools = pools_of("A10G", "L40S")
-    slo = pool_capacity(pools[0], SHAPE, PlanParams())
+    slo = replica_capacity(pools[0], SHAPE, PlanParams())
     n = 24
     # The L40S spot market has nothing in windows 6-11; A10G spot is never available.
     avail = {"L40S-spot": [64] * 6 + [0] * 6 + [64] * 12, "A10G-spot": [0] * n}
-    params = PlanParams(extra={"spot_cooldown_s": 1200.0})
+    params = PlanParams().with_knobs({"spot_cooldown_s": 1200.0})
     result = simulate_fluid(series([3 * slo] * n), pools, CAPACITY_POLICIES["spot_hedge"], params,
                             spot_available=avail)  # fmt: skip
     names = list(result.pool_names)
@@ -206,7 +206,7 @@ def test_spread_counts_places_pods_as_a_zone_spread_with_max_skew_one() -> None:
 def test_a_zone_trace_drop_takes_one_zones_share_not_the_whole_pool() -> None:
     (spot,) = pools_of("A10G", classes=(CapacityClass.SPOT,))
     assert spot.offering.zones == 3
-    slo = pool_capacity(spot, SHAPE, ANALYTIC)
+    slo = replica_capacity(spot, SHAPE, ANALYTIC)
     n = 4
     up, down = SpotMarket(600.0, (1,) * n), SpotMarket(600.0, (1, 0, 0, 1))
     zones = spot_zones_per_window([down, up, up], (spot,), 600.0, n)
@@ -236,7 +236,7 @@ def test_a_pool_without_a_quota_is_bounded_by_its_zones_alone() -> None:
     assert zones == {spot.name: [[NO_LIMIT, 0, 0, NO_LIMIT], [NO_LIMIT] * n, [NO_LIMIT] * n]}
     assert zone_bounds((spot,), zones) == {spot.name: [3 * NO_LIMIT, 2, 2, 3 * NO_LIMIT]}
     assert upper_bounds((spot,), n, None).tolist() == [[NO_LIMIT]] * n
-    slo = pool_capacity(spot, SHAPE, ANALYTIC)
+    slo = replica_capacity(spot, SHAPE, ANALYTIC)
     result = simulate_fluid(series([200.0 * slo] * n), (spot,), fixed({spot.name: 200}),
                             spot_zones=zones)  # fmt: skip
     assert list(result.preemptions) == [0, 67, 0, 0]  # zone 0's share goes, not the pool
@@ -380,7 +380,7 @@ def test_the_hedged_optimum_keeps_the_spot_loss_hedge_the_optimum_does_not(seed:
     assert hedged.total_cost > 1.2 * opt.total_cost
     # the premium is the hedge's: without it the same program is the optimum, to within the
     # planner's MILP gap and its discount of spot capacity for pre-emptions
-    bare = replace(params, extra={"spot_loss_safety": 0.0, "spot_max_share": 1.0})
+    bare = params.with_knobs({"spot_loss_safety": 0.0, "spot_max_share": 1.0})
     unhedged = hedged_optimum(s, pools, bare)
     assert unhedged.total_cost <= 1.05 * opt.total_cost
     # capacity kept ready for a surge that never comes is planned, and paid for
@@ -439,7 +439,7 @@ def test_a_policy_stepped_every_minute_meets_a_jump_a_window_stepped_one_misses(
 
     s = series([10.0] * 18 + [40.0] * 2 + [10.0] * 3, cv=1.0)
     pools = pools_of("L40S", "A10G")
-    params = PlanParams(extra={"surge_min": 0.0})
+    params = PlanParams().with_knobs({"surge_min": 0.0})
     slow, best_slow = compare_windows(s, pools, ["adaptive"], params)
     fast, best_fast = compare_windows(s, pools, ["adaptive"], params, control_s=60.0)
     assert best_slow == pytest.approx(best_fast)

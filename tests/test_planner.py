@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from fleetpilot.catalogue import Catalogue, load_catalogue
+from fleetpilot.core.adaptive import PlannerState, adaptive
 from fleetpilot.core.advisor import advise, commitment_level
-from fleetpilot.core.capacity import Plan, PlanParams
+from fleetpilot.core.capacity import Plan, PlanParams, replica_capacity
+from fleetpilot.core.knobs import AdaptiveKnobs
+from fleetpilot.core.mix import plan_mix, size_key, split_by_size
 from fleetpilot.core.model import (
     CapacityClass,
     Demand,
@@ -25,20 +28,15 @@ from fleetpilot.core.model import (
     ServiceClass,
     Snapshot,
 )
-from fleetpilot.core.planner import (
-    SURGE_MIN,
-    PlannerState,
-    adaptive,
+from fleetpilot.core.shaping import (
     bound_churn,
     drain_to_reserve,
-    enforce_spend_cap,
     hold_demand,
     keep_mix,
-    plan_mix,
-    replica_capacity,
-    size_key,
-    split_by_size,
+    trim_to_cap,
 )
+
+SURGE_MIN = AdaptiveKnobs().surge_min
 
 MODEL = "llama-3.1-8b"
 ALL = (CapacityClass.RESERVED, CapacityClass.ON_DEMAND, CapacityClass.SPOT)
@@ -118,8 +116,7 @@ def random_instance(rng: random.Random) -> tuple[tuple[Pool, ...], Demand, PlanP
         safety=rng.uniform(1.0, 1.5),
         utilisation=rng.uniform(0.6, 0.95),
         spend_cap_per_hour=rng.choice([math.inf, rng.uniform(2, 40), rng.uniform(40, 300)]),
-        extra={"spot_loss_safety": rng.uniform(0.8, 1.2)},
-    )
+    ).with_knobs({"spot_loss_safety": rng.uniform(0.8, 1.2)})
     return tuple(pools), demand, params
 
 
@@ -132,7 +129,7 @@ def test_mix_properties_over_random_instances(seed: int) -> None:
         # (the planner passes its point forecast; the planned demand is an upper quantile)
         expected = replace(d, rps=d.rps * rng.choice([1.0, rng.uniform(0.3, 1.0)]))
         plan = plan_mix(pools, d, params, expected=expected)
-        loss_safety = params.extra["spot_loss_safety"]
+        loss_safety = params.mix.spot_loss_safety
         # never over the spend cap; quotas; reserved never beyond the commitment
         assert plan.cost_per_hour <= params.spend_cap_per_hour + 1e-6
         assert plan.cost_per_hour == pytest.approx(
@@ -234,7 +231,7 @@ def test_no_quota_by_default_and_a_catalogue_quota_binds(tmp_path: Path) -> None
 
 def test_one_spot_pool_is_backed_by_on_demand() -> None:
     pools = pools_of("A100-80G", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT))
-    params = PlanParams(extra={"spot_loss_safety": 1.0})
+    params = PlanParams().with_knobs({"spot_loss_safety": 1.0})
     d = Demand(rps=60.0)
     plan = plan_mix(with_zones(pools, 1), d, params)  # one zone: the whole pool can go
     od = next(p for p in pools if p.offering.capacity_class is CapacityClass.ON_DEMAND)
@@ -244,7 +241,7 @@ def test_one_spot_pool_is_backed_by_on_demand() -> None:
 @pytest.mark.parametrize("zones", [2, 3, 4])
 def test_a_spot_pool_spread_over_zones_is_backed_for_its_largest_zone_only(zones: int) -> None:
     pools = pools_of("A100-80G", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT))
-    params = PlanParams(extra={"spot_loss_safety": 1.0})
+    params = PlanParams().with_knobs({"spot_loss_safety": 1.0})
     od, spot = sorted(pools, key=lambda p: p.offering.capacity_class is CapacityClass.SPOT)
     whole = plan_mix(with_zones(pools, 1), Demand(rps=60.0), params)
     for rps in (3.0, 20.0, 60.0, 300.0):
@@ -269,7 +266,7 @@ def test_one_spot_replica_in_a_zoned_pool_counts_as_all_of_it() -> None:
     pools = with_zones(
         pools_of("A100-80G", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT)), 3
     )
-    params = PlanParams(extra={"spot_loss_safety": 1.0})
+    params = PlanParams().with_knobs({"spot_loss_safety": 1.0})
     spot = next(p for p in pools if p.offering.capacity_class is CapacityClass.SPOT)
     d = Demand(rps=0.5 * replica_capacity(spot, Demand(rps=1.0), params))
     plan = plan_mix(pools, d, params)
@@ -288,7 +285,7 @@ def test_zones_one_plans_as_the_whole_pool_hedge(seed: int) -> None:
         plan = plan_mix(one, d, params)
         if not plan.shed:
             left = after_losing_largest_spot_pool(one, plan, d, params)
-            assert left >= d.rps * params.extra["spot_loss_safety"] * (1 - 1e-6) - 1e-9
+            assert left >= d.rps * params.mix.spot_loss_safety * (1 - 1e-6) - 1e-9
         # more zones never cost more (the zone hedge is weaker than the whole-pool one)
         if not plan.shed and math.isinf(params.spend_cap_per_hour):
             many = plan_mix(with_zones(pools, 3), d, params)
@@ -309,7 +306,7 @@ def test_a_market_event_taking_a_zone_of_every_spot_pool_leaves_the_demand_carri
         plan = plan_mix(pools, d, params)
         if plan.shed:
             continue
-        safety = params.extra["spot_loss_safety"]
+        safety = params.mix.spot_loss_safety
         assert after_a_market_event(pools, plan, d, params) >= d.rps * safety * (1 - 1e-6) - 1e-9
 
 
@@ -321,7 +318,7 @@ def test_spot_is_spread_across_pools() -> None:
     )
     # the pool-wide hedge, which spreading serves (a market event takes a zone of every pool
     # whatever the spread, so its spare replicas may sit in any of them)
-    params = PlanParams(extra={"spot_max_share": 0.4, "spot_loss_market": 0.0})
+    params = PlanParams().with_knobs({"spot_max_share": 0.4, "spot_loss_market": 0.0})
     d = Demand(rps=200.0)
     plan = plan_mix(twins, d, params)
     total = sum(plan.targets.values())
@@ -430,11 +427,18 @@ def test_drain_to_reserve_keeps_the_cheapest_capacity() -> None:
     assert out == {"big": 2, "small": 0}
 
 
-def test_enforce_spend_cap_trims_only_what_was_kept() -> None:
-    price = {"a": 1.0, "b": 3.0}
-    out = enforce_spend_cap({"a": 4, "b": 3}, {"a": 2, "b": 1}, price, cap=9.0)
-    assert out == {"a": 4, "b": 1}
-    assert enforce_spend_cap({"a": 4}, {"a": 2}, {"a": 1.0}, cap=100.0) == {"a": 4}
+def test_trim_to_cap_trims_only_what_was_kept_in_the_order_given() -> None:
+    a, b = pools_of("A10G", classes=(CapacityClass.ON_DEMAND,))[0], pools_of("L40S")[0]
+    a = replace(a, name="a", offering=replace(a.offering, price_per_hour=1.0))
+    b = replace(b, name="b", offering=replace(b.offering, price_per_hour=3.0))
+    out = trim_to_cap({"a": 4, "b": 3}, (a, b), 9.0, order=["b", "a"], keep={"a": 2, "b": 1})
+    assert out == {"a": 4, "b": 1}  # 13 → 7: b went first, down to what was wanted
+    assert trim_to_cap({"a": 4}, (a,), 100.0, order=["a"], keep={"a": 2}) == {"a": 4}
+    assert trim_to_cap({"a": 4, "b": 3}, (a, b), 2.0, order=["a", "b"]) == {"a": 0, "b": 0}
+    free = replace(a, name="free", offering=replace(a.offering, price_per_hour=0.0))
+    assert trim_to_cap({"free": 2, "a": 1}, (free, a), 0.0, order=["free", "a"]) == {
+        "free": 2, "a": 0
+    }  # fmt: skip
 
 
 def run_policy(
@@ -461,7 +465,7 @@ HOLD = {"hold_s": 600.0, "max_remove_per_step": 2}
 
 def test_scale_up_at_once() -> None:
     pools = pools_of("L40S", classes=(CapacityClass.ON_DEMAND,))
-    plans = run_policy(pools, [10.0] * 10 + [60.0], PlanParams(extra=HOLD))
+    plans = run_policy(pools, [10.0] * 10 + [60.0], PlanParams().with_knobs(HOLD))
     d = Demand(rps=60.0, mean_prompt_tokens=800, mean_output_tokens=150)
     params = PlanParams()
     assert capacity(pools, plans[-1], d, params) >= 60.0 * params.safety
@@ -471,7 +475,7 @@ def test_a_short_dip_keeps_the_fleet_and_a_long_one_shrinks_it_with_bounded_chur
     pools = pools_of("L40S", classes=(CapacityClass.ON_DEMAND,))
     name = pools[0].name
     # hold 10 minutes, steps of 1 minute; no reserve drain, so the count bound alone
-    params = PlanParams(extra={**HOLD, "drain_reserve": math.inf})
+    params = PlanParams().with_knobs({**HOLD, "drain_reserve": math.inf})
     high, low = 80.0, 10.0
     rates = [high] * 30 + [low] * 5 + [high] * 15 + [low] * 40
     sizes = [plan.targets[name] for plan in run_policy(pools, rates, params)]
@@ -489,7 +493,9 @@ def test_a_short_dip_keeps_the_fleet_and_a_long_one_shrinks_it_with_bounded_chur
 def test_removals_scale_with_the_fleet_when_a_share_is_given() -> None:
     pools = pools_of("L4", classes=(CapacityClass.ON_DEMAND,))
     name = pools[0].name
-    params = PlanParams(extra={"hold_s": 60.0, "max_remove_per_step": 2, "max_remove_share": 0.25})
+    params = PlanParams().with_knobs(
+        {"hold_s": 60.0, "max_remove_per_step": 2, "max_remove_share": 0.25}
+    )
     sizes = [p.targets[name] for p in run_policy(pools, [20.0] * 3 + [0.5] * 12, params)]
     assert sizes[2] >= 40
     steps = [before - after for before, after in itertools.pairwise(sizes)]
@@ -503,7 +509,7 @@ def test_surplus_above_the_reserve_goes_at_once_and_the_rest_drains_slowly() -> 
     pools = pools_of("L4", classes=(CapacityClass.ON_DEMAND,))
     name = pools[0].name
     extra = {"hold_s": 60.0, "max_remove_per_step": 2, "drain_reserve": 2.0, "reserve_s": 600.0}
-    params = PlanParams(extra=extra)
+    params = PlanParams().with_knobs(extra)
     rates = [20.0] * 3 + [2.0] * 30
     plans = run_policy(pools, rates, params)
     sizes = [p.targets[name] for p in plans]
@@ -523,7 +529,7 @@ FLOOR = {"hold_s": 60.0, "max_remove_per_step": 4, "reserve_s": 600.0}
 def floor_fleet() -> tuple[tuple[Pool, ...], str, float]:
     """One L4 on-demand pool, its name, and what one replica carries at the SLO."""
     pools = pools_of("L4", classes=(CapacityClass.ON_DEMAND,))
-    params = PlanParams(extra=FLOOR)
+    params = PlanParams().with_knobs(FLOOR)
     one = replica_capacity(pools[0], Demand(10.0, 800, 150), params) / params.utilisation
     return pools, pools[0].name, one
 
@@ -532,7 +538,7 @@ def test_a_surge_seen_is_kept_as_a_floor_once_the_reserve_window_is_full() -> No
     pools, name, one = floor_fleet()
 
     def final(rates: list[float], learn: float) -> int:
-        plans = run_policy(pools, rates, PlanParams(extra={**FLOOR, "surge_learn": learn}))
+        plans = run_policy(pools, rates, PlanParams().with_knobs({**FLOOR, "surge_learn": learn}))
         return plans[-1].targets[name]
 
     late = [10.0] * 12 + [30.0] + [10.0] * 40  # a 3× surge after the 600 s warm-up
@@ -545,8 +551,8 @@ def test_a_surge_seen_is_kept_as_a_floor_once_the_reserve_window_is_full() -> No
 def test_the_default_surge_floor_holds_surge_min_times_the_reserve_peak_once_warm() -> None:
     pools, name, one = floor_fleet()
     rates = [10.0] * 40
-    floored = [p.targets[name] for p in run_policy(pools, rates, PlanParams(extra=FLOOR))]
-    plain = run_policy(pools, rates, PlanParams(extra={**FLOOR, "surge_min": 0.0}))
+    floored = [p.targets[name] for p in run_policy(pools, rates, PlanParams().with_knobs(FLOOR))]
+    plain = run_policy(pools, rates, PlanParams().with_knobs({**FLOOR, "surge_min": 0.0}))
     sizes = [p.targets[name] for p in plain]
     assert floored[:10] == sizes[:10]  # the first reserve_s: no reference peak, no floor
     assert all(n * one >= SURGE_MIN * 10.0 - 1e-6 for n in floored[10:])  # then × the peak
@@ -558,7 +564,7 @@ def test_no_requests_after_traffic_removes_nothing_for_silent_hold_s() -> None:
     name = pools[0].name
     extra = {"hold_s": 60.0, "max_remove_per_step": 2, "silent_hold_s": 600.0}
     rates = [20.0] * 3 + [0.0] * 20
-    sizes = [p.targets[name] for p in run_policy(pools, rates, PlanParams(extra=extra))]
+    sizes = [p.targets[name] for p in run_policy(pools, rates, PlanParams().with_knobs(extra))]
     assert all(size == sizes[2] for size in sizes[3:13])  # silent: no signal, fleet kept
     assert sizes[-1] < sizes[2]  # silent past silent_hold_s: quiet, it drains
 
@@ -579,7 +585,7 @@ def test_removals_wait_for_ready_replacements_with_the_reserve_drain() -> None:
         demand={MODEL: Demand(rps=30.0, mean_prompt_tokens=800, mean_output_tokens=150)},
     )
     state = PlannerState(last_now=7140.0, started=0.0)
-    plan, _ = adaptive(snap, state, PlanParams(extra={"hold_s": 60.0}))
+    plan, _ = adaptive(snap, state, PlanParams().with_knobs({"hold_s": 60.0}))
     if plan.targets[l4] > 0:  # the mix moved to L4: the L40S stay until the L4 are ready
         assert plan.targets[l40s] == 30
 
@@ -599,7 +605,7 @@ def test_a_lost_spot_pool_leaves_the_expected_demand_carried() -> None:
 def test_adaptive_never_exceeds_the_cap_and_sheds_batch_first() -> None:
     pools = pools_of("L40S", "A100-80G", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT))
     cap = 25.0
-    params = PlanParams(spend_cap_per_hour=cap, extra=HOLD)
+    params = PlanParams(spend_cap_per_hour=cap).with_knobs(HOLD)
     state: PlannerState | None = None
     current = {p.name: 0 for p in pools}
     rng = random.Random(3)
@@ -638,7 +644,7 @@ def test_adaptive_sheds_only_batch_while_interactive_fits() -> None:
 
 def test_a_spot_pool_gone_is_emptied_at_once_and_replaced() -> None:
     pools = pools_of("L40S", "A100-80G", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT))
-    params = PlanParams(extra=HOLD)
+    params = PlanParams().with_knobs(HOLD)
     d = {MODEL: Demand(rps=60.0)}
     plan, state = adaptive(Snapshot(0.0, (), pools=pools, demand=d), None, params)
     spot = max(
@@ -767,7 +773,7 @@ def test_first_call_without_traffic_keeps_the_fleet_and_lengths_come_from_reques
 def test_a_spot_pool_short_of_its_target_is_planned_at_what_it_has_for_a_cooldown() -> None:
     # The market refused launches (or took replicas back): live replicas < target.
     pools = pools_of("L40S", "A100-80G", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT))
-    params = PlanParams(extra={**HOLD, "spot_cooldown_s": 600.0})
+    params = PlanParams().with_knobs({**HOLD, "spot_cooldown_s": 600.0})
     d = {MODEL: Demand(rps=60.0)}
     plan, state = adaptive(Snapshot(0.0, (), pools=pools, demand=d), None, params)
     spot = max(pools, key=lambda p: plan.targets[p.name] if "spot" in p.name else -1)
@@ -798,7 +804,7 @@ def test_zone_survivors_round_exactly_even_when_a_quota_stops_growing_the_pool()
     # x replicas over 3 zones leave s ≤ floor(2x/3) after the fullest zone goes; the LP
     # relaxation counts on s = 2.5 at x = 3.75, but x ≤ 4 gives s ≤ 2: the rounded answer must
     # still satisfy every row (here: buy the shortfall dearly, w) and be the integer optimum
-    from fleetpilot.core.planner import _Program
+    from fleetpilot.core.mix import _Program
 
     prog = _Program()
     x = prog.var(1.0, 0.0, 4.0, integer=True)
@@ -876,7 +882,7 @@ def test_adaptive_holds_its_mix_through_a_near_tie() -> None:
     rates = [1.0] * 4 + [2.0] * 4 + [3.2] * 4
     moved = {}
     for band in (0.0, 0.05):
-        params = PlanParams(extra={"mix_hysteresis": band})
+        params = PlanParams().with_knobs({"mix_hysteresis": band})
         state: PlannerState | None = None
         current = {p.name: 0 for p in pools}
         opened = 0

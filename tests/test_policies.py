@@ -11,31 +11,35 @@ import numpy as np
 import pytest
 
 from fleetpilot.catalogue import Catalogue, load_catalogue
-from fleetpilot.core.capacity import Plan, PlanParams, slo_capacity
+from fleetpilot.core.capacity import (
+    Plan,
+    PlanParams,
+    plan_cost,
+    replica_capacity,
+    slo_capacity,
+    slo_table,
+)
 from fleetpilot.core.model import (
     CapacityClass,
     Demand,
     Pool,
+    Profile,
     Replica,
     ServiceClass,
     Snapshot,
 )
+from fleetpilot.core.perf import step_time
 from fleetpilot.core.policies import (
     CAPACITY_POLICIES,
-    Hold,
-    apply_spend_cap,
     cheapest_fill,
-    delayed,
-    plan_cost,
-    pool_capacity,
     reactive,
     replicas_needed,
     schedule,
-    slo_table,
     spot_hedge,
     static_mean,
     static_peak,
 )
+from fleetpilot.core.shaping import Hold, apply_spend_cap, delayed
 
 MODEL = "llama-3.1-8b"
 SHAPE = Demand(rps=10.0, mean_prompt_tokens=512, mean_output_tokens=128)
@@ -81,13 +85,29 @@ def replicas_for(
 def capacity(
     pools: tuple[Pool, ...], targets: dict[str, int], d: Demand, params: PlanParams
 ) -> float:
-    return sum(pool_capacity(p, d, params) * targets.get(p.name, 0) for p in pools)
+    return sum(replica_capacity(p, d, params) * targets.get(p.name, 0) for p in pools)
 
 
 # -- capacity at the SLO ----------------------------------------------------------------------
 
 
-def test_slo_table_and_pool_capacity_agree_exactly_with_slo_capacity() -> None:
+def reference_point(
+    profile: Profile, ttft: float, itl: float, p: float, o: float
+) -> tuple[int, float]:
+    """The operating point by its definition, one batch at a time: the largest batch whose
+    every smaller batch too keeps a step within ``itl`` and 1.5 steps plus the prefill within
+    ``ttft`` (a batch of one when even that misses)."""
+    out, prefill = max(o, 1.0), p / profile.prefill_rate
+    best = (1, (1 / out) / (step_time(profile, 1) + prefill / out))
+    for b in range(2, profile.max_batch + 1):
+        d = step_time(profile, b) + (b / out) * prefill
+        if d > itl or 1.5 * d + prefill > ttft:
+            break
+        best = (b, (b / out) / d)
+    return best
+
+
+def test_slo_capacity_and_replica_capacity_follow_the_definition() -> None:
     prompts = [1.0, 37.5, 256.0, 1024.0, 4000.0]
     outputs = [0.5, 16.0, 128.0, 700.0]
     grid = [(p, o) for p in prompts for o in outputs]
@@ -106,18 +126,20 @@ def test_slo_table_and_pool_capacity_agree_exactly_with_slo_capacity() -> None:
                     mean_output_tokens=[o for _, o in grid],
                 )
                 for i, (p, o) in enumerate(grid):
-                    ref = slo_capacity(
-                        profile,
-                        ttft_slo_s=ttft,
-                        itl_slo_s=itl,
-                        mean_prompt_tokens=p,
-                        mean_output_tokens=o,
+                    batch, rps = reference_point(profile, ttft, itl, p, o)
+                    one = slo_capacity(profile, ttft_slo_s=ttft, itl_slo_s=itl,
+                                       mean_prompt_tokens=p, mean_output_tokens=o)  # fmt: skip
+                    assert table.batch[i] == one.batch == batch
+                    assert table.requests_per_s[i] == pytest.approx(rps, rel=1e-12)
+                    assert one.requests_per_s == table.requests_per_s[i]
+                    # planned capacity: the same rule at lengths rounded up ≤ 2.2%
+                    gp, go = (
+                        2 ** (math.ceil(32 * math.log2(max(x, 1.0)) - 1e-12) / 32) for x in (p, o)
                     )
-                    assert table.batch[i] == ref.batch
-                    assert table.requests_per_s[i] == ref.requests_per_s
-                    assert table.step_s[i] == ref.step_s
                     d = Demand(mean_prompt_tokens=p, mean_output_tokens=o)
-                    assert pool_capacity(pool, d, params) == ref.requests_per_s
+                    assert gp >= p and gp <= max(p, 1.0) * 2 ** (1 / 32) + 1e-9
+                    _, at_grid = reference_point(profile, ttft, itl, gp, go)
+                    assert replica_capacity(pool, d, params) == pytest.approx(at_grid, rel=1e-12)
 
 
 def test_replicas_needed_grows_with_demand_and_shrinks_with_utilisation() -> None:
@@ -125,7 +147,7 @@ def test_replicas_needed_grows_with_demand_and_shrinks_with_utilisation() -> Non
     counts = [replicas_needed(replace(SHAPE, rps=r), pool, PlanParams()) for r in range(0, 60)]
     assert counts[0] == 0
     assert counts == sorted(counts) and counts[-1] > counts[1] >= 1
-    cap = pool_capacity(pool, SHAPE, PlanParams())
+    cap = replica_capacity(pool, SHAPE, PlanParams())
     assert replicas_needed(replace(SHAPE, rps=3 * cap), pool, PlanParams()) == 3  # no float creep
     busy = PlanParams(utilisation=1.0)
     assert replicas_needed(replace(SHAPE, rps=50), pool, busy) <= counts[50]
@@ -136,7 +158,7 @@ def test_replicas_needed_grows_with_demand_and_shrinks_with_utilisation() -> Non
 
 def test_static_peak_is_on_demand_sized_for_the_peak_and_at_least_static_mean() -> None:
     pools = pools_of()
-    params = PlanParams(extra={"peak_rps": 40.0, "mean_rps": 15.0})
+    params = PlanParams().with_knobs({"peak_rps": 40.0, "mean_rps": 15.0})
     peak, state = static_peak(snap(pools), None, params)
     mean, _ = static_mean(snap(pools), None, params)
     assert set(peak.targets) == {p.name for p in pools}  # every pool named
@@ -158,7 +180,7 @@ def test_more_peak_means_more_replicas_and_the_cheapest_offering_wins() -> None:
     params = PlanParams(min_replicas=0)
     last_cost = 0.0
     for rps in [0.5, 1, 2, 5, 8, 13, 21, 34, 55]:
-        plan, _ = static_peak(snap(od), None, replace(params, extra={"peak_rps": float(rps)}))
+        plan, _ = static_peak(snap(od), None, params.with_knobs({"peak_rps": float(rps)}))
         assert capacity(od, plan.targets, SHAPE, params) >= rps
         assert plan.cost_per_hour >= last_cost
         last_cost = plan.cost_per_hour
@@ -189,10 +211,8 @@ def test_spend_cap_is_never_exceeded_and_batch_is_shed_first() -> None:
     for _ in range(200):
         d = replace(SHAPE, rps=rng.uniform(0, 120), batch_share=rng.choice([0.0, 0.3, 0.6]))
         cap = rng.choice([0.0, 0.5, 3.0, 10.0, 40.0, 200.0])
-        params = PlanParams(
-            spend_cap_per_hour=cap,
-            min_replicas=rng.randint(0, 3),
-            extra={"peak_rps": d.rps, "mean_rps": d.rps / 2},
+        params = PlanParams(spend_cap_per_hour=cap, min_replicas=rng.randint(0, 3)).with_knobs(
+            {"peak_rps": d.rps, "mean_rps": d.rps / 2}
         )
         for name, policy in CAPACITY_POLICIES.items():
             plan, _ = policy(snap(pools, d), None, params)
@@ -205,7 +225,7 @@ def test_spend_cap_is_never_exceeded_and_batch_is_shed_first() -> None:
 def test_spend_cap_sheds_batch_only_when_interactive_still_fits() -> None:
     od = pools_of("A10G", classes=(CapacityClass.ON_DEMAND,))
     d = replace(SHAPE, rps=10.0, batch_share=0.5)
-    params = PlanParams(extra={"peak_rps": 10.0})
+    params = PlanParams().with_knobs({"peak_rps": 10.0})
     full, _ = static_peak(snap(od, d), None, params)
     half = replicas_needed(replace(d, rps=5.0), od[0], params) * od[0].offering.price_per_hour
     assert half < full.cost_per_hour
@@ -254,7 +274,7 @@ def _run_reactive(in_flight: list[int], dt: float, params: PlanParams) -> list[i
 
 
 def test_reactive_scales_up_after_the_upscale_delay_and_down_after_the_downscale_delay() -> None:
-    params = PlanParams(extra={"target_ongoing_requests": 10})
+    params = PlanParams().with_knobs({"target_ongoing_requests": 10})
     # Calls every 10 s; in-flight steps from 20 to 80 (observed at t=100), back to 20 at t=400.
     loads = [20] * 10 + [80] * 30 + [20] * 100
     sizes = _run_reactive(loads, 10.0, params)
@@ -288,7 +308,9 @@ def test_reactive_default_target_is_the_slo_batch_times_utilisation() -> None:
 
 def test_spot_hedge_falls_back_to_on_demand_when_spot_is_lost_and_returns() -> None:
     pools = pools_of("A10G", "L4", "L40S")
-    params = PlanParams(extra={"spot_cooldown_s": 1800.0, "fallback_downscale_delay_s": 300.0})
+    params = PlanParams().with_knobs(
+        {"spot_cooldown_s": 1800.0, "fallback_downscale_delay_s": 300.0}
+    )
     d = replace(SHAPE, rps=8.0)
     od_names = {p.name for p in pools if p.offering.capacity_class is CapacityClass.ON_DEMAND}
     spot_names = {p.name for p in pools if p.offering.capacity_class is CapacityClass.SPOT}
@@ -313,7 +335,7 @@ def test_spot_hedge_falls_back_to_on_demand_when_spot_is_lost_and_returns() -> N
     by_name = {p.name: p for p in pools}
 
     def carried_by(name: str) -> float:
-        return plan.targets[name] * pool_capacity(by_name[name], d, params)
+        return plan.targets[name] * replica_capacity(by_name[name], d, params)
 
     victim = max(used, key=carried_by)
     assert capacity(pools, plan.targets, d, params) - carried_by(victim) < d.rps * params.safety
@@ -386,7 +408,7 @@ def test_schedule_replays_exactly() -> None:
 
 def test_policies_are_pure_same_inputs_same_plans() -> None:
     pools = pools_of()
-    params = PlanParams(extra={"peak_rps": 30.0, "mean_rps": 12.0})
+    params = PlanParams().with_knobs({"peak_rps": 30.0, "mean_rps": 12.0})
     loads = [float(x) for x in np.random.default_rng(5).uniform(1, 40, 20)]
 
     def run(policy: object) -> list[Plan]:
@@ -407,7 +429,7 @@ def test_static_policies_wait_for_traffic_before_sizing() -> None:
     # An engine's first call may come before any request was counted: Demand() then carries
     # made-up lengths (256/128), and a fleet sized at them is too small for long prompts.
     pools = tuple(replace(p, target=2 if i == 0 else 0) for i, p in enumerate(pools_of()))
-    params = PlanParams(extra={"peak_rps": 40.0})
+    params = PlanParams().with_knobs({"peak_rps": 40.0})
     empty = Demand(in_flight=3)
     kept, state = static_peak(snap(pools, empty), None, params)
     assert state is None

@@ -199,7 +199,7 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def _knobs(pairs: list[str]) -> dict[str, float]:
-    """``KNOB=VALUE`` options as ``PlanParams.extra``, each name checked against ``KNOBS``."""
+    """``KNOB=VALUE`` options for ``PlanParams.with_knobs``, each name and value checked."""
     from fleetpilot.core.capacity import check_knobs
     from fleetpilot.errors import ConfigError
 
@@ -282,7 +282,7 @@ def simulate(
         seed=seed,
         out=out,
         check_agreement=agreement,
-        extra=_guard(_knobs, set_ or []),
+        knobs=_guard(_knobs, set_ or []),
     )
     console = Console(width=max(Console().width, 170))
     with Progress(console=console, transient=True) as bar:

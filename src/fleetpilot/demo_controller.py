@@ -18,15 +18,16 @@ twofold: they stream real tokens to a real client on this machine, and a faster 
 let one replica carry all that two CPU cores can stream, so the fleet would have nothing to
 grow for.  Start-up delays are ``startup_s`` instead of the catalogue's minutes.
 
-Two adapters around the policy, both pure (:func:`in_day_time`, :func:`make_before_break`),
-and one around the demand observer (:class:`PooledLengths`):
+Two adapters around the policy, both pure (:func:`in_day_time`, and
+:func:`~fleetpilot.core.shaping.wait_for_ready`, the planner's own make-before-break rule
+around whichever policy runs), and one around the demand observer (:class:`PooledLengths`):
 
 - the planner sees the day as a day: its forecaster's half-lives and its hold are seconds of a
   real day, so it is shown ``now`` and start-up delays × ``86,400 / modelled day``;
-- removals wait while a replica is starting or being added.  The planner's MILP may move the
-  whole fleet from one pool to another in one step (its shaping bounds churn but does not wait
-  for readiness), and the actuator drains at once: without this the only serving replica was
-  drained while its replacements were still starting, and requests failed with 504;
+- removals wait unless the ready replicas that stay carry the observed demand: the actuator
+  drains at once, and without this the only serving replica was drained while its
+  replacements were still starting, and requests failed with 504 (the fallback policy,
+  ``reactive``, has no such rule of its own);
 - mean request lengths pooled over the last few windows: a window here holds a handful of
   requests, and the long answers that finish last made the end of the day look long-winded
   (the fleet grew again as demand fell).
@@ -74,6 +75,7 @@ from fleetpilot.core.model import (
     blend,
 )
 from fleetpilot.core.policies import reactive
+from fleetpilot.core.shaping import wait_for_ready
 from fleetpilot.core.workload import LengthDist, TraceRequest, synthetic_trace
 from fleetpilot.gateway.fastlane import listen
 from fleetpilot.gateway.server import FLEET, METRICS, create_app
@@ -87,7 +89,6 @@ __all__ = [
     "Span",
     "describe",
     "in_day_time",
-    "make_before_break",
     "print_day",
     "run_day",
     "spans_of",
@@ -209,27 +210,6 @@ def in_day_time(policy: CapacityPolicy, factor: float) -> CapacityPolicy:
         return policy(replace(snapshot, now=snapshot.now * factor, pools=pools), state, params)
 
     return stretched
-
-
-def make_before_break(policy: CapacityPolicy) -> CapacityPolicy:
-    """``policy`` whose removals wait while any replica is starting or the plan adds one, so
-    the fleet never drains a serving replica before its replacement serves (a mix that moves
-    from one pool to another would otherwise leave only starting replicas for a while)."""
-
-    def shaped(snapshot: Snapshot, state: Any, params: PlanParams) -> tuple[Plan, Any]:
-        plan, state = policy(snapshot, state, params)
-        current = {p.name: p.target for p in snapshot.pools}
-        starting = any(r.state is ReplicaState.STARTING for r in snapshot.replicas)
-        adding = any(n > current.get(name, 0) for name, n in plan.targets.items())
-        if not (starting or adding):
-            return plan, state
-        targets = {name: max(n, current.get(name, 0)) for name, n in plan.targets.items()}
-        if targets == plan.targets:
-            return plan, state
-        note = plan.note + "; removals wait for the replicas starting"
-        return replace(plan, targets=targets, note=note), state
-
-    return shaped
 
 
 class _Fallback:
@@ -380,10 +360,8 @@ async def run_day(settings: DaySettings, *, console: Console) -> DayResult:
     trace = day_trace(settings)
     factor = DAY_S / settings.day_modelled_s
     policy = _Fallback(settings.policy)
-    params = PlanParams(
-        ttft_slo_s=TTFT_SLO_S,
-        min_replicas=1,
-        extra={"hold_s": 2 * settings.interval_s * factor},
+    params = PlanParams(ttft_slo_s=TTFT_SLO_S, min_replicas=1).with_knobs(
+        {"hold_s": 2 * settings.interval_s * factor}
     )
     gateway = {
         "router": "cost_slo",
@@ -428,7 +406,7 @@ async def run_day(settings: DaySettings, *, console: Console) -> DayResult:
                 on_change=changed,
             )
             controller = Controller(
-                in_day_time(make_before_break(policy), factor), params, actuator,
+                in_day_time(wait_for_ready(policy), factor), params, actuator,
                 PooledLengths(FleetObserver(live, app[METRICS], pools, clock)), clock, None,
                 settings.interval_s, pools=pools, membership=membership,
             )  # fmt: skip

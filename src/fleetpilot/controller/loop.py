@@ -47,7 +47,7 @@ CapacityPolicy = Callable[[Snapshot, Any, PlanParams], tuple[Plan, Any]]
 
 def capacity_policy(name: str) -> CapacityPolicy:
     """A capacity policy by name: one of ``core.policies.CAPACITY_POLICIES``, ``adaptive``
-    (``core.planner``), or ``package.module:function`` for one of your own."""
+    (``core.adaptive``), or ``package.module:function`` for one of your own."""
     if ":" in name:
         module, _, attr = name.partition(":")
         try:

@@ -6,13 +6,13 @@ classes=(RESERVED, ON_DEMAND, SPOT))``) — :func:`advise` answers with the clas
 accelerator:
 
 - ``n[t]``, the replicas of that accelerator window ``t`` needs at the SLO: demand × safety
-  over one replica's planned capacity (:func:`~fleetpilot.core.planner.replica_capacity`);
+  over one replica's planned capacity (:func:`~fleetpilot.core.capacity.replica_capacity`);
 - a reserved replica pays for itself when it would otherwise run at least the *break-even*
   share of the time, ``reserved price / on-demand price``; so commit to the largest level
   exceeded in at least that share of windows.
 
 It then prices strategies over the history, each window planned by the same MILP as the live
-planner (:func:`~fleetpilot.core.planner.plan_mix`, perfect foresight: the window's demand is
+planner (:func:`~fleetpilot.core.mix.plan_mix`, perfect foresight: the window's demand is
 the "forecast"):
 
 - ``on_demand``: on-demand pools only;
@@ -47,9 +47,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from fleetpilot.core.capacity import PlanParams
+from fleetpilot.core.capacity import PlanParams, replica_capacity
+from fleetpilot.core.mix import plan_mix
 from fleetpilot.core.model import CapacityClass, Demand, Pool, blend
-from fleetpilot.core.planner import plan_mix, replica_capacity
 
 __all__ = ["AcceleratorAdvice", "Advice", "advise", "commitment_level"]
 
@@ -154,7 +154,8 @@ def advise(
     Each window's demand is rounded up to a geometric grid ``resolution`` apart before it is
     planned (conservative; it bounds the number of distinct MILPs)."""
     params = replace(params or PlanParams(), spend_cap_per_hour=math.inf)
-    params = replace(params, extra={"mip_rel_gap": 1e-6, **params.extra})
+    if "mip_rel_gap" not in params.knobs:
+        params = params.with_knobs({"mip_rel_gap": 1e-6})
     window_h = window_s / 3600.0
     hours = len(history) * window_h
     demand = [_quantised(d, resolution) for d in history]

@@ -18,7 +18,7 @@ and :func:`calibrated_ratio` interpolates that grid.  A profile whose numbers di
 measured one (a user's catalogue) or another TTFT target gets no calibrated figure.
 
 How policies use it (:func:`planned_rate`, through
-:func:`fleetpilot.core.capacity.planned_capacity` and ``PlanParams.calibration``, whose
+:func:`fleetpilot.core.capacity.replica_capacity` and ``PlanParams.calibration``, whose
 default is the packaged table): a replica is planned at
 ``min(slo_capacity × utilisation, calibrated rate)``: never above the load at which it was
 measured to miss the p99 target.  Where the analytic figure is already conservative (the large

@@ -5,12 +5,12 @@ Every policy is a pure function ``policy(snapshot, state, params) -> (Plan, stat
 
 ``static_peak``
     On-demand only, sized once for the peak demand it is told about,
-    ``params.extra["peak_rps"]`` (the engines pass the trace's peak: the fluid simulator does;
-    a live controller has to be given it).  Without it, the first observed rate × ``safety``.
+    ``params.static.peak_rps`` (the simulators pass the trace's peak; a live controller has to
+    be given it).  Without it, the first observed rate × ``safety``.
     It is sized at the first call that saw traffic (the request lengths size a replica);
     until then the fleet is kept as it is.
 ``static_mean``
-    The same, sized for ``params.extra["mean_rps"]``: deliberate under-provisioning.
+    The same, sized for ``params.static.mean_rps``: deliberate under-provisioning.
 ``reactive``
     Target tracking on in-flight requests, as Ray Serve and KServe scale by default:
     ``ceil(in_flight / target_ongoing_requests)`` replicas, a rise applied once it has held
@@ -33,11 +33,11 @@ Every policy is a pure function ``policy(snapshot, state, params) -> (Plan, stat
 
 :func:`schedule` makes a policy that replays a precomputed schedule (the offline optimum).
 
-Knobs beyond :class:`~fleetpilot.core.capacity.PlanParams` come from ``params.extra`` under
-the names above.  Sizing everywhere is :func:`pool_capacity`: ``slo_capacity`` at the
-demand's mean lengths × ``utilisation`` requests/s per replica.  The rules are small
-functions composed by each policy (as Ray composes scaling factors, bounds and delays):
-:func:`cheapest_fill`, :func:`apply_bounds`, :func:`apply_spend_cap`, :func:`delayed`.
+Knobs come from ``params.reactive``, ``params.spot_hedge`` and ``params.static``
+(:mod:`fleetpilot.core.knobs`), under the names above.  Sizing everywhere is
+:func:`~fleetpilot.core.capacity.replica_capacity`, the rule every policy shares.  The rules
+are small functions composed by each policy (:mod:`fleetpilot.core.shaping`, and
+:func:`cheapest_fill` here).
 
 A plan names every pool of the snapshot (0 for those not used), because engines leave pools
 that a plan does not mention at their old targets.  All pools given to one call must serve one
@@ -47,187 +47,62 @@ model.  An offering's ``quota`` is read as a number of replicas; an offering wit
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from fleetpilot.core.capacity import Plan, PlanParams, knob, planned_capacity
+from fleetpilot.core.adaptive import adaptive
+from fleetpilot.core.capacity import Plan, PlanParams, plan_cost, replica_capacity, slo_capacity
 from fleetpilot.core.model import (
     CapacityClass,
     Demand,
     Pool,
-    Profile,
     ReplicaState,
-    ServiceClass,
     Snapshot,
 )
-from fleetpilot.core.perf import step_time
-from fleetpilot.core.planner import adaptive
+from fleetpilot.core.shaping import (
+    Hold,
+    apply_bounds,
+    apply_spend_cap,
+    by_value,
+    ceil_replicas,
+    delayed,
+)
 
 __all__ = [
     "CAPACITY_POLICIES",
     "CapacityPolicy",
-    "Hold",
     "ReactiveState",
-    "SloTable",
     "SpotHedgeState",
     "StaticState",
-    "apply_bounds",
-    "apply_spend_cap",
     "cheapest_fill",
-    "delayed",
-    "plan_cost",
-    "pool_capacity",
     "reactive",
     "replicas_needed",
     "schedule",
-    "slo_table",
     "spot_hedge",
     "static_mean",
     "static_peak",
 ]
 
 CapacityPolicy = Callable[[Snapshot, Any, PlanParams], tuple[Plan, Any]]
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 
 _EPS = 1e-9
 _LIVE = (ReplicaState.STARTING, ReplicaState.READY)
 
 
 # ---------------------------------------------------------------------------------------------
-# Capacity at the SLO, for one shape or for many at once
-
-
-@dataclass(frozen=True, slots=True)
-class SloTable:
-    """:func:`~fleetpilot.core.capacity.slo_capacity` evaluated elementwise: per shape, the
-    operating batch, requests/s and step duration of one replica."""
-
-    batch: IntArray
-    requests_per_s: FloatArray
-    step_s: FloatArray
-
-
-@functools.lru_cache(maxsize=256)
-def _step_times(profile: Profile) -> FloatArray:
-    times = np.array([step_time(profile, b) for b in range(1, profile.max_batch + 1)])
-    times.setflags(write=False)
-    return times
-
-
-def slo_table(
-    profile: Profile,
-    *,
-    ttft_slo_s: float,
-    itl_slo_s: float,
-    mean_prompt_tokens: npt.ArrayLike,
-    mean_output_tokens: npt.ArrayLike,
-) -> SloTable:
-    """``slo_capacity`` for arrays of mean lengths, with identical results (same arithmetic,
-    same rule: the largest batch whose step and TTFT stay within target, every smaller batch
-    within target too; a batch of one when even that misses).  Simulators size thousands of
-    windows with it; policies use it for one shape."""
-    prompt = np.atleast_1d(np.asarray(mean_prompt_tokens, dtype=np.float64))
-    out = np.maximum(np.atleast_1d(np.asarray(mean_output_tokens, dtype=np.float64)), 1.0)
-    prompt, out = np.broadcast_arrays(prompt, out)
-    prefill = prompt / profile.prefill_rate
-    steps = _step_times(profile)[:, None]
-    batches = np.arange(1, profile.max_batch + 1, dtype=np.float64)[:, None]
-    d = steps + (batches / out[None, :]) * prefill[None, :]
-    ok = (d <= itl_slo_s) & (1.5 * d + prefill[None, :] <= ttft_slo_s)
-    ok[0] = True
-    batch = np.cumprod(ok, axis=0).sum(axis=0).astype(np.int64)
-    chosen = d[batch - 1, np.arange(d.shape[1])]
-    rps = (batch / out) / chosen
-    return SloTable(batch=batch, requests_per_s=rps, step_s=chosen)
-
-
-@functools.lru_cache(maxsize=256)
-def _step_list(profile: Profile) -> tuple[float, ...]:
-    return tuple(float(t) for t in _step_times(profile))
-
-
-@functools.lru_cache(maxsize=8192)
-def _slo_point(
-    profile: Profile, ttft: float, itl: float, prompt: float, output: float
-) -> tuple[int, float]:
-    """(batch, requests/s) of ``slo_capacity`` for one shape, the same loop on cached steps."""
-    out = max(output, 1.0)
-    prefill_s = prompt / profile.prefill_rate
-    best = (0, 0.0)
-    for b, step in enumerate(_step_list(profile), start=1):
-        d = step + (b / out) * prefill_s
-        if b > 1 and (d > itl or 1.5 * d + prefill_s > ttft):
-            break
-        best = (b, (b / out) / d)
-    return best
-
-
-def pool_capacity(pool: Pool, demand: Demand, params: PlanParams) -> float:
-    """Requests/s one replica of ``pool`` is planned to carry: its SLO capacity at
-    ``demand``'s mean lengths × ``params.utilisation``, capped at its calibrated p99 rate
-    (:func:`~fleetpilot.core.capacity.planned_capacity`; 0 for a pool without a profile)."""
-    if pool.profile is None:
-        return 0.0
-    _, rps = _slo_point(
-        pool.profile,
-        params.ttft_slo_s,
-        params.itl_slo_s,
-        demand.mean_prompt_tokens,
-        demand.mean_output_tokens,
-    )
-    return planned_capacity(
-        pool.profile,
-        params,
-        mean_prompt_tokens=demand.mean_prompt_tokens,
-        mean_output_tokens=demand.mean_output_tokens,
-        analytic_rps=rps,
-    )
-
-
-def _ceil(x: float) -> int:
-    """Round up, forgiving float noise (2.0000000001 replicas are 2)."""
-    return max(math.ceil(x - _EPS), 0)
+# Sizing
 
 
 def replicas_needed(demand: Demand, pool: Pool, params: PlanParams) -> int:
     """Replicas of ``pool`` that carry ``demand.rps`` at the planned utilisation."""
     if demand.rps <= 0:
         return 0
-    cap = pool_capacity(pool, demand, params)
+    cap = replica_capacity(pool, demand, params)
     if cap <= 0:
         raise ValueError(f"pool {pool.name!r} has no profile: its capacity is unknown")
-    return _ceil(demand.rps / cap)
-
-
-def plan_cost(targets: Mapping[str, int], pools: Sequence[Pool]) -> float:
-    """$/hour of ``targets`` (pools it does not name cost nothing)."""
-    return math.fsum(targets.get(p.name, 0) * p.offering.price_per_hour for p in pools)
-
-
-# ---------------------------------------------------------------------------------------------
-# Composable rules
-
-
-def _by_value(pools: Sequence[Pool], demand: Demand, params: PlanParams) -> list[Pool]:
-    """Pools that can carry load, cheapest per unit of planned capacity first."""
-    usable = [
-        p for p in pools if pool_capacity(p, demand, params) > 0 and p.offering.within_quota(1)
-    ]
-    return sorted(
-        usable,
-        key=lambda p: (
-            p.offering.price_per_hour / pool_capacity(p, demand, params),
-            p.offering.price_per_hour,
-            p.name,
-        ),
-    )
+    return ceil_replicas(demand.rps / cap)
 
 
 def cheapest_fill(
@@ -241,8 +116,8 @@ def cheapest_fill(
     best-value large one).  If every quota is used up, the rest stays unserved.
     """
     targets = {p.name: 0 for p in pools}
-    caps = {p.name: pool_capacity(p, demand, params) for p in pools}
-    ranked = _by_value(pools, demand, params)
+    caps = {p.name: replica_capacity(p, demand, params) for p in pools}
+    ranked = by_value(pools, demand, params)
     remaining = rps
     while remaining > _EPS and ranked:
         room = {  # replicas each pool can still take
@@ -254,128 +129,16 @@ def cheapest_fill(
             best = min(
                 fits,
                 key=lambda p: (
-                    _ceil(remaining / caps[p.name]) * p.offering.price_per_hour,
+                    ceil_replicas(remaining / caps[p.name]) * p.offering.price_per_hour,
                     ranked.index(p),
                 ),
             )
-            targets[best.name] += _ceil(remaining / caps[best.name])
+            targets[best.name] += ceil_replicas(remaining / caps[best.name])
             break
         first = ranked.pop(0)  # it does not fit the rest, so it has a quota
         targets[first.name] += int(room[first.name])
         remaining -= room[first.name] * caps[first.name]
     return targets
-
-
-def apply_bounds(
-    targets: Mapping[str, int], pools: Sequence[Pool], params: PlanParams
-) -> dict[str, int]:
-    """Each target within ``[0, quota]``; at least ``params.min_replicas`` in all, the missing
-    ones on the pool among ``pools`` with the lowest hourly price and room left."""
-    offering = {p.name: p.offering for p in pools}
-    out = {
-        name: offering[name].within_quota(int(n)) if name in offering else max(int(n), 0)
-        for name, n in targets.items()
-    }
-    missing = params.min_replicas - sum(out.values())
-    for pool in sorted(pools, key=lambda p: (p.offering.price_per_hour, p.name)):
-        if missing <= 0:
-            break
-        if pool.profile is None:
-            continue
-        add = pool.offering.within_quota(out.get(pool.name, 0) + missing) - out.get(pool.name, 0)
-        if add > 0:
-            out[pool.name] = out.get(pool.name, 0) + add
-            missing -= add
-    return out
-
-
-def apply_spend_cap(
-    targets: Mapping[str, int],
-    pools: Sequence[Pool],
-    demand: Demand,
-    params: PlanParams,
-    *,
-    rps: float | None = None,
-    resize: Callable[[float], Mapping[str, int]] | None = None,
-    note: str = "",
-) -> Plan:
-    """The plan for ``targets``, never above ``params.spend_cap_per_hour``.
-
-    When the cap binds, batch work is shed first: ``resize`` (if given) re-sizes for the
-    interactive share of ``rps`` (the load ``targets`` were sized for; default
-    ``demand.rps``).  If that still costs too much, replicas go, the least capacity per dollar
-    first, until the plan fits; interactive work is shed too when what is left cannot carry
-    the interactive share.  The cap wins over ``min_replicas``.
-    """
-    cap = params.spend_cap_per_hour
-    out = {p.name: int(targets.get(p.name, 0)) for p in pools}
-    cost = plan_cost(out, pools)
-    if cost <= cap + _EPS:
-        return Plan(out, (), note, cost)
-    load = demand.rps if rps is None else rps
-    interactive = load * (1.0 - demand.batch_share)
-    if resize is not None and demand.batch_share > 0:
-        resized = resize(interactive)
-        out = {p.name: int(resized.get(p.name, 0)) for p in pools}
-        cost = plan_cost(out, pools)
-    for pool in reversed(_by_value(pools, demand, params)):
-        excess = cost - cap
-        if excess <= _EPS:
-            break
-        price = pool.offering.price_per_hour
-        drop = min(out[pool.name], _ceil(excess / price) if price > 0 else 0)
-        out[pool.name] -= drop
-        cost -= drop * price
-    for pool in pools:  # pools without a profile cannot be ranked by value; they go last
-        if cost - cap <= _EPS:
-            break
-        price = pool.offering.price_per_hour
-        drop = min(out[pool.name], _ceil((cost - cap) / price) if price > 0 else 0)
-        out[pool.name] -= drop
-        cost -= drop * price
-    carried = math.fsum(out[p.name] * pool_capacity(p, demand, params) for p in pools)
-    shed: tuple[ServiceClass, ...] = (ServiceClass.BATCH,)
-    if carried < interactive - _EPS:
-        shed = (ServiceClass.BATCH, ServiceClass.INTERACTIVE)
-    capped = f"spend cap ${cap:.2f}/h binds: shedding {', '.join(s.value for s in shed)}"
-    return Plan(out, shed, f"{note}; {capped}" if note else capped, plan_cost(out, pools))
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """A change of size waiting out its delay: its direction and since when it has held."""
-
-    direction: int  # +1 up, -1 down
-    since: float
-
-
-def delayed(
-    current: int,
-    desired: int,
-    hold: Hold | None,
-    now: float,
-    *,
-    up_delay_s: float,
-    down_delay_s: float,
-    observed_since: float | None = None,
-) -> tuple[int, Hold | None]:
-    """Hysteresis: move from ``current`` to ``desired`` only once the wish has held in the
-    same direction for the delay of that direction; until then keep ``current``.
-
-    A wish first seen at ``now`` is dated from ``observed_since`` (the start of the interval
-    whose observation showed it, normally the previous call's ``now``), and acts once it has
-    held for *more* than the delay: with calls every ``I`` seconds that is after
-    ``floor(delay / I) + 1`` calls, as Ray Serve's wait periods; a zero delay acts at once.
-    """
-    if desired == current:
-        return current, None
-    direction = 1 if desired > current else -1
-    if hold is None or hold.direction != direction:
-        hold = Hold(direction, now if observed_since is None else min(observed_since, now))
-    delay = up_delay_s if direction > 0 else down_delay_s
-    if delay <= 0 or now - hold.since > delay + _EPS:
-        return desired, None
-    return current, hold
 
 
 def _fill_count(n: int, ranked: Sequence[Pool]) -> dict[str, int]:
@@ -461,8 +224,9 @@ def _static(key: str) -> CapacityPolicy:
             kept = Plan(targets, (), "nothing observed yet", plan_cost(targets, snapshot.pools))
             return kept, None
         on_demand = _of_class(snapshot, CapacityClass.ON_DEMAND)
-        if key in params.extra:
-            rps, note = float(params.extra[key]), f"{key}={params.extra[key]:.3g}"
+        given = getattr(params.static, key)
+        if given is not None:
+            rps, note = float(given), f"{key}={given:.3g}"
         else:
             rps = demand.rps * params.safety
             note = f"no {key} given: sized for observed rps x safety = {rps:.3g}"
@@ -475,7 +239,7 @@ def _static(key: str) -> CapacityPolicy:
         return plan, StaticState(plan, names)
 
     policy.__name__ = f"static_{key.removesuffix('_rps')}"
-    policy.__doc__ = f"On-demand only, sized once for params.extra[{key!r}]."
+    policy.__doc__ = f"On-demand only, sized once for params.static.{key}."
     return policy
 
 
@@ -499,24 +263,25 @@ def reactive(
 ) -> tuple[Plan, ReactiveState]:
     """Ray Serve / KServe-style target tracking on ``demand.in_flight`` (see the module)."""
     demand = _demand(snapshot)
-    ranked = _by_value(_of_class(snapshot, CapacityClass.ON_DEMAND), demand, params)
+    ranked = by_value(_of_class(snapshot, CapacityClass.ON_DEMAND), demand, params)
     if not ranked:
         empty = Plan({p.name: 0 for p in snapshot.pools}, note="no on-demand pool")
         return empty, ReactiveState(0, None, snapshot.now)
     best = ranked[0]
     assert best.profile is not None
-    if "target_ongoing_requests" in params.extra:
-        per_replica = knob(params, "target_ongoing_requests", 1.0)
+    knobs = params.reactive
+    if knobs.target_ongoing_requests is not None:
+        per_replica = knobs.target_ongoing_requests
     else:
-        batch, _ = _slo_point(
+        batch = slo_capacity(
             best.profile,
-            params.ttft_slo_s,
-            params.itl_slo_s,
-            demand.mean_prompt_tokens,
-            demand.mean_output_tokens,
-        )
+            ttft_slo_s=params.ttft_slo_s,
+            itl_slo_s=params.itl_slo_s,
+            mean_prompt_tokens=demand.mean_prompt_tokens,
+            mean_output_tokens=demand.mean_output_tokens,
+        ).batch
         per_replica = max(1.0, batch * params.utilisation)
-    desired = max(params.min_replicas, _ceil(demand.in_flight / per_replica))
+    desired = max(params.min_replicas, ceil_replicas(demand.in_flight / per_replica))
     if state is None:
         n, hold = desired, None
     else:
@@ -525,8 +290,8 @@ def reactive(
             desired,
             state.hold,
             snapshot.now,
-            up_delay_s=knob(params, "upscale_delay_s", 30.0),
-            down_delay_s=knob(params, "downscale_delay_s", 600.0),
+            up_delay_s=knobs.upscale_delay_s,
+            down_delay_s=knobs.downscale_delay_s,
             observed_since=state.last_now,
         )
     note = f"in_flight={demand.in_flight} target/replica={per_replica:.3g} desired={desired}"
@@ -564,8 +329,8 @@ def _spread(
     chosen = list(pools[:k])
     rest = 0.0
     for pool in chosen:
-        cap = pool_capacity(pool, demand, params)
-        want = _ceil(need / len(chosen) / cap)
+        cap = replica_capacity(pool, demand, params)
+        want = ceil_replicas(need / len(chosen) / cap)
         take = pool.offering.within_quota(want)
         out[pool.name] = take
         rest += (want - take) * cap
@@ -593,9 +358,10 @@ def spot_hedge(
     now = snapshot.now
     demand = _demand(snapshot)
     need = demand.rps * params.safety
-    spot = _by_value(_of_class(snapshot, CapacityClass.SPOT), demand, params)
-    on_demand = _by_value(_of_class(snapshot, CapacityClass.ON_DEMAND), demand, params)
-    cooldown = knob(params, "spot_cooldown_s", 1800.0)
+    spot = by_value(_of_class(snapshot, CapacityClass.SPOT), demand, params)
+    on_demand = by_value(_of_class(snapshot, CapacityClass.ON_DEMAND), demand, params)
+    knobs = params.spot_hedge
+    cooldown = knobs.spot_cooldown_s
 
     live: dict[str, list[str]] = {p.name: [] for p in spot}
     ready: dict[str, int] = {p.name: 0 for p in spot}
@@ -619,24 +385,24 @@ def spot_hedge(
 
     # Spot: hot pools keep what they still have, the rest of the demand goes to eligible pools.
     targets = {p.name: len(live[p.name]) for p in hot}
-    held = math.fsum(len(live[p.name]) * pool_capacity(p, demand, params) for p in hot)
+    held = math.fsum(len(live[p.name]) * replica_capacity(p, demand, params) for p in hot)
     spread = _spread(
         max(0.0, need - held),
         eligible,
         demand,
         params,
-        int(knob(params, "spot_spread", 2)),
-        int(knob(params, "spot_extra", 1)) if need > 0 else 0,
+        knobs.spot_spread,
+        knobs.spot_extra if need > 0 else 0,
     )
     targets.update(spread)
 
     # On-demand: the gap the ready spot replicas leave (on the first call, assume spot comes up).
     if state is None:
-        covered = math.fsum(targets[p.name] * pool_capacity(p, demand, params) for p in spot)
+        covered = math.fsum(targets[p.name] * replica_capacity(p, demand, params) for p in spot)
     else:
-        covered = math.fsum(ready[p.name] * pool_capacity(p, demand, params) for p in spot)
+        covered = math.fsum(ready[p.name] * replica_capacity(p, demand, params) for p in spot)
     gap = max(0.0, need - covered)
-    wanted = _ceil(gap / pool_capacity(on_demand[0], demand, params)) if on_demand else 0
+    wanted = ceil_replicas(gap / replica_capacity(on_demand[0], demand, params)) if on_demand else 0
     if state is None:
         fallback, hold = wanted, None
     else:
@@ -646,7 +412,7 @@ def spot_hedge(
             state.hold,
             now,
             up_delay_s=0.0,
-            down_delay_s=knob(params, "fallback_downscale_delay_s", 300.0),
+            down_delay_s=knobs.fallback_downscale_delay_s,
             observed_since=state.last_now,
         )
     targets.update(_fill_count(fallback, on_demand))
@@ -711,5 +477,5 @@ CAPACITY_POLICIES: dict[str, CapacityPolicy] = {
     "static_mean": static_mean,
     "reactive": reactive,
     "spot_hedge": spot_hedge,
-    "adaptive": adaptive,  # the forecast + MILP planner (core.planner)
+    "adaptive": adaptive,  # the forecast + MILP planner (core.adaptive)
 }

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fleetpilot.core.capacity import PlanParams
@@ -79,8 +79,7 @@ def _first_demand(series: RateSeries) -> Demand:
 def _with_extent(params: PlanParams, series: RateSeries) -> PlanParams:
     """Tell static policies the peak and mean of what they will face (they are sized once)."""
     rps = series.rps or (0.0,)
-    extra = {"peak_rps": max(rps), "mean_rps": sum(rps) / len(rps), **params.extra}
-    return replace(params, extra=extra)
+    return params.with_extent(max(rps), sum(rps) / len(rps))
 
 
 def _warm_start(

@@ -6,7 +6,7 @@ series.  At the start of every ``control_every``-th window the capacity policy i
 a :class:`~fleetpilot.core.model.Snapshot`: the pools with their targets, the replicas
 (starting or ready), and ``demand[model]`` as observed over the window before (rate, mean
 lengths, ``batch_share``, and ``in_flight`` by Little's law: served rate × service time plus
-the queue).  ``params.extra`` gets the series' ``peak_rps`` and ``mean_rps`` unless it has
+the queue).  ``params.static`` gets the series' ``peak_rps`` and ``mean_rps`` unless it has
 them, as the static policies expect.
 
 The fleet.  Each pool is kept at its target, as a Deployment or node group would keep it:
@@ -62,14 +62,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from fleetpilot.core.capacity import Plan, PlanParams, planned_capacity
+from fleetpilot.core.capacity import Plan, PlanParams, replica_capacity_table, slo_table
 from fleetpilot.core.model import (
     CapacityClass,
     Demand,
@@ -79,7 +79,7 @@ from fleetpilot.core.model import (
     ServiceClass,
     Snapshot,
 )
-from fleetpilot.core.policies import CapacityPolicy, slo_table
+from fleetpilot.core.policies import CapacityPolicy
 from fleetpilot.core.routing import DEFAULT_PARAMS
 
 __all__ = [
@@ -216,36 +216,25 @@ def capacity_table(
     series: WindowSeries, pools: Sequence[Pool], params: PlanParams, *, planned: bool = True
 ) -> FloatArray:
     """Requests/s one replica of each pool carries in each window, shape (windows, pools):
-    SLO capacity at the window's mean lengths; when ``planned`` (what the policies and the
-    optimum size with), × ``utilisation`` and capped at the calibrated p99 rate, as
-    :func:`~fleetpilot.core.capacity.planned_capacity` plans."""
+    when ``planned`` what the policies and the optimum size with
+    (:func:`~fleetpilot.core.capacity.replica_capacity_table`, the rule they share), else the
+    SLO capacity itself at the window's mean lengths (what a ready replica does)."""
     out = np.zeros((len(series.rps), len(pools)))
     for j, pool in enumerate(pools):
         if pool.profile is None:
             raise ValueError(f"pool {pool.name!r} has no profile: its capacity is unknown")
-        table = slo_table(
-            pool.profile,
-            ttft_slo_s=params.ttft_slo_s,
-            itl_slo_s=params.itl_slo_s,
-            mean_prompt_tokens=series.mean_prompt_tokens,
-            mean_output_tokens=series.mean_output_tokens,
-        )
-        if not planned:
-            out[:, j] = table.requests_per_s
-            continue
-        profile = pool.profile
-        shapes: dict[tuple[float, float, float], float] = {}
-        for w, key in enumerate(
-            zip(series.mean_prompt_tokens, series.mean_output_tokens, table.requests_per_s,
-                strict=True)
-        ):  # fmt: skip
-            if key not in shapes:
-                prompt, output, rps = key
-                shapes[key] = planned_capacity(
-                    profile, params, mean_prompt_tokens=float(prompt),
-                    mean_output_tokens=float(output), analytic_rps=float(rps),
-                )  # fmt: skip
-            out[w, j] = shapes[key]
+        if planned:
+            out[:, j] = replica_capacity_table(
+                pool, params, series.mean_prompt_tokens, series.mean_output_tokens
+            )
+        else:
+            out[:, j] = slo_table(
+                pool.profile,
+                ttft_slo_s=params.ttft_slo_s,
+                itl_slo_s=params.itl_slo_s,
+                mean_prompt_tokens=series.mean_prompt_tokens,
+                mean_output_tokens=series.mean_output_tokens,
+            ).requests_per_s
     return out
 
 
@@ -597,8 +586,7 @@ def simulate(
     prompt = np.asarray(series.mean_prompt_tokens, dtype=np.float64)
     output = np.asarray(series.mean_output_tokens, dtype=np.float64)
     cv2 = np.asarray(series.cv, dtype=np.float64) ** 2
-    extra = {"peak_rps": float(rps.max()), "mean_rps": float(rps.mean()), **params.extra}
-    params = replace(params, extra=extra)
+    params = params.with_extent(float(rps.max()), float(rps.mean()))
 
     # What a ready replica of each pool does in each window, at the true mean lengths.
     n_pools = len(pools)

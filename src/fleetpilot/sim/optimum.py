@@ -8,9 +8,8 @@ cheapest schedule is the integer program::
                 Σ_p x[w, p] ≥ min_replicas
                 0 ≤ x[w, p] ≤ min(quota[p], spot_available[w, p])   integer (if given)
 
-``cap[w, p]`` is what the policies plan with (:func:`~fleetpilot.core.policies.pool_capacity`):
-``slo_capacity`` at window ``w``'s mean lengths × ``utilisation``, capped at the calibrated p99
-rate (:func:`~fleetpilot.core.capacity.planned_capacity`), so any policy schedule that
+``cap[w, p]`` is what the policies plan with (:func:`~fleetpilot.core.capacity.replica_capacity`,
+the rule they share) at window ``w``'s mean lengths, so any policy schedule that
 carries a window's demand at that utilisation costs at least the optimum's window: the bound is
 fair.  Spot capacity per window comes from an optional per-pool series (unlimited, i.e. the
 quota or no bound, when not given).
@@ -54,8 +53,8 @@ import numpy.typing as npt
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from fleetpilot.core.capacity import PlanParams
+from fleetpilot.core.mix import plan_mix
 from fleetpilot.core.model import CapacityClass, Demand, Pool
-from fleetpilot.core.planner import plan_mix
 from fleetpilot.sim.fluid import NO_LIMIT, WindowSeries, capacity_table, upper_bounds
 
 __all__ = ["OptimumResult", "hedged_optimum", "offline_optimum", "solve_window"]
@@ -295,7 +294,7 @@ def hedged_optimum(
     mip_rel_gap: float = 1e-3,
 ) -> OptimumResult:
     """Perfect knowledge that keeps the spot-loss hedge: per window, the adaptive planner's own
-    mix program (:func:`~fleetpilot.core.planner.plan_mix`) at the window's actual demand.
+    mix program (:func:`~fleetpilot.core.mix.plan_mix`) at the window's actual demand.
 
     :func:`offline_optimum` bounds what any schedule pays, but it keeps no insurance: it puts
     the fleet in the cheapest spot pool, so losing that pool loses the service.  The issue
@@ -321,8 +320,9 @@ def hedged_optimum(
     params = params or PlanParams()
     if not pools:
         raise ValueError("no pools")
-    extra = {**params.extra, "mip_rel_gap": mip_rel_gap}
-    yardstick = replace(params, safety=1.0, spend_cap_per_hour=math.inf, extra=extra)
+    yardstick = replace(params, safety=1.0, spend_cap_per_hour=math.inf).with_knobs(
+        {"mip_rel_gap": mip_rel_gap}
+    )
     windows = len(series.rps)
     upper = upper_bounds(pools, windows, spot_available)
     names = [p.name for p in pools]

@@ -59,7 +59,7 @@ class SimOptions:
     seed: int = 0
     out: Path = Path("fleetpilot-out")
     check_agreement: bool = False
-    extra: dict[str, float] = field(default_factory=dict)
+    knobs: dict[str, float] = field(default_factory=dict)  # PlanParams.with_knobs
 
 
 @dataclass
@@ -91,7 +91,7 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
     for name in policies:
         if name not in known:
             raise ConfigError(f"unknown policy {name!r}; known: {sorted(known)}")
-    params = PlanParams(ttft_slo_s=opts.ttft_slo_s, itl_slo_s=opts.itl_slo_s, extra=opts.extra)
+    params = PlanParams(ttft_slo_s=opts.ttft_slo_s, itl_slo_s=opts.itl_slo_s).with_knobs(opts.knobs)
     workload = _trace(opts)
     market = None
     if opts.spot is not None:
