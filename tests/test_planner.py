@@ -25,6 +25,7 @@ from fleetpilot.core.model import (
     Pool,
     Profile,
     Replica,
+    ReplicaState,
     ServiceClass,
     Snapshot,
 )
@@ -34,6 +35,7 @@ from fleetpilot.core.shaping import (
     hold_demand,
     keep_mix,
     trim_to_cap,
+    wait_for_ready,
 )
 
 SURGE_MIN = AdaptiveKnobs().surge_min
@@ -898,3 +900,41 @@ def test_adaptive_holds_its_mix_through_a_near_tie() -> None:
         moved[band] = opened
     assert moved[0.0] > 0
     assert moved[0.05] == 0
+
+
+def test_wait_for_ready_holds_removals_until_the_ready_replicas_that_stay_carry_the_load() -> None:
+    """The one make-before-break rule, around a policy that moves the fleet from one pool to
+    another in one step (as the demo's fallback may): the old pool goes only once the new
+    pool's ready replicas carry the observed demand × safety."""
+    old, new = pools_of("L4", classes=(CapacityClass.ON_DEMAND,))[0], pools_of("L40S")[0]
+    d = Demand(rps=4.0, mean_prompt_tokens=512.0, mean_output_tokens=128.0)
+    params = PlanParams()
+    need = math.ceil(d.rps * params.safety / replica_capacity(new, d, params))
+
+    def move(snapshot: Snapshot, state: None, p: PlanParams) -> tuple[Plan, None]:
+        return Plan({old.name: 0, new.name: need}), None
+
+    policy = wait_for_ready(move)
+    fleet = (replace(old, target=3), replace(new, target=need))
+
+    def snap(new_ready: int) -> Snapshot:
+        replicas = [
+            Replica(f"o{i}", old.name, MODEL, "", old.offering, old.profile) for i in range(3)
+        ] + [
+            Replica(f"n{i}", new.name, MODEL, "", new.offering, new.profile,
+                    state=ReplicaState.READY if i < new_ready else ReplicaState.STARTING)
+            for i in range(need)
+        ]  # fmt: skip
+        return Snapshot(now=0.0, replicas=tuple(replicas), pools=fleet, demand={MODEL: d})
+
+    assert old.profile is not None and new.profile is not None
+    held, _ = policy(snap(0), None, params)
+    assert held.targets == {old.name: 3, new.name: need}  # nothing ready on the new pool yet
+    assert "removals wait" in held.note
+    held, _ = policy(snap(need - 1), None, params)
+    assert held.targets[old.name] == 3  # one short of carrying it
+    done, _ = policy(snap(need), None, params)
+    assert done.targets == {old.name: 0, new.name: need}
+    # a size-class demand key counts for its model
+    sized = replace(snap(need), demand={size_key(MODEL, "small"): d})
+    assert policy(sized, None, params)[0].targets[old.name] == 0

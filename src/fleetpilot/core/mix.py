@@ -66,6 +66,7 @@ __all__ = [
     "SIZE_CLASSES",
     "DemandInput",
     "is_spot",
+    "model_of",
     "plan_mix",
     "size_key",
     "size_threshold_tokens",
@@ -84,6 +85,11 @@ def size_key(model: str, size: str) -> str:
     if size not in SIZE_CLASSES:
         raise ValueError(f"size must be one of {SIZE_CLASSES}")
     return f"{model}{_SEP}{size}"
+
+
+def model_of(key: str) -> str:
+    """The model a ``snapshot.demand`` key is for (itself, or a size class of it)."""
+    return key.split(_SEP, 1)[0]
 
 
 def size_threshold_tokens(params: PlanParams) -> int:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fleetpilot.core.capacity import Plan, PlanParams, plan_cost, replica_capacity
+from fleetpilot.core.mix import model_of
 from fleetpilot.core.model import Demand, Pool, ReplicaState, ServiceClass, Snapshot, blend
 
 __all__ = [
@@ -271,7 +272,9 @@ def wait_for_ready(
     def shaped(snapshot: Snapshot, state: Any, params: PlanParams) -> tuple[Plan, Any]:
         plan, state = policy(snapshot, state, params)
         current = {p.name: p.target for p in snapshot.pools}
-        demand = {m: [d] for m, d in snapshot.demand.items()}
+        demand: dict[str, list[Demand]] = {}
+        for key, d in snapshot.demand.items():  # a model, or a size class of one
+            demand.setdefault(model_of(key), []).append(d)
         targets = make_before_break(plan.targets, current, snapshot, demand, params)
         if targets == plan.targets:
             return plan, state
