@@ -18,13 +18,11 @@ simulate`` does).  The table puts each target beside the measured figure:
 Traces: ``azure-conv`` (request level, one hour, spot pre-emptions at the catalogue's rates
 or from ``--spot``), ``servegen-m-large`` and ``servegen-m-small`` (14 days, window level, the
 policies stepped every ``--control-s`` seconds, 60 by default as at request level; with
-``--spot`` the market's availability caps every spot pool, without it no pre-emption is played
-at this level).  ``--spot`` takes one trace, which hits every spot pool whole, or
-several, comma-separated, one per availability zone: zone ``k`` of each spot pool spread over
-zones (``offering.zones``, from the catalogue) follows the ``k``-th trace, so a drop takes one
-zone's share (window level: :func:`~fleetpilot.sim.fluid.spot_zones_per_window`; request
-level: the pool loses one replica at each pre-emption of each of its zones' traces); one-zone
-spot pools follow the first trace whole.
+``--spot`` the market bounds the spot pools it describes, without it no pre-emption is played
+at this level).  ``--spot MAP`` (repeatable) is a spot map: which trace describes which
+accelerator's spot pool, whole or one zone, and what its counts mean
+(:func:`~fleetpilot.traces.spot.load_spot_map`, played by :mod:`fleetpilot.sim.spot`); pools
+it does not describe keep their catalogue rate at request level.
 
 The forecast error on each trace's rate series (10-minute windows, 30 minutes ahead: the
 start-up lead plus a window), yardsticks at window level (the optimum's schedule launched a
@@ -34,7 +32,7 @@ time on the 50-offering fleet of ``planner_speed.py`` are printed too, and (unle
 ``--no-hedged``) what perfect knowledge costs when it keeps the spot-loss hedge (:func:`_hedged`).
 
     FLEETPILOT_DATA=/work/shared/data .venv/bin/python bench/capacity_targets.py \
-        [--traces azure-conv,servegen-m-large,servegen-m-small] [--spot PATH[,PATH...]] \
+        [--traces azure-conv,servegen-m-large,servegen-m-small] [--spot MAP.yaml ...] \
         [--set hold_s=600 --set spot_loss_safety=0.8 ...] [--no-speed] [--no-hedged] \
         [--request-check] [--quota N] [--control-s 60]
 
@@ -69,10 +67,10 @@ from fleetpilot.core.policies import schedule
 from fleetpilot.core.series import RateSeries, synthesise, windows_of
 from fleetpilot.sim.compare import PolicyRun, compare_requests, compare_windows
 from fleetpilot.sim.fluid import simulate as simulate_fluid
-from fleetpilot.sim.fluid import spot_capacity_per_window, spot_zones_per_window
 from fleetpilot.sim.optimum import hedged_optimum, offline_optimum
 from fleetpilot.sim.run import NOTICE_S
-from fleetpilot.traces import load_spot_market, load_trace
+from fleetpilot.sim.spot import request_preemptions, window_spot
+from fleetpilot.traces import SpotMap, load_spot_map, load_trace
 
 MODEL = "llama-3.1-8b"
 POLICIES = ("static_peak", "reactive", "adaptive")
@@ -92,40 +90,31 @@ def _pools(quota: int | None) -> tuple[Pool, ...]:
 
 
 def _run(
-    name: str, spot: list[Path] | None, params: PlanParams, quota: int | None, control_s: float
+    name: str, spot: SpotMap | None, params: PlanParams, quota: int | None, control_s: float
 ) -> tuple[list[PolicyRun], float, Any]:
     pools = _pools(quota)
-    spot_pools = [p for p in pools if p.offering.capacity_class is CapacityClass.SPOT]
-    markets = [load_spot_market(path) for path in spot or ()]
-    by_zone = len(markets) > 1
     workload = load_trace(name)
     if isinstance(workload, RateSeries):
         series = workload
-        available = zones = None
-        if markets:
-            n = len(series.rps)
-            zones = spot_zones_per_window(markets, pools, series.window_s, n) if by_zone else {}
-            per_window = list(spot_capacity_per_window(markets[0], series.window_s, n))
-            available = {p.name: per_window for p in spot_pools if p.name not in zones}
+        played = window_spot(spot, pools, series.window_s, len(series.rps)) if spot else None
         runs, best = compare_windows(
-            series, pools, POLICIES, params, spot_available=available,
-            spot_zones=zones or None, control_s=min(control_s, series.window_s),
+            series, pools, POLICIES, params,
+            spot_available=played.available if played else None,
+            spot_zones=played.zones if played else None,
+            control_s=min(control_s, series.window_s),
         )  # fmt: skip
         return runs, best, series
     series = windows_of(workload, 60.0)  # for the forecast error: one-minute rates
     pre: Any = "rate"
-    if markets:
-        times = [[max(t - NOTICE_S, 0.0) for t in m.preemptions()] for m in markets]
-        pre = {}
-        for p in spot_pools:
-            n_zones = p.offering.zones if by_zone else 1
-            pre[p.name] = sorted(t for k in range(n_zones) for t in times[k % len(times)])
+    if spot:
+        span = max((r.arrival for r in workload), default=0.0)
+        pre, _ = request_preemptions(spot, pools, span, notice_s=NOTICE_S)
     runs, best = compare_requests(workload, pools, POLICIES, params, preemptions=pre)
     return runs, best, series
 
 
 def _yardsticks(
-    name: str, spot: list[Path] | None, params: PlanParams, quota: int | None
+    name: str, spot: SpotMap | None, params: PlanParams, quota: int | None
 ) -> list[str]:
     """Window level only: what any causal policy can reach.  The optimum launches each window's
     fleet at the window's start, so at this level it misses the start-up of every rise; the
@@ -251,9 +240,7 @@ def _hedged(name: str, params: PlanParams, quota: int | None) -> Hedged:
     least_knobs = {
         "spot_loss_market": 0.0, "spot_loss_safety": params.utilisation, "spot_max_share": 1.0
     }  # fmt: skip
-    least = hedged_optimum(
-        series, pools, params.with_knobs(least_knobs)
-    ).total_cost
+    least = hedged_optimum(series, pools, params.with_knobs(least_knobs)).total_cost
     back, prior, ratio = _surges(series, params)
     surge = float(ratio.max()) if (prior > 0).any() else 0.0
     parity = None
@@ -392,7 +379,9 @@ def _speed_line(steps: int, params: PlanParams) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--traces", default=",".join(DEFAULT_TRACES))
-    ap.add_argument("--spot", default=None, help="spot trace(s), comma-separated: one per zone")
+    ap.add_argument(
+        "--spot", action="append", default=[], metavar="MAP", help="spot map YAML; repeatable"
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument(
@@ -423,7 +412,10 @@ def main() -> None:
         print(f"quota: {args.quota} replicas per pool\n")
     for name in (t.strip() for t in args.traces.split(",") if t.strip()):
         t0 = time.process_time()
-        spot = [Path(s.strip()) for s in args.spot.split(",") if s.strip()] if args.spot else None
+        spot = None
+        for path in args.spot:
+            one = load_spot_map(path)
+            spot = one if spot is None else spot.merged(one)
         runs, optimum, series = _run(name, spot, params, args.quota, args.control_s)
         mode = runs[0].mode
         hedged = None if args.no_hedged or spot else _hedged(name, params, args.quota)

@@ -21,13 +21,13 @@ from fleetpilot.sim import FluidResult, hedged_optimum, offline_optimum, simulat
 from fleetpilot.sim.fluid import (
     NO_LIMIT,
     capacity_table,
-    spot_capacity_per_window,
-    spot_zones_per_window,
     spread_counts,
     upper_bounds,
     zone_bounds,
 )
 from fleetpilot.sim.optimum import solve_window
+from fleetpilot.sim.spot import counts_per_window, window_spot
+from fleetpilot.traces.spot import SpotFeed, SpotMap
 
 MODEL = "llama-3.1-8b"
 SHAPE = Demand(mean_prompt_tokens=512, mean_output_tokens=128)
@@ -183,9 +183,18 @@ def test_spot_hedge_in_the_fluid_sim_falls_back_when_the_market_dries_up_and_ret
     assert result.shed < 0.2 * result.requests
 
 
-def test_spot_capacity_per_window_takes_the_lowest_tick() -> None:
+def test_counts_per_window_take_the_lowest_tick_and_a_run_past_the_trace_is_refused() -> None:
     market = SpotMarket(300.0, (1, 1, 0, 1, 1, 1, 1, 0))
-    assert spot_capacity_per_window(market, 600.0, 5, scale=4) == (4, 0, 4, 0, 0)
+    assert counts_per_window(market, 600.0, 4) == (1, 0, 1, 0)
+    with pytest.raises(ValueError, match="longer than the spot trace"):
+        counts_per_window(market, 600.0, 5)
+    assert counts_per_window(market, 600.0, 6, loop=True) == (1, 0, 1, 0, 1, 0)
+
+
+def zone_map(pool: Pool, *markets: SpotMarket, counts: str = "open") -> SpotMap:
+    """A spot map giving zone ``k`` of ``pool``'s accelerator the ``k``-th market."""
+    acc = pool.offering.accelerator
+    return SpotMap(tuple(SpotFeed(m, acc, k, counts, 1, f"zone{k}") for k, m in enumerate(markets)))
 
 
 def test_spread_counts_places_pods_as_a_zone_spread_with_max_skew_one() -> None:
@@ -209,7 +218,7 @@ def test_a_zone_trace_drop_takes_one_zones_share_not_the_whole_pool() -> None:
     slo = replica_capacity(spot, SHAPE, ANALYTIC)
     n = 4
     up, down = SpotMarket(600.0, (1,) * n), SpotMarket(600.0, (1, 0, 0, 1))
-    zones = spot_zones_per_window([down, up, up], (spot,), 600.0, n)
+    zones = window_spot(zone_map(spot, down, up, up), (spot,), 600.0, n).zones
     assert zones == {spot.name: [[64, 0, 0, 64], [64] * n, [64] * n]}
     demand = series([2.0 * slo] * n)
     result = simulate_fluid(demand, (spot,), fixed({spot.name: 6}), spot_zones=zones)
@@ -231,8 +240,8 @@ def test_a_pool_without_a_quota_is_bounded_by_its_zones_alone() -> None:
     (spot,) = pools_of("A10G", classes=(CapacityClass.SPOT,))
     spot = replace(spot, offering=replace(spot.offering, quota=None))
     n = 4
-    up, down = SpotMarket(600.0, (1,) * n), SpotMarket(600.0, (1, 0, 0, 1))
-    zones = spot_zones_per_window([down, up, up], (spot,), 600.0, n)
+    down = SpotMarket(600.0, (1, 0, 0, 1))
+    zones = window_spot(zone_map(spot, down), (spot,), 600.0, n).zones  # zones 1, 2: no trace
     assert zones == {spot.name: [[NO_LIMIT, 0, 0, NO_LIMIT], [NO_LIMIT] * n, [NO_LIMIT] * n]}
     assert zone_bounds((spot,), zones) == {spot.name: [3 * NO_LIMIT, 2, 2, 3 * NO_LIMIT]}
     assert upper_bounds((spot,), n, None).tolist() == [[NO_LIMIT]] * n

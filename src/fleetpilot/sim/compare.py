@@ -31,6 +31,7 @@ from fleetpilot.core.workload import TraceRequest
 from fleetpilot.sim.fluid import simulate as simulate_fluid
 from fleetpilot.sim.fluid import zone_bounds
 from fleetpilot.sim.optimum import OptimumResult, offline_optimum
+from fleetpilot.sim.request_level import Preemptions
 from fleetpilot.sim.request_level import simulate as simulate_requests
 
 __all__ = [
@@ -108,7 +109,7 @@ def compare_requests(
     *,
     window_s: float = 600.0,
     control_interval_s: float = 60.0,
-    preemptions: Mapping[str, Sequence[float]] | Literal["rate"] | None = None,
+    preemptions: Preemptions = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     replay_optimum: bool = True,

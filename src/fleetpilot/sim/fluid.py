@@ -24,8 +24,8 @@ then counted per zone as the Kubernetes actuator's zone spread (maxSkew 1, ``DoN
 places them (:func:`spread_counts`): a zone keeps at most what its series allows, so a drop
 takes that zone's pods only; a new pod goes to an emptiest zone that has room, so while a
 zone is empty the others cannot grow past one pod more than it (the rest stay pending: the
-policy sees the pool short).  :func:`spot_zones_per_window` maps per-zone traces (SkyPilot's
-availability traces are per AZ) to zones.
+policy sees the pool short).  :func:`fleetpilot.sim.spot.window_spot` makes both from a spot
+map (which trace describes which pool or zone).
 
 Service.  A ready replica carries up to its SLO capacity (``slo_capacity`` at the window's true
 mean lengths, *not* × utilisation: that is planning headroom) with ``b`` KV slots busy, ``b``
@@ -88,8 +88,6 @@ __all__ = [
     "WindowSeries",
     "capacity_table",
     "simulate",
-    "spot_capacity_per_window",
-    "spot_zones_per_window",
     "spread_counts",
     "upper_bounds",
     "zone_bounds",
@@ -118,57 +116,6 @@ class WindowSeries(Protocol):
     def cv(self) -> Sequence[float]: ...
     @property
     def start_s(self) -> float: ...
-
-
-class _Market(Protocol):
-    @property
-    def gap_s(self) -> float: ...
-    @property
-    def capacity(self) -> Sequence[int]: ...
-
-
-def spot_capacity_per_window(
-    market: _Market, window_s: float, windows: int, *, scale: int = 1
-) -> tuple[int, ...]:
-    """A spot trace (instances per tick, e.g. :class:`~fleetpilot.core.series.SpotMarket`) as
-    replicas available per window: the lowest count of the ticks the window overlaps, ×
-    ``scale`` (a 0/1 single-node trace × the pool size it stands for).  Windows past the
-    trace keep its last count."""
-    counts = list(market.capacity)
-    if not counts:
-        return (0,) * windows
-    out = []
-    for w in range(windows):
-        lo = min(math.floor(w * window_s / market.gap_s), len(counts) - 1)
-        hi = min(max(math.ceil((w + 1) * window_s / market.gap_s), lo + 1), len(counts))
-        out.append(min(counts[lo:hi]) * scale)
-    return tuple(out)
-
-
-def spot_zones_per_window(
-    markets: Sequence[_Market], pools: Sequence[Pool], window_s: float, windows: int
-) -> dict[str, list[list[int]]]:
-    """Per-zone traces as ``spot_zones`` for :func:`simulate`: zone ``k`` of every spot pool
-    with ``zones`` > 1 follows ``markets[k]`` (the same trace for zone ``k`` of every pool: an
-    availability-zone-wide drop is the correlated case), ``k`` modulo the number of traces when
-    a pool has more zones than there are traces.  A 0/1 trace (single-node) counts as the pool's
-    quota when up (:data:`NO_LIMIT` without one); others as replicas
-    (:func:`spot_capacity_per_window`)."""
-    if not markets:
-        raise ValueError("need at least one zone trace")
-    out: dict[str, list[list[int]]] = {}
-    for pool in pools:
-        zones = pool.offering.zones
-        if pool.offering.capacity_class is not CapacityClass.SPOT or zones <= 1:
-            continue
-        series = []
-        for k in range(zones):
-            market = markets[k % len(markets)]
-            single = max(market.capacity, default=0) <= 1
-            scale = pool.offering.within_quota(NO_LIMIT) if single else 1
-            series.append(list(spot_capacity_per_window(market, window_s, windows, scale=scale)))
-        out[pool.name] = series
-    return out
 
 
 def spread_counts(counts: Sequence[int], target: int, available: Sequence[int]) -> list[int]:

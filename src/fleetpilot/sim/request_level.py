@@ -84,7 +84,19 @@ from fleetpilot.core.routing import DEFAULT_PARAMS, ROUTERS, RoutingParams, tune
 from fleetpilot.core.workload import TraceRequest
 from fleetpilot.sim.events import EventLoop
 
-__all__ = ["STATUSES", "CapacityPolicy", "ReplicaRecord", "SimResult", "Timeline", "simulate"]
+__all__ = [
+    "STATUSES",
+    "CapacityPolicy",
+    "Preemptions",
+    "ReplicaRecord",
+    "SimResult",
+    "Timeline",
+    "simulate",
+]
+
+# per spot pool, the times of its pre-emption notices or "rate" (its catalogue rate); or
+# "rate" for every pool; None: no pre-emptions
+Preemptions = Mapping[str, Sequence[float] | Literal["rate"]] | Literal["rate"] | None
 
 CapacityPolicy = Callable[[Snapshot, Any, PlanParams], tuple[Plan, Any]]
 
@@ -306,7 +318,7 @@ def simulate(
     params: PlanParams | None = None,
     control_interval_s: float = 60.0,
     initial: Mapping[str, int] | None = None,
-    preemptions: Mapping[str, Sequence[float]] | Literal["rate"] | None = None,
+    preemptions: Preemptions = None,
     notice_s: float = 120.0,
     ttft_slo_s: float | None = None,
     batch_slo_s: float = 600.0,
@@ -322,9 +334,10 @@ def simulate(
 
     ``initial`` gives the replicas per pool that are ready at t=0 (default: each pool's
     ``target``).  ``preemptions`` is either, per spot pool, the times at which one of its
-    replicas (drawn with ``seed``) gets a pre-emption notice, or ``"rate"``: every spot replica
-    is pre-empted after an exponential lifetime with its offering's ``interruption_rate``
-    (per hour), drawn with ``seed``.  ``model`` is the model every request asks for (default:
+    replicas (drawn with ``seed``) gets a pre-emption notice, or ``"rate"`` (for all pools, or
+    as one pool's value): every spot replica of those pools is pre-empted after an exponential
+    lifetime with its offering's ``interruption_rate`` (per hour), drawn with ``seed``.
+    ``model`` is the model every request asks for (default:
     the pools' model, when they all serve one).  ``ttft_slo_s`` defaults to
     ``params.ttft_slo_s``.  ``engine`` makes each replica's batching engine (a seam for
     fault injection, e.g. a ``slowdown``, and for benchmarking engine changes).
@@ -376,7 +389,7 @@ class _Sim:
         params: PlanParams,
         interval: float,
         initial: Mapping[str, int] | None,
-        preemptions: Mapping[str, Sequence[float]] | Literal["rate"] | None,
+        preemptions: Preemptions,
         notice_s: float,
         ttft_slo_s: float | None,
         batch_slo_s: float,
@@ -428,6 +441,13 @@ class _Sim:
         self.pool_idx = {n: i for i, n in enumerate(names)}
         self.targets = [init.get(n, 0) for n in names]
         self.preemptions_in = preemptions
+        self.by_rate = (
+            set(names)
+            if preemptions == "rate"
+            else {n for n, v in preemptions.items() if v == "rate"}
+            if isinstance(preemptions, Mapping)
+            else set()
+        )
         self.victims = random.Random(f"fleetpilot-sim/{seed}/victims")
         self.lifetimes = random.Random(f"fleetpilot-sim/{seed}/lifetimes")
 
@@ -480,6 +500,8 @@ class _Sim:
             loop.schedule(0.0, self._tick)
         if isinstance(self.preemptions_in, Mapping):
             for name, times in sorted(self.preemptions_in.items()):
+                if times == "rate":
+                    continue
                 p = self._pool_of(name)
                 for t in sorted(times):
                     loop.schedule(max(float(t), 0.0), self._preempt_pool, p)
@@ -707,7 +729,7 @@ class _Sim:
         off = pool.offering
         if not at_once:
             self.loop.schedule(now + off.startup_s, self._ready, rep)
-        if self.preemptions_in == "rate" and off.interruption_rate > 0:
+        if pool.name in self.by_rate and off.interruption_rate > 0:
             life = self.lifetimes.expovariate(off.interruption_rate / 3600.0)
             self.loop.schedule(now + life, self._notice, rep)
         return rep

@@ -2,9 +2,10 @@
 
 Inputs resolve as the CLI promises: no trace means the synthetic default (a compressed day
 with bursts); a request log runs request by request, a rate series (ServeGen, per-minute
-counts) window by window.  Spot pre-emptions come from a SkyPilot/SpotHedge trace (the
-market's drops, each a pre-emption of one replica of every spot pool, with a notice before
-it) or, without one, from each spot offering's interruption rate in the catalogue.
+counts) window by window.  Spot markets come from spot maps (``--spot``, several may be
+given: :func:`~fleetpilot.traces.spot.load_spot_map` says which trace describes which
+accelerator and zone, :mod:`fleetpilot.sim.spot` plays them); a spot pool no map describes
+keeps its catalogue interruption rate at request level.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from fleetpilot.sim.compare import (
     compare_windows,
     control_steps,
 )
-from fleetpilot.sim.fluid import spot_capacity_per_window
+from fleetpilot.sim.fluid import zone_bounds
 from fleetpilot.sim.optimum import hedged_optimum
+from fleetpilot.sim.request_level import Preemptions
+from fleetpilot.sim.spot import request_preemptions, window_spot
 
 __all__ = ["SimOptions", "run_simulation"]
 
@@ -46,7 +49,7 @@ class SimOptions:
     classes: tuple[CapacityClass, ...] = (CapacityClass.ON_DEMAND, CapacityClass.SPOT)
     policies: tuple[str, ...] = ()  # empty = all
     mode: str = "auto"  # auto | request | window
-    spot: Path | None = None
+    spot: tuple[Path, ...] = ()  # spot maps (YAML); merged
     ttft_slo_s: float = 2.0
     itl_slo_s: float = 0.2
     time_scale: float = 1.0
@@ -94,11 +97,11 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
     params = PlanParams(ttft_slo_s=opts.ttft_slo_s, itl_slo_s=opts.itl_slo_s).with_knobs(opts.knobs)
     workload = _trace(opts)
     market = None
-    if opts.spot is not None:
-        from fleetpilot.traces import load_spot_market
+    for path in opts.spot:
+        from fleetpilot.traces import load_spot_map
 
-        market = load_spot_market(opts.spot)
-    spot_pools = [p.name for p in pools if p.offering.capacity_class is CapacityClass.SPOT]
+        one = load_spot_map(path)
+        market = one if market is None else market.merged(one)
     name = opts.trace or "synthetic day (default)"
     notes: list[str] = []
 
@@ -113,11 +116,13 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
         series = windows_of(trace, opts.window_s)
 
     available: dict[str, list[int]] | None = None  # window level with --spot only
+    zones: dict[str, list[list[int]]] | None = None
     if mode == "request":
         if market is not None:
-            times = [max(t - NOTICE_S, 0.0) for t in market.preemptions()]
-            pre: Any = {p: times for p in spot_pools}
-            notes.append(f"Spot pre-emptions: {len(times)} per spot pool from {opts.spot}.")
+            span = max((r.arrival for r in trace), default=0.0)
+            pre: Preemptions
+            pre, said = request_preemptions(market, pools, span, notice_s=NOTICE_S)
+            notes.append("Spot pre-emptions: " + "; ".join(said) + ".")
         else:
             pre = "rate"
             notes.append("Spot pre-emptions: each spot replica at its catalogue interruption rate.")
@@ -128,11 +133,9 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
     else:
         pre_w = None
         if market is not None:
-            n = len(series.rps)
-            available = {
-                p: list(spot_capacity_per_window(market, series.window_s, n)) for p in spot_pools
-            }
-            notes.append(f"Spot availability per window from {opts.spot}.")
+            played = window_spot(market, pools, series.window_s, len(series.rps))
+            available, zones = played.available, played.zones
+            notes.append("Spot availability per window: " + "; ".join(played.notes) + ".")
         else:
             notes.append("Window mode without --spot: no spot pre-emptions are played.")
         if opts.control_s is not None:
@@ -142,7 +145,7 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
                 raise ConfigError(f"--control-s: {exc}") from None
         runs, optimum = compare_windows(
             series, pools, policies, params, preemptions=pre_w, spot_available=available,
-            progress=progress, control_s=opts.control_s,
+            spot_zones=zones or None, progress=progress, control_s=opts.control_s,
         )  # fmt: skip
     notes.insert(
         0,
@@ -157,7 +160,10 @@ def run_simulation(opts: SimOptions, progress: Callable[[str], None] | None = No
     )
     if progress:
         progress("optimum with the spot-loss hedge")
-    hedged = hedged_optimum(series, pools, params, spot_available=available).total_cost
+    bounds: dict[str, list[int]] = dict(available or {})
+    if mode == "window" and zones:
+        bounds.update(zone_bounds(pools, zones))
+    hedged = hedged_optimum(series, pools, params, spot_available=bounds or None).total_cost
     agree: list[dict[str, Any]] = []
     if opts.check_agreement and mode == "request":
         if progress:

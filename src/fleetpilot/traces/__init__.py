@@ -15,6 +15,7 @@ load_burstgpt          BurstGPT CSV                                    TraceRequ
 load_servegen          Alibaba ServeGen model folder / trace CSV       RateSeries
 load_minute_counts     per-minute counts (SpotHedge/MAF)               RateSeries
 load_spot_market       SkyPilot / SpotHedge spot JSON                  SpotMarket
+load_spot_map          spot map YAML: which trace describes what       SpotMap
 load_trace             any of the first five, chosen from the file     either
 =====================  ==============================================  ====================
 """
@@ -24,17 +25,20 @@ from fleetpilot.traces.counts import load_minute_counts
 from fleetpilot.traces.dispatch import NAMED_TRACES, load_trace, resolve_trace, trace_format
 from fleetpilot.traces.requests import load_azure, load_burstgpt, load_mooncake
 from fleetpilot.traces.servegen import load_servegen
-from fleetpilot.traces.spot import load_spot_market
+from fleetpilot.traces.spot import SpotFeed, SpotMap, load_spot_map, load_spot_market
 
 __all__ = [
     "DEFAULT_MEAN_OUTPUT_TOKENS",
     "DEFAULT_MEAN_PROMPT_TOKENS",
     "NAMED_TRACES",
+    "SpotFeed",
+    "SpotMap",
     "load_azure",
     "load_burstgpt",
     "load_minute_counts",
     "load_mooncake",
     "load_servegen",
+    "load_spot_map",
     "load_spot_market",
     "load_trace",
     "resolve_trace",
