@@ -22,11 +22,22 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fleetpilot.core.model import ServiceClass
 
-__all__ = ["LengthDist", "TraceRequest", "rate_at", "synthetic_trace"]
+__all__ = [
+    "STRESS_FAMILIES",
+    "Bursts",
+    "Event",
+    "LengthDist",
+    "StressSpec",
+    "TraceRequest",
+    "envelope",
+    "rate_at",
+    "stress_trace",
+    "synthetic_trace",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,3 +162,149 @@ def synthetic_trace(
             )
         )
     return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stress families: traffic no shared trace has, from a seed
+
+
+@dataclass(frozen=True, slots=True)
+class Bursts:
+    """On-off modulation inside the envelope (an MMPP): bursts at ``multiplier`` × the rate,
+    ``length_s`` long on average, carrying a ``share`` of all requests.  Short bursts at a
+    high multiplier are what raise the inter-arrival coefficient of variation far above 1."""
+
+    multiplier: float
+    length_s: float
+    share: float
+
+    def __post_init__(self) -> None:
+        if self.multiplier <= 1 or self.length_s <= 0 or not 0 < self.share < 1:
+            raise ValueError(f"bad bursts {self}")
+        if self.share / self.multiplier >= 1:
+            raise ValueError("bursts would fill all the time")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """The rate × ``factor`` over ``[start_s, start_s + length_s)``: an outage (0) or a flash
+    crowd (> 1), reached within ``ramp_s`` and left as fast."""
+
+    start_s: float
+    length_s: float
+    factor: float
+    ramp_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StressSpec:
+    """One stress family's shape (see :data:`STRESS_FAMILIES`)."""
+
+    diurnal_amplitude: float = 0.5
+    trend: float = 1.0  # the rate at the end over the rate at the start (linear)
+    bursts: Bursts | None = None
+    events: tuple[Event, ...] = ()
+    prompt: LengthDist = PROMPT_LENGTHS
+    output: LengthDist = OUTPUT_LENGTHS
+    batch_fraction: float = 0.0
+    # each arrival a clump of requests (geometric, this mean) spread over clump_s: a client
+    # fanning out, a retry storm, a scheduled job; 1 is plain Poisson
+    clump_mean: float = 1.0
+    clump_s: float = 1.0
+
+
+def envelope(spec: StressSpec, t: float, duration_s: float) -> float:
+    """The slow part of the relative rate at ``t``: diurnal × trend × events (no bursts)."""
+    rate = 1.0 - spec.diurnal_amplitude * math.cos(2.0 * math.pi * t / duration_s)
+    rate *= 1.0 + (spec.trend - 1.0) * t / duration_s
+    for e in spec.events:
+        if e.start_s - e.ramp_s < t < e.start_s + e.length_s + e.ramp_s:
+            into = min(t - (e.start_s - e.ramp_s), e.start_s + e.length_s + e.ramp_s - t)
+            w = min(max(into / e.ramp_s, 0.0), 1.0) if e.ramp_s > 0 else 1.0
+            rate *= 1.0 + (e.factor - 1.0) * w
+    return max(rate, 0.0)
+
+
+def stress_trace(
+    spec: StressSpec, duration_s: float, mean_rps: float, seed: int
+) -> tuple[TraceRequest, ...]:
+    """About ``duration_s × mean_rps`` requests of ``spec``'s shape (the mean holds before
+    events: an outage removes its share, a flash crowd adds to it), sorted by arrival.
+
+    Arrivals thin a Poisson stream at the peak rate (as :func:`synthetic_trace`); bursts are
+    an on-off state drawn alongside (start rate ``share / multiplier / length_s``, exponential
+    lengths), with the rate outside them lowered so that the bursts carry ``share``."""
+    if duration_s <= 0 or mean_rps <= 0:
+        raise ValueError("duration_s and mean_rps must be positive")
+    arrivals_rng = random.Random(f"fleetpilot-stress/{seed}/arrivals")
+    sizes_rng = random.Random(f"fleetpilot-stress/{seed}/sizes")
+    steps = 2000
+    grid = [envelope(spec, duration_s * (i + 0.5) / steps, duration_s) for i in range(steps)]
+    quiet = [
+        envelope(replace(spec, events=()), duration_s * (i + 0.5) / steps, duration_s)
+        for i in range(steps)
+    ]
+    scale = mean_rps / (sum(quiet) / steps) / max(spec.clump_mean, 1.0)
+    top = max(grid) * scale * 1.05
+    b = spec.bursts
+    on_share = b.share / b.multiplier if b else 0.0
+    off_level = (1.0 - b.share) / (1.0 - on_share) if b else 1.0
+    peak = top * (b.multiplier if b else 1.0)
+    starts_per_s = on_share / b.length_s / (1.0 - on_share) if b else 0.0
+
+    times: list[float] = []
+    t = 0.0
+    burst_end = -1.0
+    next_burst = arrivals_rng.expovariate(starts_per_s) if b else math.inf
+    while True:
+        t += arrivals_rng.expovariate(peak)
+        if t >= duration_s:
+            break
+        while b and next_burst <= t:
+            burst_end = max(burst_end, next_burst + arrivals_rng.expovariate(1.0 / b.length_s))
+            next_burst += arrivals_rng.expovariate(starts_per_s)
+        level = (b.multiplier if t < burst_end else off_level) if b else 1.0
+        rate = envelope(spec, t, duration_s) * scale * level
+        if arrivals_rng.random() * peak < rate:
+            times.append(t)
+    if spec.clump_mean > 1.0:
+        p = 1.0 / spec.clump_mean  # geometric on 1, 2, ...: mean clump_mean
+        clumped: list[float] = []
+        for t in times:
+            k = 1 + int(math.log(1.0 - arrivals_rng.random()) / math.log(1.0 - p))
+            clumped.extend(t + spec.clump_s * arrivals_rng.random() for _ in range(k))
+        times = sorted(x for x in clumped if x < duration_s)
+    out: list[TraceRequest] = []
+    for t in times:
+        cls = (
+            ServiceClass.BATCH
+            if sizes_rng.random() < spec.batch_fraction
+            else ServiceClass.INTERACTIVE
+        )
+        out.append(TraceRequest(t, spec.prompt.draw(sizes_rng), spec.output.draw(sizes_rng), cls))
+    return tuple(out)
+
+
+LONG_PROMPTS = LengthDist(median=1500, sigma=0.7, low=64, high=8000)
+LONG_OUTPUTS = LengthDist(median=600, sigma=0.7, low=16, high=4000)
+_H = 3600.0
+
+# Seeded stress families (4-hour traces): each pushes one way past what the shared traces show.
+STRESS_FAMILIES: dict[str, StressSpec] = {
+    "bursty-cv3": StressSpec(bursts=Bursts(multiplier=6.0, length_s=20.0, share=0.3)),
+    "bursty-cv10": StressSpec(
+        bursts=Bursts(multiplier=6.0, length_s=30.0, share=0.3),
+        clump_mean=50.0,
+        clump_s=3.0,
+        prompt=LONG_PROMPTS,
+    ),
+    "long-prompt": StressSpec(prompt=LONG_PROMPTS),
+    "long-output": StressSpec(output=LONG_OUTPUTS),
+    "outage": StressSpec(
+        events=(Event(0.6 * _H, 0.2 * _H, 0.0, 20.0), Event(2.0 * _H, 1.2 * _H, 0.0, 20.0))
+    ),
+    "flash-crowd": StressSpec(
+        events=(Event(1.3 * _H, 0.25 * _H, 4.0, 30.0), Event(3.1 * _H, 0.3 * _H, 3.0, 30.0))
+    ),
+    "trend": StressSpec(trend=3.0, diurnal_amplitude=0.3),
+}

@@ -41,6 +41,7 @@ __all__ = [
     "compare_requests",
     "compare_windows",
     "control_steps",
+    "warm_start",
 ]
 
 Mode = Literal["request", "window"]
@@ -83,7 +84,7 @@ def _with_extent(params: PlanParams, series: RateSeries) -> PlanParams:
     return params.with_extent(max(rps), sum(rps) / len(rps))
 
 
-def _warm_start(
+def warm_start(
     policy: CapacityPolicy, pools: Sequence[Pool], series: RateSeries, params: PlanParams
 ) -> dict[str, int]:
     """The policy's first plan, ready at t=0, as a fleet that has been running would be."""
@@ -132,7 +133,7 @@ def compare_requests(
             capacity_policy=policy,
             params=params,
             control_interval_s=control_interval_s,
-            initial=_warm_start(policy, pools, series, params),
+            initial=warm_start(policy, pools, series, params),
             preemptions=preemptions,
             seed=seed,
             window_s=window_s,
