@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
 import pytest
 
 from fleetpilot.core.model import ServiceClass
-from fleetpilot.core.workload import LengthDist, TraceRequest, synthetic_trace
+from fleetpilot.core.workload import (
+    STRESS_FAMILIES,
+    Bursts,
+    Event,
+    LengthDist,
+    StressSpec,
+    TraceRequest,
+    stress_trace,
+    synthetic_trace,
+)
 
 
 def _quantile(values: list[int], q: float) -> float:
@@ -134,3 +144,43 @@ def test_empty_and_invalid() -> None:
         synthetic_trace(10, 1.0, seed=1, diurnal_amplitude=1.5)
     with pytest.raises(ValueError):
         LengthDist(median=10, sigma=1, low=20, high=10)
+
+
+# -- stress families ---------------------------------------------------------------------------
+
+
+def _cv(trace: tuple[TraceRequest, ...]) -> float:
+    gaps = [b.arrival - a.arrival for a, b in itertools.pairwise(trace)]
+    mean = sum(gaps) / len(gaps)
+    return math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps)) / mean
+
+
+def test_stress_families_are_seeded_and_keep_their_mean() -> None:
+    for name, spec in STRESS_FAMILIES.items():
+        a = stress_trace(spec, 3600.0, 2.0, seed=3)
+        assert a == stress_trace(spec, 3600.0, 2.0, seed=3), name
+        assert a != stress_trace(spec, 3600.0, 2.0, seed=4), name
+        assert all(x.arrival <= y.arrival for x, y in itertools.pairwise(a))
+        assert a[0].arrival >= 0 and a[-1].arrival < 3600.0
+        if not spec.events:  # events add or remove their share on purpose
+            assert len(a) == pytest.approx(7200, rel=0.15), name
+
+
+def test_bursts_and_clumps_raise_the_inter_arrival_cv() -> None:
+    plain = stress_trace(StressSpec(), 7200.0, 3.0, seed=1)
+    bursty = stress_trace(STRESS_FAMILIES["bursty-cv3"], 7200.0, 3.0, seed=1)
+    clumped = stress_trace(STRESS_FAMILIES["bursty-cv10"], 7200.0, 3.0, seed=1)
+    assert _cv(plain) < 1.3 < _cv(bursty) < 3.0 < 8.0 < _cv(clumped)
+    assert sum(r.prompt_tokens for r in clumped) / len(clumped) > 1500  # on long prompts
+
+
+def test_an_outage_has_no_arrivals_and_a_flash_crowd_multiplies_the_rate() -> None:
+    spec = StressSpec(events=(Event(1000.0, 600.0, 0.0, 10.0), Event(2500.0, 300.0, 4.0, 10.0)))
+    trace = stress_trace(spec, 3600.0, 3.0, seed=2)
+    assert not [r for r in trace if 1000.0 <= r.arrival < 1600.0]
+    assert len([r for r in trace if 1620.0 <= r.arrival < 1680.0]) > 60  # back within a minute
+    crowd = len([r for r in trace if 2510.0 <= r.arrival < 2790.0]) / 280.0
+    before = len([r for r in trace if 2100.0 <= r.arrival < 2400.0]) / 300.0
+    assert crowd > 3.0 * before
+    with pytest.raises(ValueError):
+        Bursts(multiplier=0.5, length_s=1.0, share=0.5)

@@ -21,6 +21,7 @@ Only replicas a membership added are ever removed by it; statically configured o
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetpilot.clock import Clock
+from fleetpilot.core.burstiness import EDGES, excess
 from fleetpilot.core.model import Demand, Pool, Replica, ReplicaState
 from fleetpilot.gateway.fleet import LiveFleet
 from fleetpilot.gateway.metrics import GatewayMetrics
@@ -71,6 +73,8 @@ class GatewayCounters:
     prompt_tokens: dict[str, float] = field(default_factory=dict)
     output_tokens: dict[str, float] = field(default_factory=dict)
     in_flight: dict[str, float] = field(default_factory=dict)
+    # requests by 2-s bucket rate (core.burstiness.EDGES), cumulative, per model
+    bursts: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _add(d: dict[str, float], key: str, value: float) -> None:
@@ -97,12 +101,22 @@ def parse_counters(
                     kind = labels.get("kind")
                     target = out.prompt_tokens if kind == "prompt" else out.output_tokens
                     _add(target, model, s.value)
+            elif s.name == "fleetpilot_arrival_bursts_bucket" and labels.get("le") != "+Inf":
+                _burst(out.bursts, labels.get("model", ""), float(labels["le"]), s.value)
             elif s.name == "fleetpilot_in_flight":
                 model = pool_models.get(labels.get("pool", ""))
                 if model is not None:
                     _add(gauge, model, s.value)
     out.in_flight.update(in_flight if in_flight is not None else gauge)
     return out
+
+
+def _burst(out: dict[str, list[float]], model: str, le: float, running: float) -> None:
+    """One cumulative bucket of the burst histogram, as that bin's own count (the gateway
+    renders buckets in order, so the running total before it is the bins filled so far)."""
+    bins = out.setdefault(model, [])
+    if len(bins) < len(EDGES) and math.isclose(EDGES[len(bins)], le, rel_tol=1e-9):
+        bins.append(running - sum(bins))
 
 
 def _delta(now: Mapping[str, float], before: Mapping[str, float], key: str) -> float:
@@ -142,7 +156,15 @@ class DemandEstimator:
                 prompt = _delta(counters.prompt_tokens, c0.prompt_tokens, m) / ok
                 output = _delta(counters.output_tokens, c0.output_tokens, m) / ok
                 self._shape[m] = (prompt, output)
-            out[m] = Demand(rps, *self._means(m), in_flight=in_flight)
+            burst = None
+            if m in counters.bursts:
+                was = c0.bursts.get(m, [])
+                now_bins = counters.bursts[m]
+                delta = [b - (was[i] if i < len(was) else 0.0) for i, b in enumerate(now_bins)]
+                if min(delta, default=0.0) < 0:  # the gateway restarted: its counts began again
+                    delta = list(now_bins)
+                burst = excess(delta, sum(delta) / (now - t0))  # the rate the meter saw
+            out[m] = Demand(rps, *self._means(m), in_flight=in_flight, burst_excess=burst)
         return out
 
     def _means(self, model: str) -> tuple[float, float]:

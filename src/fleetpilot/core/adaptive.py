@@ -41,6 +41,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from fleetpilot.core.burstiness import BurstState, learn, learnt_excess
 from fleetpilot.core.capacity import Plan, PlanParams, plan_cost, replica_capacity
 from fleetpilot.core.forecast import ForecastParams, ForecastState, forecast, new_state, observe
 from fleetpilot.core.mix import SIZE_CLASSES, is_spot, plan_mix, size_key
@@ -72,6 +73,7 @@ class PlannerState:
     observed: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     surge: Mapping[str, float] = field(default_factory=dict)  # model → largest surge seen
     peaks: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    bursts: Mapping[str, BurstState] = field(default_factory=dict)  # demand key → learnt
 
 
 def _demand_keys(models: Sequence[str], observed: Mapping[str, Demand]) -> dict[str, list[str]]:
@@ -158,6 +160,7 @@ def adaptive(
     demand: dict[str, list[Demand]] = {}
     expected: dict[str, list[Demand]] = {}  # what the fleet carries after losing a spot pool
     surge = dict(state.surge)
+    bursts = dict(state.bursts)
     peaks = dict(state.peaks)
     floor: dict[str, float] = {}  # model → SLO capacity kept for a surge like the largest seen
     for model, model_keys in keys.items():
@@ -193,6 +196,13 @@ def adaptive(
             fc = forecast(fs, now, horizon)
             credit = knobs.upper_credit
             want = max(fc.rps, fc.upper_rps * (1.0 - credit * (1.0 - params.utilisation)))
+            if obs.burst_excess is not None and obs.rps > 0:
+                bursts[key] = learn(
+                    bursts.get(key, BurstState()), now, obs.burst_excess,
+                    obs.rps * max(interval, 1.0), knobs.burst_half_life_s,
+                )  # fmt: skip
+            if knobs.burst_quantile > 0 and key in bursts:
+                want *= learnt_excess(bursts[key], knobs.burst_quantile)
             held[key], rps = hold_demand(held.get(key, ()), now, want, hold_s)
             shape = Demand(
                 rps=rps,
@@ -251,4 +261,5 @@ def adaptive(
         observed=observed,
         surge=surge,
         peaks=peaks,
+        bursts=bursts,
     )

@@ -85,9 +85,13 @@ class AdaptiveKnobs:
     surge_min: float = 1.8  # the surge floor: SLO capacity for this × the reserve_s peak
     surge_learn: float = 0.0  # > 0: raise the floor to the largest surge seen so far
     spot_cooldown_s: float = SPOT_COOLDOWN_S
+    # planned demand × this quantile (over intervals, request-weighted) of the learnt excess
+    # burstiness over Poisson (core.burstiness); 0: off
+    burst_quantile: float = 0.9
+    burst_half_life_s: float = 6 * 3600.0  # how fast old intervals' burstiness is forgotten
 
     def __post_init__(self) -> None:
-        _check(self, shares=("upper_credit", "max_remove_share"))
+        _check(self, shares=("upper_credit", "max_remove_share", "burst_quantile"))
 
 
 @dataclass(frozen=True, slots=True)

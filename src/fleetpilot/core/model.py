@@ -180,6 +180,9 @@ class Demand:
     mean_output_tokens: float = 128.0
     in_flight: int = 0
     batch_share: float = 0.0  # share of requests that are batch work
+    # how much burstier than Poisson arrivals were within the window (core.burstiness.excess;
+    # None: not measured, e.g. at window level or without the gateway's histogram)
+    burst_excess: float | None = None
 
     @property
     def output_tokens_per_s(self) -> float:

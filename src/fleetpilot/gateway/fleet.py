@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from fleetpilot.clock import Clock
+from fleetpilot.core.burstiness import BurstMeter
 from fleetpilot.core.correction import Correction, Learnt, PoolCorrections
 from fleetpilot.core.model import Pool, Replica, ReplicaLoad, ReplicaState, Snapshot
 from fleetpilot.core.routing import RoutingParams, tune_headroom
@@ -183,6 +184,7 @@ class LiveFleet:
         self._tick = 0
         self._headroom: dict[str, float] = {}  # model → the router's learnt headroom
         self._corrections: PoolCorrections[str] = PoolCorrections()
+        self._bursts: dict[str, BurstMeter] = {}  # model → arrivals by 2-s bucket rate
         self._change = asyncio.Event()
         for r in replicas:
             self.add(r)
@@ -353,6 +355,20 @@ class LiveFleet:
         pool = live.base.pool
         for rid in self._corrections.observe(pool, replica_id, live.learnt, ttft, per_token):
             self._by_id[rid].relearnt()
+
+    def arrived(self, model: str) -> None:
+        """Count one request for ``model`` into its burst meter (core.burstiness)."""
+        meter = self._bursts.get(model)
+        if meter is None:
+            meter = self._bursts[model] = BurstMeter()
+        meter.add(self.clock.now())
+
+    def bursts(self) -> dict[str, list[int]]:
+        """Per model: requests by the rate of the 2-s bucket they arrived in, so far."""
+        now = self.clock.now()
+        for meter in self._bursts.values():
+            meter.flush(now)
+        return {m: list(meter.counts) for m, meter in self._bursts.items()}
 
     def corrections(self) -> dict[str, Correction]:
         """Per replica: how far its timings have moved its profile."""

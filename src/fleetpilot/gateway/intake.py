@@ -205,6 +205,7 @@ def admit(
     inbound.request_id = request_id
     if not fleet.serves(inbound.model):
         raise ModelNotFound(f"the model {inbound.model!r} does not exist", param="model")
+    fleet.arrived(inbound.model)
     context = fleet.context_tokens(inbound.model)
     if all(inbound.body.get(k) is None for k in ("max_tokens", "max_completion_tokens")):
         inbound.max_tokens = min(inbound.max_tokens, context)  # the default, not the client's

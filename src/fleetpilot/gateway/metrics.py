@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from fleetpilot.core.burstiness import EDGES
+
 __all__ = ["EventHistogram", "GatewayMetrics"]
 
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
@@ -72,6 +74,34 @@ class EventHistogram(Collector):
         yield HistogramMetricFamily(self.name, self.doc, labels=self.label_names)
 
 
+class _Bursts(Collector):
+    """``fleetpilot_arrival_bursts``: requests by the rate of the 2-s bucket they arrived in
+    (core.burstiness), a histogram the controller differences between scrapes."""
+
+    NAME = "fleetpilot_arrival_bursts"
+
+    def __init__(self, source: Callable[[], dict[str, list[int]]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            self.NAME,
+            "Requests by the arrival rate (req/s) of the 2 s they came in",
+            labels=["model"],
+        )
+        for model, counts in sorted(self.source().items()):
+            running, buckets = 0, []
+            for edge, n in zip(EDGES, counts, strict=True):
+                running += n
+                buckets.append((_le(edge), running))
+            buckets.append(("+Inf", running))
+            family.add_metric([model], buckets, 0.0)
+        yield family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.NAME, "", labels=["model"])
+
+
 def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
@@ -93,6 +123,7 @@ class GatewayMetrics:
         self,
         idle_costs: Callable[[], dict[str, float]] | None = None,
         corrections: Callable[[], dict[str, Any]] | None = None,
+        bursts: Callable[[], dict[str, list[int]]] | None = None,
     ) -> None:
         self._served: dict[tuple[str, str], ServedSeries] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
@@ -161,6 +192,8 @@ class GatewayMetrics:
             self._idle_costs = idle_costs
             self._idle = idle
         self._corrections = corrections
+        if bursts is not None:
+            r.register(_Bursts(bursts))
         self.correction = Gauge(
             "fleetpilot_replica_correction",
             "Observed over predicted time, learnt per replica (prefill: first token; step: "

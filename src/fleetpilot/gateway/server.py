@@ -471,7 +471,7 @@ def create_app(
     fleet = LiveFleet(
         clock, pools, replicas, cooldown_s=cfg.cooldown_s, max_cooldown_s=cfg.max_cooldown_s
     )
-    metrics = GatewayMetrics(fleet.idle_costs, fleet.corrections)
+    metrics = GatewayMetrics(fleet.idle_costs, fleet.corrections, fleet.bursts)
     upstream = Upstream(
         connect_timeout=cfg.connect_timeout_s,
         read_timeout=cfg.first_byte_timeout_s,

@@ -64,6 +64,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fleetpilot.core.burstiness import BurstMeter, excess
 from fleetpilot.core.capacity import Plan, PlanParams
 from fleetpilot.core.correction import Learnt, PoolCorrections
 from fleetpilot.core.model import (
@@ -488,6 +489,8 @@ class _Sim:
         self.last_arrival = self.arrival[-1] if n else 0.0
         self.last_done = 0.0
         self.window_arrivals: list[int] = []  # indices arrived since the last control tick
+        self.bursts = BurstMeter()  # the gateway's meter, over the arrivals replayed
+        self.bursts_seen = list(self.bursts.counts)
         self.last_tick = 0.0
 
     # -- the run ----------------------------------------------------------------------------
@@ -535,6 +538,7 @@ class _Sim:
     def _arrive(self, i: int) -> None:
         if self.policy is not None:
             self.window_arrivals.append(i)
+            self.bursts.add(self.arrival[i])
         if self.trace[i].service_class in self.plan_shed:
             self._resolve(i, _SHED, "the plan sheds this service class")
             return
@@ -848,9 +852,13 @@ class _Sim:
         span = now - self.last_tick
         in_flight = sum(_in_flight(r) for r in self.live if r.pool.model == self.model)
         in_flight += len(self.parked)
+        self.bursts.flush(now)
+        counts = [a - b for a, b in zip(self.bursts.counts, self.bursts_seen, strict=True)]
+        self.bursts_seen = list(self.bursts.counts)
         if window and span > 0:
             n = len(window)
             demand = Demand(
+                burst_excess=excess(counts, n / span),
                 rps=n / span,
                 mean_prompt_tokens=sum(r.prompt_tokens for r in window) / n,
                 mean_output_tokens=sum(r.max_tokens for r in window) / n,
