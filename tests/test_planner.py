@@ -802,6 +802,38 @@ def test_a_spot_pool_short_of_its_target_is_planned_at_what_it_has_for_a_cooldow
     assert later.targets[spot.name] > 1
 
 
+def test_a_market_that_keeps_refusing_is_left_for_longer_and_no_replica_at_all_is_short() -> None:
+    """An all-spot fleet whose market closed runs nothing: with replicas reported, that is
+    short (not a dry run), and a pool short again soon after its cool-down waits twice as
+    long, up to ``spot_backoff_max`` × the cool-down."""
+    pools = pools_of("L40S", classes=(CapacityClass.ON_DEMAND, CapacityClass.SPOT))
+    (spot,) = [p for p in pools if p.offering.capacity_class is CapacityClass.SPOT]
+    params = PlanParams().with_knobs({**HOLD, "spot_cooldown_s": 600.0, "spot_backoff_max": 4})
+    d = {MODEL: Demand(rps=30.0)}
+    plan, state = adaptive(Snapshot(0.0, (), pools=pools, demand=d), None, params)
+    assert plan.targets[spot.name] > 0
+    now, waits = 0.0, []
+    for _ in range(4):  # the market refuses every time the pool is tried
+        now += 60.0
+        fleet = tuple(replace(p, target=plan.targets[p.name]) for p in pools)
+        shown = Snapshot(now, (), pools=fleet, demand=d, replicas_reported=True)
+        plan, state = adaptive(shown, state, params)
+        assert plan.targets[spot.name] == 0  # short: planned at what it has, nothing
+        waits.append(state.cooldown[spot.name])
+        while plan.targets[spot.name] == 0:  # wait out the cool-down on on-demand alone
+            now += 60.0
+            fleet = tuple(replace(p, target=plan.targets[p.name]) for p in pools)
+            reps = tuple(
+                Replica(f"{p.name}/{i}", p.name, MODEL, "x", p.offering, p.profile)  # type: ignore[arg-type]
+                for p in fleet for i in range(p.target)
+            )  # fmt: skip
+            plan, state = adaptive(Snapshot(now, reps, pools=fleet, demand=d), state, params)
+    assert waits == [600.0, 1200.0, 2400.0, 2400.0]
+    # without replica views (a dry run) the same empty fleet is not short
+    dry, _ = adaptive(Snapshot(now + 60, (), pools=fleet, demand=d), None, params)
+    assert dry.targets[spot.name] > 0
+
+
 def test_zone_survivors_round_exactly_even_when_a_quota_stops_growing_the_pool() -> None:
     # x replicas over 3 zones leave s ≤ floor(2x/3) after the fullest zone goes; the LP
     # relaxation counts on s = 2.5 at x = 3.75, but x ≤ 4 gives s ≤ 2: the rounded answer must

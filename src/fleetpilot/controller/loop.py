@@ -127,6 +127,7 @@ class Controller:
                 tick=len(self.steps),
                 pools=pools,
                 demand=dict(self._demand),
+                replicas_reported=getattr(self.actuator, "reports_replicas", True),
             )
             plan, self.state = self.policy(snapshot, self.state, self.params)
             await self.actuator.apply(plan, pools)

@@ -69,6 +69,7 @@ class PlannerState:
     last_now: float | None = None
     started: float | None = None  # the first call: no scale-down before hold_s has passed
     short_at: Mapping[str, float] = field(default_factory=dict)  # spot pool → last seen short
+    cooldown: Mapping[str, float] = field(default_factory=dict)  # spot pool → its cool-down
     seen_at: Mapping[str, float] = field(default_factory=dict)  # model → last step with requests
     observed: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     surge: Mapping[str, float] = field(default_factory=dict)  # model → largest surge seen
@@ -110,11 +111,30 @@ def _spot_short(snapshot: Snapshot, short_at: Mapping[str, float]) -> dict[str, 
     give (or took back) what was asked and the engine could not replace it.  Returns when each
     spot pool was last seen short (only engines that report replicas can tell)."""
     out = dict(short_at)
-    if not snapshot.replicas:
+    if not snapshot.sees_replicas:
         return out
     for p in snapshot.pools:
         if is_spot(p) and _live(snapshot, p.name) < p.offering.within_quota(p.target):
             out[p.name] = snapshot.now
+    return out
+
+
+def _backoff(
+    state: PlannerState, short_at: Mapping[str, float], now: float, base: float, most: float
+) -> dict[str, float]:
+    """Each spot pool's cool-down: ``base``, doubled (up to ``most`` × ``base``) each time
+    the pool falls short again within two cool-downs of the last time, and back to ``base``
+    once it has held longer.  A market that keeps refusing is left for hours, not re-tried
+    every half hour with the fleet's SLO as the stake."""
+    out = dict(state.cooldown)
+    for name, t in short_at.items():
+        newly = t == now and state.short_at.get(name, -math.inf) != state.last_now
+        if not newly:
+            continue
+        was = state.short_at.get(name)
+        cur = out.get(name, base)
+        again = was is not None and now - was <= 2.0 * cur
+        out[name] = min(2.0 * cur, most * base) if again else base
     return out
 
 
@@ -218,9 +238,11 @@ def adaptive(
             demand[model] = [replace(d, rps=d.rps * need / total) for d in demand[model]]
 
     short_at = _spot_short(snapshot, state.short_at)
-    cooldown = knobs.spot_cooldown_s
+    cooldown = _backoff(state, short_at, now, knobs.spot_cooldown_s, knobs.spot_backoff_max)
     pools = tuple(
-        _capped_at_live(p, snapshot) if now - short_at.get(p.name, -math.inf) < cooldown else p
+        _capped_at_live(p, snapshot)
+        if now - short_at.get(p.name, -math.inf) < cooldown.get(p.name, knobs.spot_cooldown_s)
+        else p
         for p in pools
     )
 
@@ -257,6 +279,7 @@ def adaptive(
         last_now=now,
         started=started,
         short_at=short_at,
+        cooldown=cooldown,
         seen_at=seen_at,
         observed=observed,
         surge=surge,

@@ -85,6 +85,7 @@ class AdaptiveKnobs:
     surge_min: float = 1.8  # the surge floor: SLO capacity for this × the reserve_s peak
     surge_learn: float = 0.0  # > 0: raise the floor to the largest surge seen so far
     spot_cooldown_s: float = SPOT_COOLDOWN_S
+    spot_backoff_max: float = 16.0  # a pool short again soon waits up to this × the cool-down
     # planned demand × this quantile (over intervals, request-weighted) of the learnt excess
     # burstiness over Poisson (core.burstiness); 0: off
     burst_quantile: float = 0.9

@@ -239,6 +239,13 @@ class Snapshot:
     pools: tuple[Pool, ...] = ()
     demand: dict[str, Demand] = field(default_factory=dict)  # observed, per model
     headroom: float | None = None
+    # the engine reports its replicas, so an empty ``replicas`` means none run (a dry run
+    # reports none and leaves this False: its targets are taken as running)
+    replicas_reported: bool = False
+
+    @property
+    def sees_replicas(self) -> bool:
+        return self.replicas_reported or bool(self.replicas)
 
 
 class Action(enum.StrEnum):

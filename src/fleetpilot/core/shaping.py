@@ -226,7 +226,7 @@ def drain_to_reserve(
 
 def ready_replicas(snapshot: Snapshot, current: Mapping[str, int]) -> dict[str, int]:
     """Ready replicas per pool; without replica views (a dry run) the current targets."""
-    if not snapshot.replicas:
+    if not snapshot.sees_replicas:
         return dict(current)
     ready: dict[str, int] = {}
     for r in snapshot.replicas:

@@ -630,6 +630,7 @@ def simulate(
             snapshot = Snapshot(
                 now=t0,
                 replicas=tuple(v for f in fleets for v in f.views.values()),
+                replicas_reported=True,
                 tick=calls,
                 pools=tuple(f.with_target() for f in fleets),
                 demand={model: demand},

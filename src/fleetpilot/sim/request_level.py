@@ -869,7 +869,9 @@ class _Sim:
             demand = Demand(in_flight=in_flight)
         pools = tuple(replace(p, target=t) for p, t in zip(self.pools, self.targets, strict=True))
         replicas = tuple(r.frozen() for r in self.live)
-        return Snapshot(now, replicas, self.control_ticks, pools, {self.model: demand})
+        return Snapshot(
+            now, replicas, self.control_ticks, pools, {self.model: demand}, replicas_reported=True
+        )
 
     # -- results ----------------------------------------------------------------------------
     def result(self, window_s: float) -> SimResult:

@@ -69,6 +69,8 @@ class DryRunActuator:
         if not self.quiet:
             self.console.print(plan_table(plan, pools, before))
 
+    reports_replicas = False  # it runs nothing: plans are taken as running
+
     async def replicas(self) -> list[Replica]:
         return []
 
