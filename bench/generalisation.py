@@ -87,7 +87,7 @@ class Row:
     requests: float
     slo: float
     cost: float
-    lost: int
+    lost: int | None  # None at window level: the fluid simulator loses nothing by construction
     feasible: float
     feasible_slo: float
     hedged: float
@@ -149,7 +149,7 @@ def _window_row(name: str, series: RateSeries, params: PlanParams, spot: SpotMap
     static, _ = static_feasible_windows(series, pools, params)
     a, r = by["adaptive"], by["reactive"]
     return Row(
-        name, "window", float(a["requests"]), a["slo_attainment"], a["cost"], 0, plain.cost,
+        name, "window", float(a["requests"]), a["slo_attainment"], a["cost"], None, plain.cost,
         plain.attainment, hedged.cost, hedged.attainment, r["cost"], r["slo_attainment"],
         static.cost, static.attainment, time.process_time() - t0,
         "; ".join(f.note for f in (plain, hedged) if not f.reached),
@@ -222,6 +222,8 @@ def verdicts(row: Row) -> list[str]:
         miss.append("<40% below static99")
     if row.lost:
         miss.append("lost")
+    if row.lost is None:
+        miss.append("lost not measured")
     return miss
 
 
@@ -238,7 +240,7 @@ def table(rows: list[Row]) -> str:
             f"{_ratio(r.cost, r.feasible, r.feasible_slo >= TARGET)} ({_pct(r.feasible_slo)}) | "
             f"{_ratio(r.cost, r.reactive)} ({_pct(r.reactive_slo)}) | "
             f"{_ratio(r.cost, r.static99, r.static99_slo >= TARGET)} ({_pct(r.static99_slo)}) | "
-            f"{r.lost} | "
+            f"{'–' if r.lost is None else r.lost} | "
             f"{', '.join(verdicts(r)) or 'none'} |"
         )
 
@@ -252,7 +254,8 @@ def table(rows: list[Row]) -> str:
         f"{most([(r.cost, r.feasible, r.feasible_slo) for r in rows])} | "
         f"{most([(r.cost, r.reactive, 1.0) for r in rows])} | "
         f"{most([(r.cost, r.static99, r.static99_slo) for r in rows])} | "
-        f"{max(r.lost for r in rows)} | {sum(bool(verdicts(r)) for r in rows)} rows miss |"
+        f"{max((r.lost for r in rows if r.lost is not None), default=0)} | "
+        f"{sum(bool(set(verdicts(r)) - {'lost not measured'}) for r in rows)} rows miss |"
     )
     lines.append(worst)
     return "\n".join(lines)

@@ -235,33 +235,37 @@ async def test_replay_through_the_gateway_reads_headers_and_counts_sheds(tmp_pat
     assert (s.shed, s.lost, s.slo_attainment) == (1, 0, 0.0)
 
 
-def test_removals_wait_for_starting_replicas_and_the_planner_sees_day_time() -> None:
+def test_the_planner_sees_day_time_and_removals_wait_for_ready_replicas() -> None:
+    """The demo's two policy adapters: a compressed day seen as a day, and the shared
+    make-before-break rule (core.shaping.wait_for_ready, tested in test_planner) around it."""
     from fleetpilot.catalogue import load_catalogue
     from fleetpilot.core.capacity import Plan, PlanParams
-    from fleetpilot.core.model import Replica, ReplicaState, Snapshot
-    from fleetpilot.demo_controller import in_day_time, make_before_break
+    from fleetpilot.core.model import Demand, Replica, ReplicaState, Snapshot
+    from fleetpilot.core.shaping import wait_for_ready
+    from fleetpilot.demo_controller import in_day_time
 
     a, b = load_catalogue().pools("llama-3.1-8b", ["A10G"])
-    a, b = replace(a, target=2), replace(b, target=0)
+    a, b = replace(a, target=2), replace(b, target=2)
     seen: list[Snapshot] = []
 
     def move(snapshot: Snapshot, state: object, params: PlanParams) -> tuple[Plan, object]:
         seen.append(snapshot)
         return Plan({a.name: 0, b.name: 2}), state
 
-    policy = make_before_break(move)
-    plan, _ = policy(Snapshot(now=0.0, replicas=(), pools=(a, b)), None, PlanParams())
-    assert plan.targets == {a.name: 2, b.name: 2}  # adding: nothing removed yet
-    settled = (replace(a, target=2), replace(b, target=2))
     assert b.profile is not None
-    starting = Replica("x/0", b.name, "llama-3.1-8b", "http://127.0.0.1:1", b.offering,
-                       b.profile, ReplicaState.STARTING)  # fmt: skip
-    plan, _ = policy(Snapshot(now=1.0, replicas=(starting,), pools=settled), None, PlanParams())
-    assert plan.targets == {a.name: 2, b.name: 2}  # still starting: still kept
-    plan, _ = policy(Snapshot(now=2.0, replicas=(), pools=settled), None, PlanParams())
-    assert plan.targets == {a.name: 0, b.name: 2}  # settled: the removal goes ahead
-
-    in_day_time(move, 100.0)(Snapshot(now=3.0, replicas=(), pools=(a,)), None, PlanParams())
+    starting = tuple(
+        Replica(f"x/{i}", b.name, "llama-3.1-8b", "http://127.0.0.1:1", b.offering, b.profile,
+                ReplicaState.STARTING)
+        for i in range(2)
+    )  # fmt: skip
+    demand = {"llama-3.1-8b": Demand(rps=1.0)}
+    policy = in_day_time(wait_for_ready(move), 100.0)
+    snap = Snapshot(now=3.0, replicas=starting, pools=(a, b), demand=demand)
+    plan, _ = policy(snap, None, PlanParams())
+    assert plan.targets == {a.name: 2, b.name: 2}  # the new replicas are not ready yet
+    ready = tuple(replace(r, state=ReplicaState.READY) for r in starting)
+    plan, _ = policy(replace(snap, replicas=ready), None, PlanParams())
+    assert plan.targets == {a.name: 0, b.name: 2}  # they carry the load: the removal goes ahead
     assert seen[-1].now == 300.0
     assert seen[-1].pools[0].offering.startup_s == 100 * a.offering.startup_s
 
