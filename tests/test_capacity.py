@@ -168,12 +168,12 @@ def test_a_pool_without_a_measured_profile_is_planned_analytically() -> None:
 
 
 def test_knobs_are_typed_validated_and_a_misspelt_name_is_refused() -> None:
-    params = PlanParams().with_knobs({"surge_min": 0.0, "spot_spread": 3, "spot_cooldown_s": 60})
-    assert params.adaptive.surge_min == 0.0 and PlanParams().adaptive.surge_min == 1.8
+    params = PlanParams().with_knobs({"surge_min": 2.5, "spot_spread": 3, "spot_cooldown_s": 60})
+    assert params.adaptive.surge_min == 2.5 and PlanParams().adaptive.surge_min == 0.0
     assert params.spot_hedge.spot_spread == 3 and isinstance(params.spot_hedge.spot_spread, int)
     # a name two policies share sets both
     assert params.adaptive.spot_cooldown_s == params.spot_hedge.spot_cooldown_s == 60.0
-    assert params.knobs == {"surge_min": 0.0, "spot_spread": 3.0, "spot_cooldown_s": 60.0}
+    assert params.knobs == {"surge_min": 2.5, "spot_spread": 3.0, "spot_cooldown_s": 60.0}
     assert PlanParams().with_knobs(params.knobs) == params
     check_knobs(dict.fromkeys(KNOBS - {"spot_max_share"}, 1.0))
     with pytest.raises(ValueError, match=r"unknown planner knob\(s\) \['holds'\]"):

@@ -569,11 +569,11 @@ def test_controller_plan_knobs_reach_the_planner_and_a_misspelt_one_is_an_error(
 
     head = "gateway_url: http://127.0.0.1:1\nmodels: [llama-3.1-8b]\n"
     good = tmp_path / "good.yaml"
-    good.write_text(head + "plan: {ttft_slo_s: 1.5, knobs: {surge_min: 0, hold_s: 120}}\n")
+    good.write_text(head + "plan: {ttft_slo_s: 1.5, knobs: {surge_min: 2, hold_s: 120}}\n")
     params = load_controller_settings(good).plan.params()
     assert params.ttft_slo_s == 1.5
-    assert params.knobs == {"surge_min": 0.0, "hold_s": 120.0}
-    assert params.adaptive.surge_min == 0.0 and params.adaptive.hold_s == 120.0
+    assert params.knobs == {"surge_min": 2.0, "hold_s": 120.0}
+    assert params.adaptive.surge_min == 2.0 and params.adaptive.hold_s == 120.0
     bad = tmp_path / "bad.yaml"
     bad.write_text(head + "plan: {knobs: {surge_mim: 0}}\n")
     with pytest.raises(ConfigError, match=r"unknown planner knob.*surge_mim"):

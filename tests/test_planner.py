@@ -38,7 +38,7 @@ from fleetpilot.core.shaping import (
     wait_for_ready,
 )
 
-SURGE_MIN = AdaptiveKnobs().surge_min
+SURGE_MIN = 1.8  # a constant floor, as the default was before it was learnt
 
 MODEL = "llama-3.1-8b"
 ALL = (CapacityClass.RESERVED, CapacityClass.ON_DEMAND, CapacityClass.SPOT)
@@ -545,16 +545,18 @@ def test_a_surge_seen_is_kept_as_a_floor_once_the_reserve_window_is_full() -> No
 
     late = [10.0] * 12 + [30.0] + [10.0] * 40  # a 3× surge after the 600 s warm-up
     assert final(late, 1.0) * one >= 3.0 * 10.0 - 1e-6  # kept for a surge like it
-    assert final(late, 0.0) * one < 3.0 * 10.0  # the default SURGE_MIN lets it drain below
+    assert final(late, 0.0) * one < 3.0 * 10.0  # not learnt (no constant floor): it drains
+    assert AdaptiveKnobs().surge_learn > 0 and AdaptiveKnobs().surge_min == 0  # learnt by default
     early = [10.0] * 3 + [30.0] + [10.0] * 40  # within the first reserve_s: not learnt
     assert final(early, 1.0) == final(early, 0.0)
 
 
-def test_the_default_surge_floor_holds_surge_min_times_the_reserve_peak_once_warm() -> None:
+def test_a_constant_surge_floor_holds_surge_min_times_the_reserve_peak_once_warm() -> None:
     pools, name, one = floor_fleet()
     rates = [10.0] * 40
-    floored = [p.targets[name] for p in run_policy(pools, rates, PlanParams().with_knobs(FLOOR))]
-    plain = run_policy(pools, rates, PlanParams().with_knobs({**FLOOR, "surge_min": 0.0}))
+    constant = {**FLOOR, "surge_min": SURGE_MIN, "surge_learn": 0.0}
+    floored = [p.targets[name] for p in run_policy(pools, rates, PlanParams().with_knobs(constant))]
+    plain = run_policy(pools, rates, PlanParams().with_knobs({**constant, "surge_min": 0.0}))
     sizes = [p.targets[name] for p in plain]
     assert floored[:10] == sizes[:10]  # the first reserve_s: no reference peak, no floor
     assert all(n * one >= SURGE_MIN * 10.0 - 1e-6 for n in floored[10:])  # then × the peak

@@ -82,8 +82,10 @@ class AdaptiveKnobs:
     drain_reserve: float = 2.2  # capacity kept ≥ this × the largest rate of reserve_s ...
     reserve_s: float = 7200.0  # ... above it, a surplus goes at once
     silent_hold_s: float = 7200.0  # a model gone quiet (no signal) removes nothing this long
-    surge_min: float = 1.8  # the surge floor: SLO capacity for this × the reserve_s peak
-    surge_learn: float = 0.0  # > 0: raise the floor to the largest surge seen so far
+    # the surge floor: SLO capacity for the largest surge seen so far (surge_learn > 0) × the
+    # reserve_s peak, and at least surge_min × it: learnt from the series, not a constant
+    surge_min: float = 0.0
+    surge_learn: float = 1.0
     spot_cooldown_s: float = SPOT_COOLDOWN_S
     spot_backoff_max: float = 16.0  # a pool short again soon waits up to this × the cool-down
     # planned demand × this quantile (over intervals, request-weighted) of the learnt excess
