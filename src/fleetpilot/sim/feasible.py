@@ -17,9 +17,9 @@ cost is what it takes to *hold* the SLO:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -86,6 +86,40 @@ def _replay(
     )  # fmt: skip
 
 
+class _Found(Protocol):
+    @property
+    def reached(self) -> bool: ...
+
+
+F = TypeVar("F", bound=_Found)
+
+
+def _smallest(run: Callable[[float], F], hi: float, peak: float, rounds: int) -> tuple[F, float]:
+    """The smallest rate (bisection, ``rounds`` steps, after doubling ``hi`` until it holds)
+    for which ``run(rate)`` holds the target, and its run."""
+    lo = 0.0
+    top = run(hi)
+    while not top.reached and hi < 64 * max(peak, 1e-3):
+        lo, hi = hi, hi * 2.0
+        top = run(hi)
+    best, at = top, hi
+    for _ in range(rounds):
+        mid = (lo + hi) / 2.0
+        got = run(mid)
+        if got.reached:
+            best, at, hi = got, mid, mid
+        else:
+            lo = mid
+    return best, at
+
+
+def _grow(factor: np.ndarray, per: np.ndarray, target: float, step: float) -> None:
+    """Raise the factor of every window whose replay kept fewer than ``target`` of its
+    requests in time: the worse it missed, the more (at most 2× a round), in place."""
+    short = per < target
+    factor[short] *= np.minimum(step / np.maximum(per[short], step / 2.0), 2.0)
+
+
 def feasible_schedule(
     trace: Sequence[TraceRequest],
     pools: Sequence[Pool],
@@ -120,10 +154,7 @@ def feasible_schedule(
         best = Feasible(res, res.cost, got, got >= target, rounds, f"{rounds} round(s)")
         if got >= target:
             return best
-        per = window_attainment(res, window_s, n)
-        short = per < target
-        # the windows that missed grow; the worse they missed, the more (at most 2× a round)
-        factor[short] *= np.minimum(step / np.maximum(per[short], 1.0 / 2.0 * step), 2.0)
+        _grow(factor, window_attainment(res, window_s, n), target, step)
     assert best is not None
     return replace(best, note=f"did not reach {target:.0%} in {max_rounds} rounds")
 
@@ -144,7 +175,7 @@ def static_feasible(
     series = windows_of(trace, window_s)
     peak = max(series.rps, default=0.0)
     minute = windows_of(trace, 60.0)
-    lo, hi = 0.0, max(max(minute.rps, default=0.0), peak, 1e-3)
+    hi = max(max(minute.rps, default=0.0), peak, 1e-3)
 
     def run(rps: float) -> Feasible:
         p = replace(params, static=replace(params.static, peak_rps=rps))
@@ -153,21 +184,7 @@ def static_feasible(
         got = res.slo_attainment() or 1.0
         return Feasible(res, res.cost, got, got >= target, 1, f"sized for {rps:.3g} req/s")
 
-    top = run(hi)
-    while not top.reached and hi < 64 * max(peak, 1e-3):
-        lo, hi = hi, hi * 2.0
-        top = run(hi)
-    best, at = top, hi
-    for _ in range(rounds):
-        mid = (lo + hi) / 2.0
-        got = run(mid)
-        if got.reached:
-            best, at, hi = got, mid, mid
-        else:
-            lo = mid
-    if not math.isfinite(at):
-        raise ValueError("no static fleet found")
-    return best, at
+    return _smallest(run, hi, peak, rounds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,9 +239,7 @@ def feasible_windows(
         )
         if got >= target:
             return best
-        per = np.nan_to_num(np.asarray(res.attainment, dtype=np.float64), nan=1.0)
-        short = per < target
-        factor[short] *= np.minimum(step / np.maximum(per[short], step / 2.0), 2.0)
+        _grow(factor, np.nan_to_num(np.asarray(res.attainment, np.float64), nan=1.0), target, step)
     assert best is not None
     return replace(best, note=f"did not reach {target:.0%} in {max_rounds} rounds")
 
@@ -239,7 +254,7 @@ def static_feasible_windows(
 ) -> tuple[WindowFeasible, float]:
     """:func:`static_feasible` in the window-level simulator."""
     peak = max(series.rps, default=0.0)
-    lo, hi = 0.0, max(peak, 1e-3)
+    hi = max(peak, 1e-3)
 
     def run(rps: float) -> WindowFeasible:
         p = replace(params, static=replace(params.static, peak_rps=rps))
@@ -249,16 +264,4 @@ def static_feasible_windows(
             res, float(res.total_cost), got, got >= target, 1, f"sized for {rps:.3g} req/s"
         )
 
-    top = run(hi)
-    while not top.reached and hi < 64 * max(peak, 1e-3):
-        lo, hi = hi, hi * 2.0
-        top = run(hi)
-    best, at = top, hi
-    for _ in range(rounds):
-        mid = (lo + hi) / 2.0
-        got = run(mid)
-        if got.reached:
-            best, at, hi = got, mid, mid
-        else:
-            lo = mid
-    return best, at
+    return _smallest(run, hi, peak, rounds)
