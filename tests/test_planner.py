@@ -972,3 +972,17 @@ def test_wait_for_ready_holds_removals_until_the_ready_replicas_that_stay_carry_
     # a size-class demand key counts for its model
     sized = replace(snap(need), demand={size_key(MODEL, "small"): d})
     assert policy(sized, None, params)[0].targets[old.name] == 0
+
+
+def test_a_return_after_a_trickle_is_no_surge_to_learn_the_floor_from() -> None:
+    """Traffic that stops (a trickle of 1% for hours) and comes back at full rate: the ratio
+    of the return over the trickle is no surge, so the floor does not learn 100×."""
+    pools, name, one = floor_fleet()
+    params = PlanParams().with_knobs({**FLOOR, "surge_learn": 1.0, "max_remove_per_step": 1000})
+    rates = [10.0] * 15 + [0.1] * 20 + [10.0] * 5 + [10.0] * 15
+    sizes = [p.targets[name] for p in run_policy(pools, rates, params)]
+    assert sizes[-1] * one < 3.0 * 10.0  # the floor stayed near the level, not 100× it
+    # a real surge from a steady level still teaches it
+    surge = [10.0] * 15 + [30.0] + [10.0] * 25
+    kept = [p.targets[name] for p in run_policy(pools, surge, params)]
+    assert kept[-1] * one >= 3.0 * 10.0 - 1e-6

@@ -13,13 +13,16 @@
    the fleet as it is;
 2. holds that demand for ``hold_s`` (:func:`~fleetpilot.core.shaping.hold_demand`): the fleet
    grows at once and shrinks only once demand stayed low that long;
-3. keeps a *surge floor* once ``reserve_s`` of history is in: capacity at the SLO for
-   ``surge_min`` × the largest rate of the last ``reserve_s`` (``surge_learn`` raises the ratio
-   to the largest surge seen so far: a step's rate over the peak known when its capacity was
-   decided).  A jump with no precursor is met only by capacity already running;
-4. plans the mix (:func:`~fleetpilot.core.mix.plan_mix`) and holds it
+3. keeps a *surge floor* once ``reserve_s`` of history is in: capacity at the SLO for the
+   largest surge seen so far (``surge_learn``: a step's rate over the peak known when its
+   capacity was decided; not learnt from a return after silence, whose reference is a
+   trickle) × the largest rate of the last ``reserve_s``, at least ``surge_min`` × it.  A
+   jump with no precursor is met only by capacity already running;
+4. multiplies the planned demand by the learnt excess burstiness over Poisson
+   (:mod:`fleetpilot.core.burstiness`, ``burst_quantile``) where the observer measures it;
+5. plans the mix (:func:`~fleetpilot.core.mix.plan_mix`) and holds it
    (:func:`~fleetpilot.core.shaping.keep_mix`, ``mix_hysteresis``);
-5. shapes it: additions at once, at most ``max_remove_per_step`` (or ``max_remove_share`` of
+6. shapes it: additions at once, at most ``max_remove_per_step`` (or ``max_remove_share`` of
    the fleet) removed per step, only a surplus above ``drain_reserve`` × the ``reserve_s`` peak
    at once; nothing removed in the first ``hold_s``, nor for ``silent_hold_s`` while a model
    that had requests counts none (no signal is not no demand, as Kubernetes' HPA holds on
@@ -58,6 +61,10 @@ from fleetpilot.core.shaping import (
 __all__ = ["PlannerState", "adaptive"]
 
 _TOL = 1e-6
+# A step below this share of the model's decayed peak (half-life below) is quiet: an outage
+# or the trickle after one, whose return is no surge to learn the floor from.
+_QUIET = 0.1
+_LEVEL_HALF_LIFE_S = 6 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,8 @@ class PlannerState:
     short_at: Mapping[str, float] = field(default_factory=dict)  # spot pool → last seen short
     cooldown: Mapping[str, float] = field(default_factory=dict)  # spot pool → its cool-down
     seen_at: Mapping[str, float] = field(default_factory=dict)  # model → last step with requests
+    quiet_at: Mapping[str, float] = field(default_factory=dict)  # model → last quiet step
+    level: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # decayed peak, at
     observed: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     surge: Mapping[str, float] = field(default_factory=dict)  # model → largest surge seen
     peaks: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
@@ -172,6 +181,8 @@ def adaptive(
     forecasts = dict(state.forecasts)
     held = dict(state.held)
     seen_at = dict(state.seen_at)
+    quiet_at = dict(state.quiet_at)
+    level = dict(state.level)
     observed = dict(state.observed)  # model → window of observed rps (sliding max)
     reserve_s = knobs.reserve_s
     reserve: dict[str, float] = {}  # model → SLO capacity that only drains slowly
@@ -184,17 +195,23 @@ def adaptive(
     peaks = dict(state.peaks)
     floor: dict[str, float] = {}  # model → SLO capacity kept for a surge like the largest seen
     for model, model_keys in keys.items():
-        if any(snapshot.demand[k].rps > 0 for k in model_keys):
+        seen = sum(snapshot.demand[k].rps for k in model_keys)
+        was, at = level.get(model, (0.0, now))
+        level[model] = (max(seen, was * 0.5 ** ((now - at) / _LEVEL_HALF_LIFE_S)), now)
+        if seen > 0:
             seen_at[model] = now
         elif now - seen_at.get(model, -math.inf) <= silent_s:
             silent = True
-        seen = sum(snapshot.demand[k].rps for k in model_keys)
+        if seen < _QUIET * level[model][0]:  # an outage, or a trickle where traffic was
+            quiet_at[model] = now
         lead = max((p.offering.startup_s for p in pools if p.model == model), default=0.0)
         cutoff = now - interval - lead
         past = [e for e in peaks.get(model, ()) if e[0] <= cutoff]
         newer = [e for e in peaks.get(model, ()) if e[0] > cutoff]
         warm = state.started is not None and now - state.started >= reserve_s
-        if warm and past and past[-1][1] > 0 and knobs.surge_learn > 0:
+        # a return after silence is no surge: its reference peak is the trickle or nothing
+        steady = now - quiet_at.get(model, -math.inf) > reserve_s
+        if warm and steady and past and past[-1][1] > 0 and knobs.surge_learn > 0:
             surge[model] = max(surge.get(model, 0.0), seen / past[-1][1])
         observed[model], peak = hold_demand(observed.get(model, ()), now, seen, reserve_s)
         peaks[model] = (*past[-1:], *newer, (now, peak))
@@ -281,6 +298,8 @@ def adaptive(
         short_at=short_at,
         cooldown=cooldown,
         seen_at=seen_at,
+        quiet_at=quiet_at,
+        level=level,
         observed=observed,
         surge=surge,
         peaks=peaks,
