@@ -254,7 +254,7 @@ def simulate(
     set_: Annotated[
         list[str] | None,
         typer.Option(
-            "--set", metavar="KNOB=VALUE", help="planner knob, e.g. surge_min=0 (repeatable)"
+            "--set", metavar="KNOB=VALUE", help="planner knob, e.g. surge_min=1.8 (repeatable)"
         ),
     ] = None,
 ) -> None:

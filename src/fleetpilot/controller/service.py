@@ -91,7 +91,7 @@ class PlanSettings(_Frozen):
     safety: float = Field(default=1.2, ge=1)
     spend_cap_per_hour: float = Field(default=float("inf"), gt=0)
     min_replicas: int = Field(default=1, ge=0)
-    # the policies' knobs by name (fleetpilot.core.knobs), e.g. surge_min: 0
+    # the policies' knobs by name (fleetpilot.core.knobs), e.g. surge_min: 1.8
     knobs: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("knobs")
