@@ -986,3 +986,14 @@ def test_a_return_after_a_trickle_is_no_surge_to_learn_the_floor_from() -> None:
     surge = [10.0] * 15 + [30.0] + [10.0] * 25
     kept = [p.targets[name] for p in run_policy(pools, surge, params)]
     assert kept[-1] * one >= 3.0 * 10.0 - 1e-6
+
+
+def test_a_silent_model_keeps_its_mix_rather_than_adding_a_cheaper_pool() -> None:
+    """No requests after traffic: nothing is removed, and nothing is added either. Planned at
+    zero demand the mix would open the cheapest pool beside the fleet it cannot yet remove."""
+    pools = pools_of("A10G", "H100", classes=(CapacityClass.ON_DEMAND,))
+    extra = {"hold_s": 60.0, "max_remove_per_step": 2, "silent_hold_s": 7200.0}
+    rates = [200.0] * 5 + [0.0] * 100
+    plans = run_policy(pools, rates, PlanParams().with_knobs(extra))
+    before = plans[4].targets
+    assert all(p.targets == before for p in plans[5:]), [p.targets for p in plans[5:8]]

@@ -187,6 +187,7 @@ def adaptive(
     reserve_s = knobs.reserve_s
     reserve: dict[str, float] = {}  # model → SLO capacity that only drains slowly
     silent = False  # a model that had requests lately counts none: no signal, nothing removed
+    hushed: set[str] = set()  # those models: their pools stay as they are
     silent_s = knobs.silent_hold_s
     demand: dict[str, list[Demand]] = {}
     expected: dict[str, list[Demand]] = {}  # what the fleet carries after losing a spot pool
@@ -202,6 +203,7 @@ def adaptive(
             seen_at[model] = now
         elif now - seen_at.get(model, -math.inf) <= silent_s:
             silent = True
+            hushed.add(model)
         if seen < _QUIET * level[model][0]:  # an outage, or a trickle where traffic was
             quiet_at[model] = now
         lead = max((p.offering.startup_s for p in pools if p.model == model), default=0.0)
@@ -277,6 +279,9 @@ def adaptive(
     if now - started < hold_s or silent:
         max_remove = 0  # demand has not been seen low for hold_s yet: the fleet may be needed
     shaped = bound_churn(raw.targets, current, max_remove, price)
+    for p in pools:  # a model gone silent keeps the fleet that served it, mix and all
+        if p.model in hushed:
+            shaped[p.name] = current[p.name]
     if max_remove > 0:
         shaped = drain_to_reserve(
             shaped, raw.targets, _slo_capacity(pools, demand, params),
