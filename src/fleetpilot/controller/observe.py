@@ -108,15 +108,20 @@ def parse_counters(
                 if model is not None:
                     _add(gauge, model, s.value)
     out.in_flight.update(in_flight if in_flight is not None else gauge)
+    out.bursts.update({m: _per_bin(c) for m, c in out.bursts.items()})
     return out
 
 
 def _burst(out: dict[str, list[float]], model: str, le: float, running: float) -> None:
-    """One cumulative bucket of the burst histogram, as that bin's own count (the gateway
-    renders buckets in order, so the running total before it is the bins filled so far)."""
+    """One bucket of the burst histogram, kept cumulative as Prometheus renders it (in
+    order); :func:`_per_bin` turns each model's buckets into per-bin counts once read."""
     bins = out.setdefault(model, [])
     if len(bins) < len(EDGES) and math.isclose(EDGES[len(bins)], le, rel_tol=1e-9):
-        bins.append(running - sum(bins))
+        bins.append(running)
+
+
+def _per_bin(cumulative: list[float]) -> list[float]:
+    return [c - (cumulative[i - 1] if i else 0.0) for i, c in enumerate(cumulative)]
 
 
 def _delta(now: Mapping[str, float], before: Mapping[str, float], key: str) -> float:

@@ -299,37 +299,19 @@ def replica_capacity_table(
     return per_shape[np.asarray(index).ravel()].reshape(prompt.shape)
 
 
-@functools.lru_cache(maxsize=16384)
-def _packaged(
-    profile: Profile,
-    survive: float,
-    ttft: float,
-    itl: float,
-    util: float,
-    prompt: float,
-    output: float,
-) -> float:
-    """One shape's planned capacity with the packaged calibration (cached)."""
-    rps = slo_capacity(
-        profile, ttft_slo_s=ttft, itl_slo_s=itl, mean_prompt_tokens=prompt,
-        mean_output_tokens=output,
-    ).requests_per_s  # fmt: skip
-    return planned_rate(rps, util, _calibrated(profile, ttft, itl, prompt, output)) * survive
-
-
 def replica_capacity(pool: Pool, demand: Demand, params: PlanParams) -> float:
-    """Requests/s one replica of ``pool`` is planned to carry of ``demand``'s shape (module)."""
+    """Requests/s one replica of ``pool`` is planned to carry of ``demand``'s shape (module):
+    the one-shape form of :func:`replica_capacity_table`, on the cached SLO capacity."""
     if pool.profile is None:
         return 0.0
     prompt, output = (
         float(v) for v in _grid([demand.mean_prompt_tokens, demand.mean_output_tokens])
     )
-    if params.calibration is TABLE:
-        return _packaged(
-            pool.profile, spot_survival(pool.offering), params.ttft_slo_s, params.itl_slo_s,
-            params.utilisation, prompt, output,
-        )  # fmt: skip
-    return float(replica_capacity_table(pool, params, prompt, output)[0])
+    rps = slo_capacity(
+        pool.profile, ttft_slo_s=params.ttft_slo_s, itl_slo_s=params.itl_slo_s,
+        mean_prompt_tokens=prompt, mean_output_tokens=output,
+    ).requests_per_s  # fmt: skip
+    return _planned(pool.profile, params, prompt, output, rps) * spot_survival(pool.offering)
 
 
 def plan_cost(targets: Mapping[str, int], pools: Sequence[Pool]) -> float:
