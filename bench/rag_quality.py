@@ -1,5 +1,5 @@
-"""Retrieval quality on Cranfield: nDCG@10 and recall@100 for BM25 (FTS5), vector search
-with each offline embedder, and hybrid (reciprocal rank fusion) over each.
+"""Retrieval quality on Cranfield: nDCG@10 and recall@100 for BM25 (the stores' own index),
+vector search with each offline embedder, and hybrid (reciprocal rank fusion) over each.
 
 Every abstract is one document in a fresh SQLite store per embedder, cut into chunks of up
 to 512 tokens (almost every abstract is one chunk; a document ranks where its best chunk
@@ -32,7 +32,6 @@ from fleetpilot.rag.evaluate import Beir, load_beir, ndcg, recall
 from fleetpilot.rag.indexer import Indexer
 from fleetpilot.rag.search import Retriever, Weights
 from fleetpilot.rag.sqlite import SqliteStore
-from fleetpilot.rag.store import Filters
 
 DEFAULT = Weights()
 KEYWORD_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0)
@@ -49,34 +48,6 @@ def _score(runs: dict[str, list[str]], data: Beir, qids: list[str]) -> tuple[flo
     return sum(n) / len(n), sum(r) / len(r)
 
 
-def _keyword_docs(store: SqliteStore, query: str) -> list[str]:
-    ranked = store.keyword_search("default", query, 150, Filters(), prune=True)
-    rows = store.chunks("default", [i for i, _ in ranked])
-    return list(dict.fromkeys(rows[i].doc_id for i, _ in ranked if i in rows))[:100]
-
-
-def _pruning(
-    store: SqliteStore, r: Retriever, data: Beir, qids: list[str]
-) -> list[tuple[str, ...]]:
-    """The evidence for pruning only in hybrid search: keyword and hybrid quality when
-    words in over each share of the chunks do not select (Cranfield is smaller than the
-    shipped floor of 5,000 chunks, so the floor is lifted here)."""
-    out = []
-    floor, share = store.common_rows, store.common_share
-    store.common_rows = 0
-    for s in (1.0, 0.10, 0.05, 0.02):
-        store.common_share = s
-        kw = {q: _keyword_docs(store, data.queries[q]) for q in qids}
-        hy = {
-            q: _docs_ranked(r.search(data.queries[q], tenant="default", k=150), 100) for q in qids
-        }
-        (kn, kr), (hn, hr) = _score(kw, data, qids), _score(hy, data, qids)
-        label = "none" if s == 1.0 else f"{s:.0%}"
-        out.append((label, f"{kn:.3f}", f"{kr:.3f}", f"{hn:.3f}", f"{hr:.3f}"))
-    store.common_rows, store.common_share = floor, share
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,7 +62,6 @@ def main() -> None:
     report = [q for q in qids if int(q) % 2 == 1]
     console = Console(width=120)
     rows: list[tuple[str, str, tuple[float, float], tuple[float, float], tuple[float, float]]] = []
-    pruning: list[tuple[str, ...]] = []
     with OtherLoad() as load, tempfile.TemporaryDirectory() as tmp:
         for spec in args.embedders.split(","):
             model = embedder(spec)
@@ -120,11 +90,11 @@ def main() -> None:
                     for q in qids
                 }
 
-            if not any(name == "BM25 (FTS5)" for name, *_ in rows):
+            if not any(name == "BM25 (fleetpilot.rag.bm25)" for name, *_ in rows):
                 kw = run("keyword")
                 rows.append(
                     (
-                        "BM25 (FTS5)",
+                        "BM25 (fleetpilot.rag.bm25)",
                         "—",
                         _score(kw, data, tune),
                         _score(kw, data, report),
@@ -167,16 +137,7 @@ def main() -> None:
                     _score(best_runs, data, qids),
                 )
             )
-            if spec == "wordllama":
-                pruning.extend(_pruning(store, r, data, qids))
             store.close()
-    if pruning:
-        pt = Table(title="keyword pruning (words in over a share of the chunks do not select)")
-        for col in ("share", "keyword nDCG@10", "keyword R@100", "hybrid nDCG@10", "hybrid R@100"):
-            pt.add_column(col, justify="right")
-        for row in pruning:
-            pt.add_row(*row)
-        console.print(pt)
     table = Table(
         title=f"Cranfield ({len(qids)} queries; tuned on {len(tune)} even, "
         f"reported on {len(report)} odd)"

@@ -1,4 +1,4 @@
-"""The RAG data layer on real stores: SQLite + sqlite-vec + FTS5 in a temporary file, and
+"""The RAG data layer on real stores: SQLite + sqlite-vec + the BM25 index in a temporary file, and
 Postgres + pgvector started from its wheel.  Embeddings are the real offline models."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fleetpilot.rag.embed import embedder
 from fleetpilot.rag.evaluate import ndcg, recall, span_scores
 from fleetpilot.rag.fusion import rrf
 from fleetpilot.rag.indexer import Indexer, pending
+from fleetpilot.rag.keywords import document_terms, query_terms
 from fleetpilot.rag.migrate import reembed
 from fleetpilot.rag.search import Retriever
 from fleetpilot.rag.sqlite import SqliteStore
@@ -416,16 +417,79 @@ def test_yardsticks() -> None:
     assert (r, p, iou) == (0.5, 0.5, pytest.approx(10 / 30))
 
 
-def test_pruning_drops_common_words_from_selection_when_asked(tmp_path: Path) -> None:
+def _live_chunks(store: Any, tenant: str) -> list[tuple[int, str]]:
+    if isinstance(store, SqliteStore):
+        return store._rows("select id, text from chunks where tenant = ?", (tenant,))
+    return store._rows("select id, text from rag_chunks where tenant = %s", (tenant,))
+
+
+def _reference_bm25(chunks: list[tuple[int, str]], query: str) -> dict[int, float]:
+    """BM25 written from its definition over every live chunk (k1 1.2, b 0.75, Lucene's
+    idf), for checking the segmented index against."""
+    terms = {cid: document_terms(text) for cid, text in chunks}
+    n = len(terms)
+    avg = sum(len(t) for t in terms.values()) / n
+    scores: dict[int, float] = {}
+    for q in query_terms(query):
+        holding = {cid: t.count(q) for cid, t in terms.items() if q in t}
+        idf = np.log(1 + (n - len(holding) + 0.5) / (len(holding) + 0.5))
+        for cid, tf in holding.items():
+            norm = 1.2 * (1 - 0.75 + 0.75 * len(terms[cid]) / avg)
+            scores[cid] = scores.get(cid, 0.0) + idf * tf * 2.2 / (tf + norm)
+    return scores
+
+
+def test_keyword_index_ranks_by_bm25_through_merges_edits_and_deletes(store: Any) -> None:
+    """Many small writes with a fanout of 2 force cascades of segment merges; edits and
+    deletes leave masked chunks behind in merged segments.  The ranking must stay exactly
+    BM25 over the live chunks, per tenant, and the segment count logarithmic."""
+    rng = np.random.default_rng(7)
+    words = [f"w{i}" for i in range(60)] + ["turbine", "blade", "ceramic", "coating"]
+    store._kw.fanout = 2
+    ix = _indexer(store, tenant="t1", size=24)
+    other = _indexer(store, tenant="t2", size=24)
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(words, n, p=None)) + "."
+
+    docs = [Document(f"d{i}", " ".join(text(10) for _ in range(3)), tenant="t1") for i in range(40)]
+    for d in docs:
+        ix.add([d])
+    other.add([Document("x", "ceramic ceramic ceramic turbine", tenant="t2")])
+    for i in range(0, 40, 3):  # edits: a chunk's old postings stay behind, masked
+        ix.add([Document(f"d{i}", docs[i].text + " ceramic coating", tenant="t1")])
+    store.delete_documents("t1", [f"d{i}" for i in range(1, 40, 5)])
+    live = _live_chunks(store, "t1")
+    for query in ("turbine blade", "ceramic coating w3", "w7 w8 w9 w10 w11", "nothing-here"):
+        want = _reference_bm25(live, query)
+        got = store.keyword_search("t1", query, 1000, Filters())
+        assert {i for i, _ in got} == set(want), query
+        for i, s_ in got:
+            assert s_ == pytest.approx(want[i], rel=1e-9), (query, i)
+        assert [s_ for _, s_ in got] == sorted((s_ for _, s_ in got), reverse=True)
+    segs = store._rows(
+        (
+            "select count(*) from kw_segments where tenant = ?"
+            if isinstance(store, SqliteStore)
+            else "select count(*) from rag_kw_segments where tenant = %s"
+        ),
+        ("t1",),
+    )[0][0]
+    assert segs <= 2 * int(np.log2(len(live)) + 2)
+    # the other tenant's counts are its own: one chunk, so its idf is the one-chunk idf
+    (only,) = store.keyword_search("t2", "ceramic", 10, Filters())
+    assert only[1] == pytest.approx(_reference_bm25(_live_chunks(store, "t2"), "ceramic")[only[0]])
+
+
+def test_a_store_from_before_the_keyword_index_is_indexed_when_opened(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "rag.db")
-    docs = [Document(f"c{i}", f"the turbine blade number {i} spins") for i in range(20)]
-    docs.append(Document("rare", "a turbine with ceramic coating"))
-    _indexer(store).add(docs)
-    everything = store.keyword_search("default", "turbine ceramic", 50, Filters())
-    assert len(everything) == 21  # keyword mode: any word selects
-    store.common_rows, store.common_share = 0, 0.3  # "turbine" is in every chunk: common
-    pruned = store.keyword_search("default", "turbine ceramic", 50, Filters(), prune=True)
-    assert [store.chunks("default", [i])[i].doc_id for i, _ in pruned] == ["rare"]
-    assert len(store.keyword_search("default", "turbine ceramic", 50, Filters())) == 21
-    only_common = store.keyword_search("default", "turbine", 50, Filters(), prune=True)
-    assert len(only_common) == 21  # every word common: the least common still selects
+    _indexer(store).add([Document(k, v) for k, v in TOPICS.items()])
+    before = store.keyword_search("default", "shock waves dough", 10, Filters())
+    for table in ("state", "segments", "postings", "chunks", "gone"):
+        store._db.execute(f"delete from kw_{table}")
+    assert store.keyword_search("default", "shock waves dough", 10, Filters()) == []
+    store.close()
+    reopened = SqliteStore(tmp_path / "rag.db")
+    assert reopened.keyword_search("default", "shock waves dough", 10, Filters()) == before
+    assert len(before) == 2
+    reopened.close()

@@ -1,10 +1,17 @@
-"""A query's words for a keyword index, shared by both stores."""
+"""Words for the keyword index, shared by both stores: FTS5's Porter tokenizer (Unicode
+6.1 word breaks, case and diacritics folded, then Porter stemming), called from Python
+through apsw, so documents and queries are cut the same way whichever store holds them."""
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
+from typing import Any
 
-__all__ = ["keyword_words"]
+import apsw
+
+__all__ = ["document_terms", "keyword_words", "query_terms"]
 
 # Words too common to rank by; dropping them from a query keeps an OR over its words from
 # scoring most of the corpus (FTS5 scores every row that matches any word).
@@ -134,3 +141,34 @@ def keyword_words(text: str) -> list[str]:
     words = _WORD.findall(text.lower())
     kept = [w for w in words if w not in _STOPWORDS] or words
     return list(dict.fromkeys(kept))
+
+
+_LOCK = threading.Lock()
+
+
+@functools.cache
+def _tokenizer() -> Any:
+    db = apsw.Connection(":memory:")
+    return db.fts5_tokenizer("porter", ["unicode61", "remove_diacritics", "2"])
+
+
+def document_terms(text: str) -> list[str]:
+    """A text's terms in order, repeats kept (their counts are the term frequencies)."""
+    with _LOCK:  # one tokenizer object, shared by the gateway's worker threads
+        terms: list[str] = _tokenizer()(
+            text.encode(),
+            apsw.FTS5_TOKENIZE_DOCUMENT,
+            None,
+            include_offsets=False,
+            include_colocated=False,
+        )
+        return terms
+
+
+def query_terms(text: str) -> list[str]:
+    """A query's terms worth matching, once each: its words less the common ones
+    (:func:`keyword_words`), stemmed as documents are."""
+    words = keyword_words(text)
+    if not words:
+        return []
+    return list(dict.fromkeys(document_terms(" ".join(words))))

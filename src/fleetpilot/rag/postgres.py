@@ -1,16 +1,16 @@
 """The store at scale: Postgres with pgvector, documents and vectors in one database.
 
 The same schema as the SQLite store, in ``rag_*`` tables: a vector row references its chunk
-(``on delete cascade``, so a deleted chunk can never leave a vector behind), chunks carry a
-generated ``tsvector`` with a GIN index for keyword search, and each model's vectors have an
-HNSW index (cosine).  Every query is filtered by tenant.  Where a filter is selective
-Postgres's planner ranks the few rows it allows exactly; where it walks the HNSW index
-instead, the scan returns only the filtered share of its ``ef_search`` candidates, so a
-filter (a small tenant, one tag) would silently return too few rows — pgvector 0.8's
+(``on delete cascade``, so a deleted chunk can never leave a vector behind), keyword search
+is :mod:`fleetpilot.rag.bm25`'s index in ``rag_kw_*`` tables (the same BM25 as SQLite's;
+Postgres's own ``ts_rank_cd`` is not BM25 and ranks each matching row in turn, 0.5–1.2 s at
+100,000 chunks), and each model's vectors have an HNSW index (cosine).  Every query is
+filtered by tenant.  Where a filter is selective Postgres's planner ranks the few rows it
+allows exactly; where it walks the HNSW index instead, the scan returns only the filtered
+share of its ``ef_search`` candidates, so a filter (a small tenant, one tag) would silently
+return too few rows — pgvector 0.8's
 iterative scans keep walking until ``k`` pass (``hnsw.iterative_scan = relaxed_order``), and
 the rows are re-sorted exactly afterwards.  A test forces the index path and shows both.
-Keyword ranking is Postgres's own ``ts_rank_cd`` (Postgres has no BM25 without an
-extension; see :meth:`PostgresStore.keyword_search` for which chunks it ranks).
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import psycopg
 
+from fleetpilot.rag.bm25 import KeywordIndex, schema
 from fleetpilot.rag.chunking import Chunk
 from fleetpilot.rag.documents import Document
-from fleetpilot.rag.keywords import keyword_words
 from fleetpilot.rag.store import Filters, Hit, ModelInfo, Root, Stats, StoredDoc
 
 __all__ = ["PostgresStore"]
@@ -46,17 +46,16 @@ create table if not exists rag_chunks(
   id bigserial primary key, tenant text not null, doc_id text not null, ord int not null,
   start int not null, "end" int not null, tokens int not null, hash text not null,
   text text not null,
-  tsv tsvector generated always as (to_tsvector('english', text)) stored,
   foreign key (tenant, doc_id) references rag_documents(tenant, id) on delete cascade);
 create index if not exists rag_chunks_doc on rag_chunks(tenant, doc_id);
-create index if not exists rag_chunks_tsv on rag_chunks using gin(tsv);
+alter table rag_chunks drop column if exists tsv;
 create table if not exists rag_skipped(
   tenant text not null, root text not null, id text not null, stamp text not null,
   reason text not null, primary key (tenant, root, id));
 create table if not exists rag_roots(
   path text not null, tenant text not null, chunker text not null,
   indexed_at double precision not null, primary key (path, tenant));
-"""
+""" + schema("rag_kw_", blob="bytea", bigint="bigint")
 
 
 def _vec(v: np.ndarray) -> str:
@@ -69,22 +68,27 @@ class PostgresStore:
     index_only = False  # the HNSW index even where the planner would rank exactly (tests)
     retire_grace_s = 30.0  # a replaced model's table is kept this long for searches under way
 
-    # Pruned, a word in more of the chunks than this does not select.  Off (1.0) by default:
-    # on Cranfield even 10% cost hybrid search quality (bench/rag_quality.py's pruning
-    # table) for about a fifth of the keyword half's latency on 100,000 chunks.
-    common_share = 1.0
-    common_rows = 5000  # ... nor in fewer chunks than this: pruning small stores gains nothing
-
     def __init__(self, url: str) -> None:
         self.url = url
-        self._common: dict[str, float] = {}
-        self._rows_estimate = 0.0
-        self._common_at = -1e9
+        self._kw = KeywordIndex("rag_kw_")
         self._db = psycopg.connect(url, autocommit=True)
         self._lock = threading.RLock()
         with self._write() as cur:
             cur.execute("select pg_advisory_xact_lock(7316)")  # two first starts: one schema
             cur.execute(_SCHEMA)
+            self._index_unindexed(cur)
+
+    def _index_unindexed(self, cur: psycopg.Cursor[Any]) -> None:
+        """Index the chunks of a store written before the keyword index existed."""
+        sql = _Sql(cur)
+        if sql.rows("select exists (select 1 from rag_kw_chunks)")[0][0]:
+            return
+        by_tenant: dict[str, list[tuple[int, str]]] = {}
+        for cid, tenant, text in sql.rows("select id, tenant, text from rag_chunks order by id"):
+            by_tenant.setdefault(tenant, []).append((cid, text))
+        for tenant, rows in by_tenant.items():
+            for i in range(0, len(rows), 4096):
+                self._kw.add(sql, tenant, rows[i : i + 4096])
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Cursor[Any]]:
@@ -222,6 +226,7 @@ class PostgresStore:
         models = {m.id for m in self.models() if m.state != "retired"}
         with self._write() as cur:
             self._drop_retired(cur)
+            self._unindex(cur, doc.tenant, [doc.id])
             cur.execute(
                 "delete from rag_documents where tenant = %s and id = %s", (doc.tenant, doc.id)
             )
@@ -248,6 +253,9 @@ class PostgresStore:
                     (doc.tenant, doc.id, i, c.start, c.end, c.tokens, c.hash, c.text),
                 )
                 ids.append((cur.fetchone() or (0,))[0])
+            self._kw.add(
+                _Sql(cur), doc.tenant, [(i, c.text) for i, c in zip(ids, chunks, strict=True)]
+            )
             for mid, rows in vectors.items():
                 if mid in models and len(ids):
                     cur.executemany(
@@ -267,10 +275,20 @@ class PostgresStore:
         if not ids:
             return 0
         with self._write() as cur:
+            self._unindex(cur, tenant, ids)
             cur.execute(
                 "delete from rag_documents where tenant = %s and id = any(%s)", (tenant, list(ids))
             )
             return cur.rowcount
+
+    def _unindex(self, cur: psycopg.Cursor[Any], tenant: str, doc_ids: Sequence[str]) -> None:
+        """Take the documents' chunks out of the keyword index (the rows themselves go by
+        cascade with their document)."""
+        cur.execute(
+            "select id from rag_chunks where tenant = %s and doc_id = any(%s)",
+            (tenant, list(doc_ids)),
+        )
+        self._kw.remove(_Sql(cur), tenant, [r[0] for r in cur.fetchall()])
 
     # -- search --------------------------------------------------------------------------
 
@@ -317,61 +335,26 @@ class PostgresStore:
             return [(int(i), float(s)) for i, s in cur.fetchall()]
 
     def keyword_search(
-        self, tenant: str, query: str, k: int, filters: Filters, *, prune: bool = False
+        self, tenant: str, query: str, k: int, filters: Filters
     ) -> list[tuple[int, float]]:
-        """Chunks that hold one of the query's words (with ``prune``, the hybrid search's
-        keyword half: one of its *rarer* words), ranked by ``ts_rank_cd`` with all of them.
-        Ranking every chunk that holds any word (an OR over "flow", "layer") reads most of
-        the table; a word in more than ``common_share`` of chunks and more
-        than ``common_rows`` of them (known from ANALYZE's most common lexemes, free) only
-        adds to the rank — as max-score pruning drops terms too common to lift a document
-        into the top ``k``."""
-        if not keyword_words(query) or k <= 0:
+        """BM25 over the tenant's chunks that hold a word of the query."""
+        if k <= 0:
             return []
-        lexemes = [r[0] for r in self._rows(
-            "select unnest(tsvector_to_array(to_tsvector('english', %s)))", (query,))]  # fmt: skip
-        if not lexemes:
-            return []
-        rare = lexemes
-        if prune and self.common_share < 1.0:
-            common, n = self._common_lexemes()
-            share = max(self.common_share, self.common_rows / n) if n else 1.0
-            rare = [w for w in lexemes if common.get(w, 0.0) <= share]
-            if not rare:  # every word is common: the two least common select
-                rare = sorted(lexemes, key=lambda w: common.get(w, 0.0))[:2]
+        with self._write() as cur:
+            cur.execute("set transaction isolation level repeatable read")  # one snapshot
+            ranking = self._kw.rank(_Sql(cur), tenant, query)
+        if filters.empty:
+            return ranking.top(k)
         where, args = _conditions(filters)
-        join = " join rag_documents d on d.tenant = c.tenant and d.id = c.doc_id" if where else ""
-        rows = self._rows(
-            "select c.id, ts_rank_cd(c.tsv, to_tsquery('simple', %s)) as r from rag_chunks c"
-            f"{join} where c.tenant = %s and c.tsv @@ to_tsquery('simple', %s) {where}"
-            " order by r desc, c.id limit %s",
-            [_any_of(lexemes), tenant, _any_of(rare), *args, k],
-        )
-        return [(int(i), float(s)) for i, s in rows]
+        return ranking.passing(k, lambda ids: self._passing(tenant, ids, where, args))
 
-    def _common_lexemes(self) -> tuple[dict[str, float], float]:
-        """Lexeme -> share of chunks holding it, for the most common ones (ANALYZE's
-        ``most_common_elems``), refreshed every minute; the table is analysed here if it
-        never was."""
-        now = time.monotonic()
-        if now - self._common_at < 60.0:
-            return self._common, self._rows_estimate
-        stat = "from pg_stats where tablename = 'rag_chunks' and attname = 'tsv'"
-        rows = self._rows(f"select most_common_elems::text::text[], most_common_elem_freqs {stat}")
-        if not rows or rows[0][0] is None:
-            (n,) = self._rows("select count(*) from rag_chunks")[0]
-            if n >= 1000:
-                with self._lock, self._db.cursor() as cur:
-                    cur.execute("analyze rag_chunks")
-                rows = self._rows(
-                    f"select most_common_elems::text::text[], most_common_elem_freqs {stat}"
-                )
-        elems, freqs = rows[0] if rows and rows[0][0] is not None else ([], [])
-        self._common = dict(zip(elems, freqs, strict=False))  # freqs ends with 3 summary values
-        (estimate,) = self._rows("select reltuples from pg_class where relname = 'rag_chunks'")[0]
-        self._rows_estimate = max(0.0, float(estimate))
-        self._common_at = now
-        return self._common, self._rows_estimate
+    def _passing(self, tenant: str, ids: list[int], where: str, args: list[Any]) -> set[int]:
+        rows = self._rows(
+            "select c.id from rag_chunks c join rag_documents d on d.tenant = c.tenant"
+            f" and d.id = c.doc_id where c.tenant = %s and c.id = any(%s) {where}",
+            [tenant, ids, *args],
+        )
+        return {int(r[0]) for r in rows}
 
     def chunks(self, tenant: str, ids: Sequence[int]) -> dict[int, Hit]:
         rows = self._rows(
@@ -425,9 +408,23 @@ class PostgresStore:
         return Stats(int(docs), int(chunks), vectors)
 
 
-def _any_of(lexemes: list[str]) -> str:
-    """An OR of lexemes as tsquery text, each quoted (a lexeme may hold any character)."""
-    return " | ".join("'" + w.replace("'", "''").replace("\\", "\\\\") + "'" for w in lexemes)
+class _Sql:
+    """The keyword index's view of a cursor inside the caller's transaction."""
+
+    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+        self._cur = cur
+
+    def rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self._cur.execute(sql.replace("?", "%s"), args)
+        return list(self._cur.fetchall()) if self._cur.description else []
+
+    def run(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self._cur.execute(sql.replace("?", "%s"), args)
+
+    def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        batch = list(rows)
+        if batch:
+            self._cur.executemany(sql.replace("?", "%s"), batch)
 
 
 def _conditions(f: Filters) -> tuple[str, list[Any]]:

@@ -4,10 +4,9 @@ The query is embedded with the store's *active* model, read at each search, so a
 switch (:mod:`fleetpilot.rag.migrate`) takes effect at once and query and chunk vectors
 always come from the same model.  Hybrid fuses the top ``depth`` of each method by
 reciprocal rank; its default weights were chosen on half of Cranfield's queries and are
-reported on the other half (``bench/rag_quality.py``).  Its keyword half may prune words too
-common to matter (:meth:`VectorStore.keyword_search`, the stores' ``common_share``), a
-latency knob that is off by default because it cost quality where it was measured; keyword
-mode never prunes.
+reported on the other half (``bench/rag_quality.py``).  Both halves rank exactly within
+their method: keyword search is BM25 over every chunk holding a query word
+(:mod:`fleetpilot.rag.bm25`), never a pruned approximation.
 """
 
 from __future__ import annotations
@@ -83,7 +82,7 @@ class Retriever:
             if mode == "vector":
                 ranked = near
             else:
-                words = self.store.keyword_search(tenant, query, depth, filters, prune=True)
+                words = self.store.keyword_search(tenant, query, depth, filters)
                 ranked = rrf(
                     [[i for i, _ in near], [i for i, _ in words]],
                     [w.vector, w.keyword],

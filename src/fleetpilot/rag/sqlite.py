@@ -1,12 +1,14 @@
-"""The embedded store: one SQLite file with documents, chunks, an FTS5 index and sqlite-vec.
+"""The embedded store: one SQLite file with documents, chunks, a BM25 index and sqlite-vec.
 
 Why these pieces:
 
 - **apsw**, not the stdlib ``sqlite3``: many Pythons (this machine's, macOS's) build
   ``sqlite3`` without extension loading, and sqlite-vec is an extension.  apsw bundles a
   current SQLite with FTS5 and loads it.
-- **FTS5, contentless** (``contentless_delete=1``): BM25 over the chunks without a second
-  copy of their text; a chunk's FTS row has the chunk's id.
+- **Keyword search** is :mod:`fleetpilot.rag.bm25`'s index in ``kw_*`` tables, cut by FTS5's
+  own Porter tokenizer.  FTS5's table is not used: its ``bm25()`` scores each matching row
+  in turn, which at 100,000 chunks missed the latency target on its own.  A store written
+  before the change has its chunks indexed once when it is opened.
 - **sqlite-vec ``vec0`` with the tenant as partition key**: a query scans only its tenant's
   vectors, so isolation is in the index's key, not a filter applied after.  ``vec0`` is
   exact brute force, and up to ``exact_limit`` vectors a tenant is searched that way.  Past
@@ -30,7 +32,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,14 +41,13 @@ import apsw
 import numpy as np
 import sqlite_vec
 
+from fleetpilot.rag.bm25 import KeywordIndex, schema
 from fleetpilot.rag.chunking import Chunk
 from fleetpilot.rag.documents import Document
-from fleetpilot.rag.keywords import keyword_words
 from fleetpilot.rag.store import Filters, Hit, ModelInfo, Root, Stats, StoredDoc
 
 __all__ = ["SqliteStore"]
 
-_DF = "select doc from fts_vocab where term = ?"
 _VEC_CHUNK = 64  # vectors per vec0 storage chunk: a point lookup reads one chunk
 
 _SCHEMA = """
@@ -62,16 +63,15 @@ create table if not exists chunks(
   start integer not null, "end" integer not null, tokens integer not null, hash text not null,
   text text not null);
 create index if not exists chunks_doc on chunks(tenant, doc_id);
-create virtual table if not exists fts using fts5(
-  text, content='', contentless_delete=1, tokenize='porter unicode61 remove_diacritics 2');
 create table if not exists skipped(
   tenant text not null, root text not null, id text not null, stamp text not null,
   reason text not null, primary key (tenant, root, id)) without rowid;
-create virtual table if not exists fts_vocab using fts5vocab(fts, 'row');
 create table if not exists roots(
   path text not null, tenant text not null, chunker text not null, indexed_at real not null,
   primary key (path, tenant));
-"""
+drop table if exists fts_vocab;
+drop table if exists fts;
+""" + schema("kw_", keyed=" without rowid")
 
 _META_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -100,11 +100,6 @@ class SqliteStore:
     exact_limit = 20_000  # vectors in a tenant up to which vector search is exact
     coarse = 1024  # candidates the bit scan takes for exact re-ranking (bench/rag_latency.py)
     few = 1024  # a filter that allows this many chunks or fewer is ranked row by row
-    # Pruned, a word in more of the chunks than this does not select.  Off (1.0) by default:
-    # on Cranfield even 10% cost hybrid search quality (bench/rag_quality.py's pruning
-    # table) for about a fifth of the keyword half's latency on 100,000 chunks.
-    common_share = 1.0
-    common_rows = 5000  # ... nor in fewer chunks than this: pruning small stores gains nothing
     retire_grace_s = 30.0  # a replaced model's tables are kept this long for searches under way
 
     def __init__(self, path: str | Path) -> None:
@@ -118,11 +113,11 @@ class SqliteStore:
         self._db.enable_load_extension(False)
         self._lock = threading.RLock()  # one connection, used by one thread at a time
         self._db.execute("pragma journal_mode=wal; pragma synchronous=normal")
+        self._kw = KeywordIndex("kw_")
+        self._sql = _Sql(self._db)
         with self._write():
             self._db.execute(_SCHEMA)
-        self._fts: Any = None
-        self._df: dict[str, int] = {}
-        self._df_version: tuple[int, int] | None = None
+            self._index_unindexed()
         self._counts: dict[str, tuple[tuple[int, int], int]] = {}  # tenant -> (version, n)
         self._bit_cache: dict[tuple[str, int], tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
 
@@ -140,6 +135,17 @@ class SqliteStore:
                 self._db.execute("rollback")
                 raise
             self._db.execute("commit")
+
+    def _index_unindexed(self) -> None:
+        """Index the chunks of a store written before the keyword index existed."""
+        if self._rows_locked("select exists (select 1 from kw_chunks)")[0][0]:
+            return
+        by_tenant: dict[str, list[tuple[int, str]]] = {}
+        for cid, tenant, text in self._db.execute("select id, tenant, text from chunks"):
+            by_tenant.setdefault(tenant, []).append((cid, text))
+        for tenant, rows in by_tenant.items():
+            for i in range(0, len(rows), 4096):
+                self._kw.add(self._sql, tenant, rows[i : i + 4096])
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -324,9 +330,8 @@ class SqliteStore:
                     (doc.tenant, doc.id, i, c.start, c.end, c.tokens, c.hash, c.text),
                 )
                 ids.append(self._db.last_insert_rowid())
-            self._db.executemany(
-                "insert into fts(rowid, text) values (?, ?)",
-                [(i, c.text) for i, c in zip(ids, chunks, strict=True)],
+            self._kw.add(
+                self._sql, doc.tenant, [(i, c.text) for i, c in zip(ids, chunks, strict=True)]
             )
             for mid, rows in vectors.items():
                 if mid in models:
@@ -360,7 +365,7 @@ class SqliteStore:
         for (mid,) in list(self._db.execute("select id from models")):
             self._db.executemany(f"delete from vec_{mid} where chunk_id = ?", chunk_ids)
             self._db.executemany(f"delete from bit_{mid} where chunk_id = ?", chunk_ids)
-        self._db.executemany("delete from fts where rowid = ?", chunk_ids)
+        self._kw.remove(self._sql, tenant, [c for (c,) in chunk_ids])
         self._db.execute(
             "delete from chunks where tenant = ? and doc_id in (select value from json_each(?))",
             (tenant, doc_ids),
@@ -484,60 +489,21 @@ class SqliteStore:
         return {r[0] for r in rows}
 
     def keyword_search(
-        self, tenant: str, query: str, k: int, filters: Filters, *, prune: bool = False
+        self, tenant: str, query: str, k: int, filters: Filters
     ) -> list[tuple[int, float]]:
-        """BM25 over the chunks holding any of the query's words — or, with ``prune`` (the
-        hybrid search's keyword half), its rarer words.  FTS5 scores every row that matches
-        any word of an OR, so a common word ("flow", "layer") makes it score most of a
-        large store; pruned, a word in more than ``common_share`` of the chunks (and more
-        than ``common_rows``: a small store is never pruned) selects only when every word
-        is that common — max-score pruning, as search engines drop terms too common to lift
-        a document into the top ``k``.  Document frequencies come from FTS5's own vocabulary
-        table, one indexed lookup a word."""
-        words = keyword_words(query)
-        if not words or k <= 0:
+        """BM25 over the tenant's chunks that hold a word of the query."""
+        if k <= 0:
             return []
-        chosen = self._selecting(words) if prune and self.common_share < 1.0 else words
-        if not chosen:
-            return []
-        match = " OR ".join(f'"{w}"' for w in chosen)
-        where, args = _conditions(filters)
-        join = " join documents d on d.tenant = c.tenant and d.id = c.doc_id" if where else ""
-        rows = self._rows(
-            "select f.rowid, bm25(fts) from fts f join chunks c on c.id = f.rowid"
-            f"{join} where fts match ? and c.tenant = ? {where} order by bm25(fts) limit ?",
-            [match, tenant, *args, k],
-        )
-        return [(int(i), -float(s)) for i, s in rows]
-
-    def _selecting(self, words: list[str]) -> list[str]:
-        """The words that select candidates for pruned keyword search (see above); each
-        word's document frequency is looked up once per change of the database."""
         with self._lock:
-            version = self._version()
-            if self._df_version != version:
-                self._df.clear()
-                self._df_version = version
-            table = self._fts_table()
-            for w in words:
-                if w not in self._df:
-                    tokens = table.tokenize(
-                        w.encode(), include_offsets=False, include_colocated=False
-                    )
-                    found = (r[0] for t in tokens for r in self._db.execute(_DF, (t,)))
-                    self._df[w] = max(found, default=0)
-            total = table.row_count
-            df = {w: self._df[w] for w in words}
-        present = [w for w in words if df[w] > 0]
-        limit = max(self.common_share * total, self.common_rows)
-        return [w for w in present if df[w] <= limit] or sorted(present, key=df.__getitem__)[:2]
-
-    def _fts_table(self) -> Any:
-        if self._fts is None:
-            import apsw.fts5
-
-            self._fts = apsw.fts5.Table(self._db, "fts")
-        return self._fts
+            self._db.execute("begin")  # counts and postings from one snapshot
+            try:
+                ranking = self._kw.rank(self._sql, tenant, query)
+            finally:
+                self._db.execute("commit")
+        if filters.empty:
+            return ranking.top(k)
+        where, args = _conditions(filters)
+        return ranking.passing(k, lambda ids: self._passing(tenant, ids, where, args))
 
     def chunks(self, tenant: str, ids: Sequence[int]) -> dict[int, Hit]:
         rows = self._rows(
@@ -590,6 +556,23 @@ class SqliteStore:
             (n,) = self._rows(f"select count(*) from vec_{m.id} {cond}", args)[0]
             vectors[m.name] = int(n)
         return Stats(int(docs), int(chunks), vectors)
+
+
+class _Sql:
+    """The keyword index's view of this connection (the caller holds the lock and the
+    transaction)."""
+
+    def __init__(self, db: apsw.Connection) -> None:
+        self._db = db
+
+    def rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._db.execute(sql, args))
+
+    def run(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self._db.execute(sql, args)
+
+    def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._db.executemany(sql, rows)
 
 
 def _conditions(f: Filters) -> tuple[str, list[Any]]:
