@@ -137,8 +137,7 @@ create table if not exists {p}segments(
   tier integer not null, primary key (tenant, seg)){keyed};
 create table if not exists {p}postings(
   tenant text not null, term text not null, seg {bigint} not null, ids {blob} not null,
-  tfs {blob} not null, lens {blob} not null, primary key (tenant, term, seg)){keyed};
-create index if not exists {p}postings_seg on {p}postings(tenant, seg);
+  tfs {blob} not null, lens {blob} not null, primary key (tenant, seg, term)){keyed};
 create table if not exists {p}chunks(
   chunk_id {bigint} primary key, tenant text not null, seg {bigint} not null,
   length integer not null);
@@ -162,32 +161,34 @@ class KeywordIndex:
         """Index ``(chunk id, text)`` pairs as one new segment."""
         if not chunks:
             return
-        by_term: dict[str, tuple[list[int], list[int], list[int]]] = defaultdict(
-            lambda: ([], [], [])
-        )
+        keys: dict[str, int] = {}
+        key: list[int] = []
+        ids: list[int] = []
+        tfs: list[int] = []
+        lens: list[int] = []
         lengths = []
         for cid, text in chunks:
             terms = document_terms(text)
             length = min(len(terms), _TF_MAX)
-            lengths.append((cid, length))
+            lengths.append((cid, tenant, length))
             counts: dict[str, int] = {}
             for t in terms:
                 counts[t] = counts.get(t, 0) + 1
-            for t, n in counts.items():
-                ids, tfs, lens = by_term[t]
-                ids.append(cid)
-                tfs.append(min(n, _TF_MAX))
-                lens.append(length)
-        postings = {
-            t: _Postings(np.array(i, np.int64), np.array(f, np.uint16), np.array(ln, np.uint16))
-            for t, (i, f, ln) in by_term.items()
-        }
-        seg = self._new_segment(sql, tenant, postings, len(chunks))
+            key += [keys.setdefault(t, len(keys)) for t in counts]
+            tfs += counts.values()
+            ids += [cid] * len(counts)
+            lens += [length] * len(counts)
+        flat = _Postings(
+            np.array(ids, np.int64),
+            np.minimum(np.array(tfs, np.int64), _TF_MAX).astype(np.uint16),
+            np.array(lens, np.uint16),
+        )
+        seg = self._new_segment(sql, tenant, list(keys), np.array(key, np.int64), flat, len(chunks))
         sql.many(
             f"insert into {self.p}chunks values (?, ?, ?, ?)",
-            [(cid, tenant, seg, n) for cid, n in lengths],
+            [(cid, t, seg, n) for cid, t, n in lengths],
         )
-        self._count(sql, tenant, len(chunks), sum(n for _, n in lengths))
+        self._count(sql, tenant, len(chunks), sum(n for *_, n in lengths))
         self._settle(sql, tenant)
 
     def remove(self, sql: Sql, tenant: str, chunk_ids: Sequence[int]) -> None:
@@ -226,7 +227,17 @@ class KeywordIndex:
             [chunks, length, tenant],
         )
 
-    def _new_segment(self, sql: Sql, tenant: str, postings: dict[str, _Postings], size: int) -> int:
+    def _new_segment(
+        self,
+        sql: Sql,
+        tenant: str,
+        terms: list[str],
+        key: np.ndarray,
+        flat: _Postings,
+        size: int,
+    ) -> int:
+        """Write a segment from flat postings, ``key`` naming each one's term in ``terms``:
+        one stable sort groups them, so the per-term work is three slices."""
         sql.run(
             f"insert into {self.p}state values (?, 0, 0, 0, 1) on conflict (tenant) do nothing",
             [tenant],
@@ -237,10 +248,24 @@ class KeywordIndex:
             f"insert into {self.p}segments values (?, ?, ?, ?, ?)",
             [tenant, seg, size, size, self._tier(size)],
         )
-        sql.many(
-            f"insert into {self.p}postings values (?, ?, ?, ?, ?, ?)",
-            [(tenant, t, seg, *p.blobs()) for t, p in postings.items()],
-        )
+        order = np.argsort(key, kind="stable")
+        ids, tfs, lens = flat.ids[order], flat.tfs[order], flat.lens[order]
+        ends = np.cumsum(np.bincount(key, minlength=len(terms))).tolist()
+        rows, start = [], 0
+        for t, end in zip(terms, ends, strict=True):
+            if end > start:
+                rows.append(
+                    (
+                        tenant,
+                        t,
+                        seg,
+                        ids[start:end].tobytes(),
+                        tfs[start:end].tobytes(),
+                        lens[start:end].tobytes(),
+                    )
+                )
+            start = end
+        sql.many(f"insert into {self.p}postings values (?, ?, ?, ?, ?, ?)", rows)
         return int(seg)
 
     def _tier(self, size: int) -> int:
@@ -280,25 +305,29 @@ class KeywordIndex:
             ],
             np.int64,
         )
-        parts: dict[str, list[_Postings]] = defaultdict(list)
-        for term, *blobs in sql.rows(
+        rows = sql.rows(
             f"select term, ids, tfs, lens from {self.p}postings"
             f" where tenant = ? and seg in ({marks}) order by seg",
             [tenant, *segs],
-        ):
-            parts[term].append(_Postings.of(blobs))
-        merged = {}
-        for term, ps in parts.items():
-            p = _Postings.joined(ps).without(gone)
-            if len(p.ids):
-                merged[term] = p
+        )
+        keys: dict[str, int] = {}
+        per_row = np.array([keys.setdefault(r[0], len(keys)) for r in rows], np.int64)
+        flat = _Postings(
+            np.frombuffer(b"".join(r[1] for r in rows), np.int64),
+            np.frombuffer(b"".join(r[2] for r in rows), np.uint16),
+            np.frombuffer(b"".join(r[3] for r in rows), np.uint16),
+        )
+        key = np.repeat(per_row, [len(r[1]) // 8 for r in rows])
+        if len(gone):
+            keep = ~np.isin(flat.ids, gone)
+            key, flat = key[keep], _Postings(flat.ids[keep], flat.tfs[keep], flat.lens[keep])
         ((live,),) = sql.rows(
             f"select sum(live) from {self.p}segments where tenant = ? and seg in ({marks})",
             [tenant, *segs],
         )
         for seg in segs:
             self._drop_segment(sql, tenant, seg)
-        seg = self._new_segment(sql, tenant, merged, int(live or 0))
+        seg = self._new_segment(sql, tenant, list(keys), key, flat, int(live or 0))
         sql.run(
             f"update {self.p}chunks set seg = ? where tenant = ? and seg in ({marks})",
             [seg, tenant, *segs],
@@ -322,9 +351,10 @@ class KeywordIndex:
         marks = ",".join("?" * len(terms))
         parts: dict[str, list[_Postings]] = defaultdict(list)
         for term, *blobs in sql.rows(
-            f"select term, ids, tfs, lens from {self.p}postings"
-            f" where tenant = ? and term in ({marks})",
-            [tenant, *terms],
+            f"select term, ids, tfs, lens from {self.p}postings where tenant = ?"
+            f" and seg in (select seg from {self.p}segments where tenant = ?)"
+            f" and term in ({marks})",
+            [tenant, tenant, *terms],
         ):
             parts[term].append(_Postings.of(blobs))
         if not parts:
