@@ -27,7 +27,7 @@ store's own transaction, so postings change atomically with the chunks they desc
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -171,9 +171,7 @@ class KeywordIndex:
             terms = document_terms(text)
             length = min(len(terms), _TF_MAX)
             lengths.append((cid, tenant, length))
-            counts: dict[str, int] = {}
-            for t in terms:
-                counts[t] = counts.get(t, 0) + 1
+            counts = Counter(terms)
             key += [keys.setdefault(t, len(keys)) for t in counts]
             tfs += counts.values()
             ids += [cid] * len(counts)
