@@ -114,7 +114,7 @@ class SqliteStore:
         self._db.load_extension(sqlite_vec.loadable_path())
         self._db.enable_load_extension(False)
         self._lock = threading.RLock()  # one connection, used by one thread at a time
-        self._db.execute("pragma journal_mode=wal; pragma synchronous=normal")
+        self._wal()
         self._kw = KeywordIndex("kw_")
         self._sql = _Sql(self._db)
         with self._write():
@@ -124,6 +124,21 @@ class SqliteStore:
         self._bit_cache: dict[tuple[str, int], tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
 
     # -- plumbing ------------------------------------------------------------------------
+
+    def _wal(self) -> None:
+        """Switch the file to WAL.  Changing the journal mode needs the file to itself and
+        SQLite does not wait for it (the busy handler is not called), so two processes
+        opening a new store at once would fail here: retry instead, up to the busy
+        timeout."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._db.execute("pragma journal_mode=wal; pragma synchronous=normal")
+                return
+            except apsw.BusyError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextmanager
     def _write(self) -> Iterator[None]:
