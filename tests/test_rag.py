@@ -493,3 +493,38 @@ def test_a_store_from_before_the_keyword_index_is_indexed_when_opened(tmp_path: 
     assert reopened.keyword_search("default", "shock waves dough", 10, Filters()) == before
     assert len(before) == 2
     reopened.close()
+
+
+def test_concurrent_writers_keep_the_keyword_index_whole(postgres_url: str) -> None:
+    """Two processes' worth of writers (one connection each) ingest into one tenant at
+    once, with merges forced on every few writes: no write may be lost or doubled in the
+    index, whichever transaction merges what."""
+    stores = [open_store(postgres_url) for _ in range(4)]
+    for s in stores:
+        s._kw.fanout = 2  # type: ignore[attr-defined]
+    errors: list[BaseException] = []
+
+    def ingest(store: Any, who: int) -> None:
+        try:
+            ix = _indexer(store, tenant="t", size=24)
+            for i in range(25):
+                text = f"turbine{who} blade{i} " + TOPICS["aero"]
+                ix.add([Document(f"{who}-{i}", text, tenant="t")])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=ingest, args=(s, n)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    live = _live_chunks(stores[0], "t")
+    for query in ("turbine0 blade3", "turbine1", "shock waves boundary"):
+        want = _reference_bm25(live, query)
+        got = dict(stores[0].keyword_search("t", query, 1000, Filters()))
+        assert set(got) == set(want), query
+        for i, s_ in got.items():
+            assert s_ == pytest.approx(want[i], rel=1e-9)
+    for s in stores:
+        s.close()

@@ -161,6 +161,7 @@ class KeywordIndex:
         """Index ``(chunk id, text)`` pairs as one new segment."""
         if not chunks:
             return
+        self._hold(sql, tenant)
         keys: dict[str, int] = {}
         key: list[int] = []
         ids: list[int] = []
@@ -192,6 +193,7 @@ class KeywordIndex:
     def remove(self, sql: Sql, tenant: str, chunk_ids: Sequence[int]) -> None:
         if not chunk_ids:
             return
+        self._hold(sql, tenant)
         marks = ",".join("?" * len(chunk_ids))
         rows = sql.rows(
             f"select chunk_id, seg, length from {self.p}chunks"
@@ -218,6 +220,18 @@ class KeywordIndex:
             self._drop_segment(sql, tenant, s)
         self._count(sql, tenant, -len(rows), -sum(n for _, _, n in rows))
 
+    def _hold(self, sql: Sql, tenant: str) -> None:
+        """Take the tenant's state row before reading anything of its index: in Postgres the
+        update locks the row until the transaction ends, so two writers of one tenant (two
+        ingest processes) run one after the other and each reads what the other committed
+        (without it both would take the same segment number, or merge the same segments);
+        SQLite's writers are one at a time already."""
+        sql.run(
+            f"insert into {self.p}state values (?, 0, 0, 0, 1) on conflict (tenant) do nothing",
+            [tenant],
+        )
+        sql.run(f"update {self.p}state set next_seg = next_seg where tenant = ?", [tenant])
+
     def _count(self, sql: Sql, tenant: str, chunks: int, length: int) -> None:
         sql.run(
             f"update {self.p}state set chunks = chunks + ?, length = length + ?,"
@@ -236,10 +250,6 @@ class KeywordIndex:
     ) -> int:
         """Write a segment from flat postings, ``key`` naming each one's term in ``terms``:
         one stable sort groups them, so the per-term work is three slices."""
-        sql.run(
-            f"insert into {self.p}state values (?, 0, 0, 0, 1) on conflict (tenant) do nothing",
-            [tenant],
-        )
         ((seg,),) = sql.rows(f"select next_seg from {self.p}state where tenant = ?", [tenant])
         sql.run(f"update {self.p}state set next_seg = next_seg + 1 where tenant = ?", [tenant])
         sql.run(
