@@ -510,7 +510,7 @@ def test_concurrent_writers_keep_the_keyword_index_whole(postgres_url: str) -> N
             for i in range(25):
                 text = f"turbine{who} blade{i} " + TOPICS["aero"]
                 ix.add([Document(f"{who}-{i}", text, tenant="t")])
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     threads = [threading.Thread(target=ingest, args=(s, n)) for n, s in enumerate(stores)]
