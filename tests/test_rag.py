@@ -481,15 +481,22 @@ def test_keyword_index_ranks_by_bm25_through_merges_edits_and_deletes(store: Any
     assert only[1] == pytest.approx(_reference_bm25(_live_chunks(store, "t2"), "ceramic")[only[0]])
 
 
-def test_a_store_from_before_the_keyword_index_is_indexed_when_opened(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "rag.db")
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_store_from_before_the_keyword_index_is_indexed_when_opened(
+    kind: str, tmp_path: Path, request: Any
+) -> None:
+    url = str(tmp_path / "rag.db") if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    prefix = "kw_" if kind == "sqlite" else "rag_kw_"
+    store = open_store(url)
     _indexer(store).add([Document(k, v) for k, v in TOPICS.items()])
     before = store.keyword_search("default", "shock waves dough", 10, Filters())
-    for table in ("state", "segments", "postings", "chunks", "gone"):
-        store._db.execute(f"delete from kw_{table}")
+    with store._write() as cur:  # type: ignore[attr-defined]
+        run = store._db.execute if cur is None else cur.execute  # type: ignore[attr-defined]
+        for table in ("state", "segments", "postings", "chunks", "gone"):
+            run(f"delete from {prefix}{table}")
     assert store.keyword_search("default", "shock waves dough", 10, Filters()) == []
     store.close()
-    reopened = SqliteStore(tmp_path / "rag.db")
+    reopened = open_store(url)
     assert reopened.keyword_search("default", "shock waves dough", 10, Filters()) == before
     assert len(before) == 2
     reopened.close()
