@@ -189,8 +189,16 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
         # leetspeak: a leet character inside a word, more than once ("1gn0r3", not "in 2024")
         letter, leet = np.take(_LETTER, b), np.take(_LEET_BYTES, b)
         inside = (letter[:-2] & leet[1:-1] & letter[2:]) | (leet[:-2] & leet[1:-1] & letter[2:])
-        if np.count_nonzero(inside | (letter[:-2] & leet[1:-1] & leet[2:])) >= 2:
-            found.append(Variant("leet", raw.translate(_LEET).decode("utf-8", "replace")))
+        marks = np.flatnonzero(inside | (letter[:-2] & leet[1:-1] & leet[2:]))
+        if len(marks) >= 2:
+            # a long text's reading is the leet stretches with some context, as for spacing:
+            # every later pass over a whole second copy of a long prompt costs more than
+            # reading its few leet words
+            spans = (
+                [(0, len(b))] if short else merge_windows(marks, before=96, after=320, size=len(b))
+            )
+            leet_text = b"\n".join(raw[lo:hi].translate(_LEET) for lo, hi in spans)
+            found.append(Variant("leet", leet_text.decode("utf-8", "replace")))
     # rot13 on the bytes: UTF-8's multi-byte sequences have no byte below 0x80 to change
     found.append(Variant("rot13", raw.translate(_ROT13).decode("utf-8", "replace")))
     return out + found[:max_decoded]
