@@ -77,22 +77,12 @@ def _bucket(h: np.ndarray, salt: np.uint32) -> np.ndarray:
     return ((h + salt) * _MIX) >> np.uint32(32 - BITS)
 
 
-_ARANGE = np.arange(MAX_BYTES + 2)
-
-
 @dataclass(slots=True)
 class Features:
     idx: np.ndarray  # bucket of every feature, repeats kept
     tri: np.ndarray  # the trigrams' buckets, by position
     size: int  # bytes read
     word_starts: np.ndarray  # where each word starts (its pair starts there too)
-
-    def positions(self) -> np.ndarray:
-        """The byte each feature of ``idx`` starts at (only windows need them)."""
-        parts = [_ARANGE[: self.size - n + 1] for n in ORDERS if self.size >= n]
-        if len(self.word_starts):
-            parts += [self.word_starts, self.word_starts[:-1]]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def features(text: str) -> Features:
@@ -244,15 +234,35 @@ def trigram_lm(tris: list[np.ndarray]) -> np.ndarray:
     return np.asarray(np.log((counts + 1.0) / (counts.sum() + len(counts))), dtype=np.float32)
 
 
-def _windows(w: np.ndarray, pos: np.ndarray, size: int) -> float:
+def _windows(w: np.ndarray, f: Features) -> float:
     """The highest window score: the features that start in the window, summed, over the
-    square root of their number."""
-    sums = np.concatenate(([0.0], np.cumsum(np.bincount(pos, weights=w, minlength=size))))
-    counts = np.concatenate(([0], np.cumsum(np.bincount(pos, minlength=size))))
-    starts = np.arange(0, size - WINDOW + 1, STRIDE)
+    square root of their number.  ``w`` runs block by block as :func:`features` lays them
+    out (each n-gram order by position, then words and pairs by their starts), so each
+    block's running sum gives its share of every window directly, with no scatter by
+    position."""
+    starts = np.arange(0, f.size - WINDOW + 1, STRIDE)
     ends = starts + WINDOW
-    n = np.maximum(counts[ends] - counts[starts], 1)
-    return float(((sums[ends] - sums[starts]) / np.sqrt(n)).max())
+    total = np.zeros(len(starts))
+    count = np.zeros(len(starts), dtype=np.int64)
+    blocks: list[tuple[int, np.ndarray | None]] = [
+        (f.size - n + 1, None) for n in ORDERS if f.size >= n
+    ]
+    if len(f.word_starts):
+        blocks += [
+            (len(f.word_starts), f.word_starts),
+            (len(f.word_starts) - 1, f.word_starts[:-1]),
+        ]
+    at = 0
+    for length, where in blocks:
+        running = np.concatenate(([0.0], np.cumsum(w[at : at + length], dtype=np.float64)))
+        at += length
+        if where is None:  # an n-gram at every position 0 .. length - 1
+            lo, hi = np.minimum(starts, length), np.minimum(ends, length)
+        else:
+            lo, hi = np.searchsorted(where, starts), np.searchsorted(where, ends)
+        total += running[hi] - running[lo]
+        count += hi - lo
+    return float((total / np.sqrt(np.maximum(count, 1))).max())
 
 
 @dataclass(slots=True)
@@ -285,7 +295,7 @@ class Model:
             w = self.ngrams[f.idx]
             best = float(w.sum()) / math.sqrt(len(f.idx))
             if f.size > WINDOW + STRIDE:
-                best = max(best, _windows(w, f.positions(), f.size))
+                best = max(best, _windows(w, f))
             z += best
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 

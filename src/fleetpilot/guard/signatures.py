@@ -191,6 +191,7 @@ def hits(
 
 
 _REACH = 240  # characters a match may span on either side of its anchor word
+_APART = frozenset(_PUNCT.decode() + " ")  # what ends a word in the anchors' reading
 
 
 def _search(sig: Signature, text: str, lower: str, anchors: frozenset[bytes]) -> bool:
@@ -203,9 +204,12 @@ def _search(sig: Signature, text: str, lower: str, anchors: frozenset[bytes]) ->
         needle = word.decode()
         at = lower.find(needle)
         while at >= 0:
-            spans.append((max(0, at - _REACH), at + len(needle) + _REACH))
-            if len(spans) > 32:
-                return sig.pattern.search(text) is not None
+            end = at + len(needle)
+            # only where it is a word, as the anchors were read ("dan" is in "guidance")
+            if (at == 0 or lower[at - 1] in _APART) and (end == len(lower) or lower[end] in _APART):
+                spans.append((max(0, at - _REACH), end + _REACH))
+                if len(spans) > 32:
+                    return sig.pattern.search(text) is not None
             at = lower.find(needle, at + 1)
     return any(sig.pattern.search(text, start, end) for start, end in _merge(spans))
 
