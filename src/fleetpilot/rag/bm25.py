@@ -104,9 +104,6 @@ class _Postings:
             np.frombuffer(lens, np.uint16),
         )
 
-    def blobs(self) -> tuple[bytes, bytes, bytes]:
-        return self.ids.tobytes(), self.tfs.tobytes(), self.lens.tobytes()
-
     def without(self, gone: np.ndarray) -> _Postings:
         if not len(gone):
             return self
@@ -133,7 +130,7 @@ create table if not exists {p}state(
   tenant text primary key, chunks {bigint} not null, length {bigint} not null,
   generation {bigint} not null, next_seg {bigint} not null){keyed};
 create table if not exists {p}segments(
-  tenant text not null, seg {bigint} not null, size {bigint} not null, live {bigint} not null,
+  tenant text not null, seg {bigint} not null, live {bigint} not null,
   tier integer not null, primary key (tenant, seg)){keyed};
 create table if not exists {p}postings(
   tenant text not null, term text not null, seg {bigint} not null, ids {blob} not null,
@@ -156,6 +153,20 @@ class KeywordIndex:
         self._gone: dict[str, tuple[int, np.ndarray]] = {}  # tenant -> (generation, ids)
 
     # -- writing -------------------------------------------------------------------------
+
+    def fill(self, sql: Sql, chunks_table: str) -> None:
+        """Index every chunk of a store written before the index existed: once, since an
+        index that holds any chunk is left alone."""
+        if sql.rows(f"select exists (select 1 from {self.p}chunks)")[0][0]:
+            return
+        by_tenant: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for cid, tenant, text in sql.rows(
+            f"select id, tenant, text from {chunks_table} order by id"
+        ):
+            by_tenant[tenant].append((cid, text))
+        for tenant, rows in by_tenant.items():
+            for i in range(0, len(rows), 4096):
+                self.add(sql, tenant, rows[i : i + 4096])
 
     def add(self, sql: Sql, tenant: str, chunks: Sequence[tuple[int, str]]) -> None:
         """Index ``(chunk id, text)`` pairs as one new segment."""
@@ -253,8 +264,8 @@ class KeywordIndex:
         ((seg,),) = sql.rows(f"select next_seg from {self.p}state where tenant = ?", [tenant])
         sql.run(f"update {self.p}state set next_seg = next_seg + 1 where tenant = ?", [tenant])
         sql.run(
-            f"insert into {self.p}segments values (?, ?, ?, ?, ?)",
-            [tenant, seg, size, size, self._tier(size)],
+            f"insert into {self.p}segments values (?, ?, ?, ?)",
+            [tenant, seg, size, self._tier(size)],
         )
         order = np.argsort(key, kind="stable")
         ids, tfs, lens = flat.ids[order], flat.tfs[order], flat.lens[order]
@@ -358,6 +369,8 @@ class KeywordIndex:
         gone = self._gone_ids(sql, tenant, generation)
         marks = ",".join("?" * len(terms))
         parts: dict[str, list[_Postings]] = defaultdict(list)
+        # naming the segments lets the key (tenant, seg, term) be looked up segment by
+        # segment; with the tenant alone the database would read all of its postings
         for term, *blobs in sql.rows(
             f"select term, ids, tfs, lens from {self.p}postings where tenant = ?"
             f" and seg in (select seg from {self.p}segments where tenant = ?)"

@@ -76,19 +76,7 @@ class PostgresStore:
         with self._write() as cur:
             cur.execute("select pg_advisory_xact_lock(7316)")  # two first starts: one schema
             cur.execute(_SCHEMA)
-            self._index_unindexed(cur)
-
-    def _index_unindexed(self, cur: psycopg.Cursor[Any]) -> None:
-        """Index the chunks of a store written before the keyword index existed."""
-        sql = _Sql(cur)
-        if sql.rows("select exists (select 1 from rag_kw_chunks)")[0][0]:
-            return
-        by_tenant: dict[str, list[tuple[int, str]]] = {}
-        for cid, tenant, text in sql.rows("select id, tenant, text from rag_chunks order by id"):
-            by_tenant.setdefault(tenant, []).append((cid, text))
-        for tenant, rows in by_tenant.items():
-            for i in range(0, len(rows), 4096):
-                self._kw.add(sql, tenant, rows[i : i + 4096])
+            self._kw.fill(_Sql(cur), "rag_chunks")
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Cursor[Any]]:

@@ -119,7 +119,7 @@ class SqliteStore:
         self._sql = _Sql(self._db)
         with self._write():
             self._db.execute(_SCHEMA)
-            self._index_unindexed()
+            self._kw.fill(self._sql, "chunks")
         self._counts: dict[str, tuple[tuple[int, int], int]] = {}  # tenant -> (version, n)
         self._bit_cache: dict[tuple[str, int], tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
 
@@ -152,17 +152,6 @@ class SqliteStore:
                 self._db.execute("rollback")
                 raise
             self._db.execute("commit")
-
-    def _index_unindexed(self) -> None:
-        """Index the chunks of a store written before the keyword index existed."""
-        if self._rows_locked("select exists (select 1 from kw_chunks)")[0][0]:
-            return
-        by_tenant: dict[str, list[tuple[int, str]]] = {}
-        for cid, tenant, text in self._db.execute("select id, tenant, text from chunks"):
-            by_tenant.setdefault(tenant, []).append((cid, text))
-        for tenant, rows in by_tenant.items():
-            for i in range(0, len(rows), 4096):
-                self._kw.add(self._sql, tenant, rows[i : i + 4096])
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
