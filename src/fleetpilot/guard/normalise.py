@@ -19,6 +19,7 @@ import binascii
 import re
 import unicodedata
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,36 +173,40 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
         found.append(Variant("url", urllib.parse.unquote(base)))
     if short:
         if _SPACED_BYTES.search(raw):
-            collapsed = _SPACED_BYTES.sub(lambda m: _SEPARATOR_BYTES.sub(b"", m.group()), raw)
-            found.append(Variant("spacing", collapsed.decode("utf-8", "replace")))
+            found.append(Variant("spacing", _collapse(raw).decode("utf-8", "replace")))
     elif len(b) > 6:
         letter, sep = np.take(_LETTER, b), np.take(_SEP, b)
         spaced = letter[:-6] & sep[1:-5] & letter[2:-4] & sep[3:-3] & letter[4:-2] & sep[5:-1]
         if spaced.any():
-            # the spaced-out stretches with some context, collapsed; the regex reads only them
-            spans = merge_windows(np.flatnonzero(spaced), before=96, after=320, size=len(b))
-            pieces = [
-                _SPACED_BYTES.sub(lambda m: _SEPARATOR_BYTES.sub(b"", m.group()), raw[lo:hi])
-                for lo, hi in spans
-            ]
-            found.append(Variant("spacing", b"\n".join(pieces).decode("utf-8", "replace")))
+            found.append(Variant("spacing", _stretches(raw, np.flatnonzero(spaced), _collapse)))
     if len(b) > 2 and any(c in raw for c in _LEET_CHARS):
         # leetspeak: a leet character inside a word, more than once ("1gn0r3", not "in 2024")
         letter, leet = np.take(_LETTER, b), np.take(_LEET_BYTES, b)
         inside = (letter[:-2] & leet[1:-1] & letter[2:]) | (leet[:-2] & leet[1:-1] & letter[2:])
         marks = np.flatnonzero(inside | (letter[:-2] & leet[1:-1] & leet[2:]))
         if len(marks) >= 2:
-            # a long text's reading is the leet stretches with some context, as for spacing:
-            # every later pass over a whole second copy of a long prompt costs more than
-            # reading its few leet words
-            spans = (
-                [(0, len(b))] if short else merge_windows(marks, before=96, after=320, size=len(b))
+            leet_text = (
+                raw.translate(_LEET).decode("utf-8", "replace")
+                if short
+                else _stretches(raw, marks, lambda piece: piece.translate(_LEET))
             )
-            leet_text = b"\n".join(raw[lo:hi].translate(_LEET) for lo, hi in spans)
-            found.append(Variant("leet", leet_text.decode("utf-8", "replace")))
+            found.append(Variant("leet", leet_text))
     # rot13 on the bytes: UTF-8's multi-byte sequences have no byte below 0x80 to change
     found.append(Variant("rot13", raw.translate(_ROT13).decode("utf-8", "replace")))
     return out + found[:max_decoded]
+
+
+def _collapse(raw: bytes) -> bytes:
+    """Spaced-out letters joined up ("i g n o r e" -> "ignore")."""
+    return _SPACED_BYTES.sub(lambda m: _SEPARATOR_BYTES.sub(b"", m.group()), raw)
+
+
+def _stretches(raw: bytes, marks: np.ndarray, undo: Callable[[bytes], bytes]) -> str:
+    """A long text's reading as the stretches around ``marks`` with some context, each
+    undone: every later pass over a whole second copy of a long prompt costs more than
+    reading its few hidden words."""
+    spans = merge_windows(marks, before=96, after=320, size=len(raw))
+    return b"\n".join(undo(raw[lo:hi]) for lo, hi in spans).decode("utf-8", "replace")
 
 
 def merge_windows(
