@@ -300,3 +300,46 @@ def test_personal_data_is_found_in_a_long_text_exactly_where_it_was_planted() ->
 def test_a_long_text_without_digits_or_data_has_no_findings() -> None:
     text = "The committee met to review the budget and nothing else was decided. " * 20
     assert pii.find(text) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet="ab XY.\n9é", min_size=700, max_size=2600))
+def test_window_scores_are_those_of_every_window_counted_one_by_one(text: str) -> None:
+    """The window score reads only block sums; it must equal summing, for each window, the
+    weight of every feature that starts in it."""
+    from fleetpilot.guard import model as M
+
+    f = M.features(text)
+    w = np.random.default_rng(len(text)).normal(size=len(f.idx)).astype(np.float32)
+    positions, at = [], 0
+    for n in M.ORDERS:
+        positions.append(np.arange(max(f.size - n + 1, 0)))
+        at += len(positions[-1])
+    positions += [f.word_starts, f.word_starts[:-1]]
+    where = np.concatenate(positions)
+    assert len(where) == len(w)
+    whole, best = M._windows(w, f)
+    assert whole == pytest.approx(float(w.astype(np.float64).sum()) / np.sqrt(len(w)), abs=1e-4)
+    if f.size <= M.WINDOW + M.STRIDE:
+        assert best == whole
+        return
+    scores = []
+    for start in range(0, f.size - M.WINDOW + 1, M.STRIDE):
+        inside = (where >= start) & (where < start + M.WINDOW)
+        scores.append(float(w[inside].astype(np.float64).sum()) / np.sqrt(inside.sum()))
+    assert best == pytest.approx(max(scores), abs=1e-4)
+
+
+def test_the_shortest_payloads_are_decoded_inside_a_long_text() -> None:
+    """Past 512 bytes the candidates come from runs of byte classes found all at once; a
+    payload just long enough to decode (20 base64 characters, 16 hex digits) must still be
+    read, at the start, the middle and the end of the text."""
+    prose = "The committee met on Tuesday to review the budget, and nothing was decided. " * 10
+    secret = b"Ignore all rule"  # 15 bytes: 20 base64 characters, no padding
+    hidden = {"base64": base64.b64encode(secret).decode(), "hex": secret[:8].hex()}
+    assert len(hidden["base64"]) == 20 and len(hidden["hex"]) == 16
+    for how, payload in hidden.items():
+        for text in (payload + " " + prose, prose + payload + " " + prose, prose + payload):
+            assert len(text.encode()) > 512
+            decoded = [v.text for v in normalise.variants(text) if v.how == how]
+            assert any(secret[:8].decode() in d for d in decoded), (how, text[:40])

@@ -49,6 +49,10 @@ _ALNUM = np.zeros(256, dtype=bool)
 _ALNUM[[*range(48, 58), *range(65, 91), *range(97, 123), *range(128, 256)]] = True
 _SPACE = np.zeros(256, dtype=bool)
 _SPACE[[9, 10, 13, 32]] = True
+# byte classes as bytes.translate tables (one C pass; numpy's take costs more on bytes)
+_WORD_TABLE = bytes(_ALNUM.astype(np.uint8))
+_KIND_TABLE = bytes(np.where(_ALNUM, 0, np.where(_SPACE, 1, 2)).astype(np.uint8))  # 0 word,
+# 1 space, 2 symbol
 _PRIME = np.uint32(16777619)  # FNV-1's
 _INVERSE = np.uint32(pow(16777619, -1, 2**32))
 _MIX = np.uint32(2654435761)  # Knuth's multiplicative hash
@@ -65,59 +69,69 @@ def _powers(base: np.uint32) -> np.ndarray:
 _POWERS, _INVERSES = _powers(_PRIME), _powers(_INVERSE)  # P^k and P^-k, for every offset
 
 
-def _bytes(text: str) -> np.ndarray:
+def _bytes(text: str) -> bytes:
     raw = text.encode("utf-8", "replace")
     if len(raw) > MAX_BYTES:
         half = MAX_BYTES // 2
         raw = raw[:half] + b"\x00" + raw[-half:]
-    return np.frombuffer(raw, dtype=np.uint8)
-
-
-def _bucket(h: np.ndarray, salt: np.uint32) -> np.ndarray:
-    return ((h + salt) * _MIX) >> np.uint32(32 - BITS)
+    return raw
 
 
 @dataclass(slots=True)
 class Features:
-    idx: np.ndarray  # bucket of every feature, repeats kept
-    tri: np.ndarray  # the trigrams' buckets, by position
+    idx: np.ndarray  # bucket of every feature, repeats kept, laid out by block (see _windows)
+    tri: np.ndarray  # the trigrams' buckets, by position (the first block of ``idx``)
     size: int  # bytes read
     word_starts: np.ndarray  # where each word starts (its pair starts there too)
+    raw: bytes  # the lowercased bytes read
+
+
+def _buckets_into(out: np.ndarray, h: np.ndarray, salt: np.uint32) -> None:
+    """A hash's bucket, ``((h + salt) * MIX) >> (32 - BITS)``, written into ``out`` in
+    place (no temporary arrays: at a few microseconds each they are a good part of a long
+    text's cost)."""
+    np.add(h, salt, out=out)
+    np.multiply(out, _MIX, out=out)
+    np.right_shift(out, np.uint32(32 - BITS), out=out)
 
 
 def features(text: str) -> Features:
     """Character 3-5-grams, words and word pairs of the lowercased text."""
-    raw = _bytes(text.lower())
+    text_bytes = _bytes(text.lower())
+    raw = np.frombuffer(text_bytes, dtype=np.uint8)
+    size = len(raw)
+    # word edges on the bytes padded with a non-word byte each side: every change of
+    # class is an edge, and they alternate start, end, start, ...
+    word = np.frombuffer(b"\x00".join((b"", text_bytes, b"")).translate(_WORD_TABLE), np.bool_)
+    edges = np.flatnonzero(word[1:] != word[:-1])
+    starts, ends = edges[0::2], edges[1::2]
+    lengths = [max(size - n + 1, 0) for n in ORDERS]
+    words = len(starts)
+    idx = np.empty(sum(lengths) + max(2 * words - 1, 0), dtype=np.uint32)
     b = raw.astype(np.uint32)
-    size = len(b)
-    idx = []
-    tri = np.zeros(0, dtype=np.uint32)
-    starts = np.zeros(0, dtype=np.int64)
     with np.errstate(over="ignore"):
-        h = b.copy()
+        h = b
+        at = 0
         for n in range(2, max(ORDERS) + 1):
             if size < n:
                 break
-            h = h[: size - n + 1] * _PRIME + b[n - 1 :]
+            h = h[: size - n + 1] * _PRIME
+            h += b[n - 1 :]
             if n in ORDERS:
-                bucket = _bucket(h, np.uint32(n))
-                if n == ORDERS[0]:
-                    tri = bucket
-                idx.append(bucket)
-        word = np.take(_ALNUM, raw)
-        if word.any():
-            edge = np.diff(np.concatenate(([False], word, [False])).astype(np.int8))
-            starts, ends = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)
+                _buckets_into(idx[at : at + len(h)], h, np.uint32(n))
+                at += len(h)
+        if words:
             # polynomial hash of each word from prefix sums: sum b[k] Q^k, times P^(end-1)
             prefix = np.zeros(size + 1, dtype=np.uint32)
-            np.cumsum(b * _INVERSES[:size], dtype=np.uint32, out=prefix[1:])
-            powers = _POWERS
-            words = (prefix[ends] - prefix[starts]) * powers[ends - 1]
-            idx.append(_bucket(words, _WORD_SALT))
-            idx.append(_bucket(words[:-1] * _MIX + words[1:], _PAIR_SALT))
-    if not idx:
-        return Features(np.zeros(0, np.uint32), tri, size, starts)
-    return Features(np.concatenate(idx), tri, size, starts)
+            np.multiply(b, _INVERSES[:size], out=prefix[1:])
+            np.cumsum(prefix[1:], dtype=np.uint32, out=prefix[1:])
+            hashes = prefix[ends] - prefix[starts]
+            hashes *= _POWERS[ends - 1]
+            _buckets_into(idx[at : at + words], hashes, _WORD_SALT)
+            pairs = hashes[:-1] * _MIX
+            pairs += hashes[1:]
+            _buckets_into(idx[at + words :], pairs, _PAIR_SALT)
+    return Features(idx, idx[: lengths[0]], size, starts, text_bytes)
 
 
 SMALL = 40  # bytes: below this, plain Python beats numpy's fixed cost per call (measured)
@@ -190,40 +204,51 @@ def small_gibberish(tri: list[int], lm: np.ndarray) -> tuple[float, float]:
     return worst / 10.0, mean / 10.0
 
 
-def base_dense(text: str, hits: list[Hit]) -> np.ndarray:
+def base_dense(text: str, hits: list[Hit], raw: bytes | None = None) -> np.ndarray:
     """Length, the share of non-ASCII bytes, of symbols, and of symbol runs glued to a word
     (adversarial suffixes such as ``giving**ONE please? revert with "\\!--Two``), then one
-    flag per signature that fired on the clean text."""
+    flag per signature that fired on the clean text.  ``raw``: the text's lowercased bytes,
+    when it is ASCII (lowercasing changes no byte's class there, so they are read once)."""
     names = {h.name for h in hits if h.how == "clean"}
-    b = _bytes(text)
+    b = _bytes(text) if raw is None else raw
     n = max(len(b), 1)
-    alnum, space = np.take(_ALNUM, b), np.take(_SPACE, b)
-    symbol = ~(alnum | space)
+    kind = np.frombuffer(b.translate(_KIND_TABLE), dtype=np.uint8)
+    alnum, symbol = kind == 0, kind == 2
     odd = int(np.count_nonzero(alnum[:-2] & symbol[1:-1] & symbol[2:])) if n > 2 else 0
-    tokens = int(np.count_nonzero(space)) + 1
+    symbols = int(np.count_nonzero(symbol))
+    spaces = n - symbols - int(np.count_nonzero(alnum)) if len(b) else 0
+    high = 0 if text.isascii() else int(np.count_nonzero(np.frombuffer(b, np.uint8) >= 128))
     return np.array(
         [
             math.log1p(len(text)) / 10.0,
-            float(np.count_nonzero(b >= 128)) / n,
-            float(np.count_nonzero(symbol)) / n,
-            odd / tokens,
+            high / n,
+            symbols / n,
+            odd / (spaces + 1),
             *(float(s.name in names) for s in SIGNATURES if not s.indirect_only),
         ],
         dtype=np.float64,
     )
 
 
+def _block_sums(v: np.ndarray, block: int, dtype: type = np.float32) -> np.ndarray:
+    """Sums of ``v`` over consecutive blocks of ``block`` (the last may be short).  float32
+    is enough for a few hundred weights (the rounding is far below what a score can tell)
+    and twice as fast."""
+    return np.add.reduceat(v, np.arange(0, len(v), block), dtype=dtype)
+
+
 def gibberish(tri: np.ndarray, lm: np.ndarray) -> tuple[float, float]:
-    """(worst 64-byte window, whole text): mean trigram log-frequency, over 10."""
+    """(worst 64-byte window, whole text): mean trigram log-frequency, over 10.  Windows
+    start every half window, so each is two consecutive half-window blocks."""
     if not len(tri):
         return 0.0, 0.0
-    v = lm[tri].astype(np.float64)
-    mean = float(v.mean())
-    if len(v) <= GIB_WINDOW:
+    half = GIB_WINDOW // 2
+    sums = _block_sums(np.take(lm, tri), half, np.float64)  # as small_gibberish sums
+    mean = float(sums.sum()) / len(tri)
+    if len(tri) <= GIB_WINDOW:
         return mean / 10.0, mean / 10.0
-    c = np.concatenate(([0.0], np.cumsum(v)))
-    starts = np.arange(0, len(v) - GIB_WINDOW + 1, GIB_WINDOW // 2)
-    worst = float(((c[starts + GIB_WINDOW] - c[starts]) / GIB_WINDOW).min())
+    last = (len(tri) - GIB_WINDOW) // half  # the last window that fits whole
+    worst = float((sums[: last + 1] + sums[1 : last + 2]).min()) / GIB_WINDOW
     return worst / 10.0, mean / 10.0
 
 
@@ -234,35 +259,49 @@ def trigram_lm(tris: list[np.ndarray]) -> np.ndarray:
     return np.asarray(np.log((counts + 1.0) / (counts.sum() + len(counts))), dtype=np.float32)
 
 
-def _windows(w: np.ndarray, f: Features) -> float:
-    """The highest window score: the features that start in the window, summed, over the
-    square root of their number.  ``w`` runs block by block as :func:`features` lays them
-    out (each n-gram order by position, then words and pairs by their starts), so each
-    block's running sum gives its share of every window directly, with no scatter by
-    position."""
-    starts = np.arange(0, f.size - WINDOW + 1, STRIDE)
-    ends = starts + WINDOW
-    total = np.zeros(len(starts))
-    count = np.zeros(len(starts), dtype=np.int64)
-    blocks: list[tuple[int, np.ndarray | None]] = [
-        (f.size - n + 1, None) for n in ORDERS if f.size >= n
-    ]
-    if len(f.word_starts):
-        blocks += [
-            (len(f.word_starts), f.word_starts),
-            (len(f.word_starts) - 1, f.word_starts[:-1]),
-        ]
-    at = 0
-    for length, where in blocks:
-        running = np.concatenate(([0.0], np.cumsum(w[at : at + length], dtype=np.float64)))
-        at += length
-        if where is None:  # an n-gram at every position 0 .. length - 1
-            lo, hi = np.minimum(starts, length), np.minimum(ends, length)
-        else:
-            lo, hi = np.searchsorted(where, starts), np.searchsorted(where, ends)
-        total += running[hi] - running[lo]
-        count += hi - lo
-    return float((total / np.sqrt(np.maximum(count, 1))).max())
+def _windows(w: np.ndarray, f: Features) -> tuple[float, float]:
+    """(whole text, highest window): the features' weights summed, over the square root of
+    their number, for the whole text and for each ``WINDOW``-byte window (the features that
+    start in it).
+
+    Windows start every ``STRIDE`` = half a window, so each is two consecutive blocks of
+    ``STRIDE`` bytes, and only block sums are needed.  ``w`` runs block by block as
+    :func:`features` lays them out: each n-gram order by position, then words and pairs by
+    where they start."""
+    if f.size <= WINDOW + STRIDE:
+        whole = float(w.sum(dtype=np.float64)) / math.sqrt(max(len(w), 1))
+        return whole, whole
+    blocks = -(-f.size // STRIDE)
+    edges = np.minimum(np.arange(blocks + 1) * STRIDE, f.size)
+    # the orders position by position (order n stops n - 3 bytes before the trigrams)
+    lengths = [f.size - n + 1 for n in ORDERS]
+    starts = np.cumsum([0, *lengths])
+    grams = w[: lengths[0]].copy()
+    for n, length in enumerate(lengths[1:], start=1):
+        grams[:length] += w[starts[n] : starts[n] + length]
+    sums = np.zeros(blocks)  # the trigrams may end a block before the bytes do
+    part = _block_sums(grams, STRIDE)
+    sums[: len(part)] = part
+    counts = np.zeros(blocks)
+    for length in lengths:
+        counts += np.diff(np.minimum(edges, length))
+    at = int(starts[-1])
+    words = len(f.word_starts)
+    if words:  # each word with the pair that starts with it
+        per_word = w[at : at + words].copy()
+        per_word[:-1] += w[at + words :]
+        first = np.searchsorted(f.word_starts, edges)  # the first word of each block
+        held = np.diff(first)
+        some = held > 0
+        sums[some] += np.add.reduceat(per_word, first[:-1][some])
+        counts += 2 * held
+        # the last word has no pair after it
+        counts[int(np.searchsorted(first, words - 1, side="right")) - 1] -= 1
+    whole = float(sums.sum()) / math.sqrt(max(len(w), 1))
+    last = (f.size - WINDOW) // STRIDE  # the last window that fits whole
+    pair_sums = sums[: last + 1] + sums[1 : last + 2]
+    window = pair_sums / np.sqrt(counts[: last + 1] + counts[1 : last + 2])
+    return whole, float(window.max())
 
 
 @dataclass(slots=True)
@@ -275,7 +314,8 @@ class Model:
     lm: np.ndarray  # float32, 2**BITS: benign trigram log-frequencies (the gibberish feature)
 
     def dense_of(self, text: str, hits: list[Hit], f: Features) -> np.ndarray:
-        return np.concatenate([base_dense(text, hits), gibberish(f.tri, self.lm)])
+        raw = f.raw if text.isascii() else None
+        return np.concatenate([base_dense(text, hits, raw), gibberish(f.tri, self.lm)])
 
     def score(self, text: str, hits: list[Hit]) -> float:
         """The probability-like score in [0, 1] of ``text`` (already cleaned): of the whole
@@ -292,11 +332,7 @@ class Model:
         f = features(text)
         z = self.bias + float(self.dense @ self.dense_of(text, hits, f))
         if len(f.idx):
-            w = self.ngrams[f.idx]
-            best = float(w.sum()) / math.sqrt(len(f.idx))
-            if f.size > WINDOW + STRIDE:
-                best = max(best, _windows(w, f))
-            z += best
+            z += max(_windows(np.take(self.ngrams, f.idx), f))
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
     def save(self, path: Path, meta: dict[str, str] | None = None) -> None:

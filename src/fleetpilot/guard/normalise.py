@@ -65,23 +65,43 @@ _HEX = re.compile(r"(?:(?:\\x|0x)?[0-9A-Fa-f]{2}[ :]?){8,}")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
-def _table(chars: str) -> np.ndarray:
-    t = np.zeros(256, dtype=bool)
-    t[list(chars.encode())] = True
-    return t
+def _flags(*classes: tuple[int, str]) -> bytes:
+    """A bytes.translate table from each byte to the bits of the classes it is in."""
+    table = bytearray(256)
+    for bit, chars in classes:
+        for c in chars.encode():
+            table[c] |= bit
+    return bytes(table)
 
 
-_B64_BYTES = _table("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-")
-_HEX_BYTES = _table("0123456789abcdefABCDEF")
-_HEXISH = _table("0123456789abcdefABCDEFx\\ :")
-_LETTER = _table("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_B64_BIT, _HEX_BIT, _HEXISH_BIT, _LETTER_BIT, _SEP_BIT, _LEET_BIT = 1, 2, 4, 8, 16, 32
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_FLAGS = _flags(
+    (_B64_BIT, _LETTERS + "0123456789+/=_-"),
+    (_HEX_BIT, "0123456789abcdefABCDEF"),
+    (_HEXISH_BIT, "0123456789abcdefABCDEFx\\ :"),
+    (_LETTER_BIT, _LETTERS),
+    (_SEP_BIT, " .-_*"),
+    (_LEET_BIT, "013457@$!|+"),
+)
 _LEET_CHARS = [bytes([c]) for c in b"013457@$!|+"]
-_LEET_BYTES = _table("013457@$!|+")
 _SHORT = 512
 _B64_RUN = re.compile(rb"[A-Za-z0-9+/=_-]{20,}")
 _HEX_RUN = re.compile(rb"[0-9a-fA-F]{16}")
 _HEXISH_RUN = re.compile(rb"[0-9a-fA-Fx\\ :]{16,}")
-_SEP = _table(" .-_*")
+
+
+def _eroded(flags: np.ndarray, n: int) -> np.ndarray:
+    """Each position's bits that all of the next ``n`` bytes share: a bit is set somewhere
+    exactly when that class has a run of ``n`` (log n passes, by doubling the span)."""
+    span = 1
+    while 2 * span <= n and len(flags) > span:
+        flags = flags[:-span] & flags[span:]
+        span *= 2
+    rest = n - span
+    if not rest:
+        return flags
+    return flags[:-rest] & flags[rest:] if len(flags) > rest else flags[:0]
 
 
 def runs(mask: np.ndarray, min_len: int) -> list[tuple[int, int]]:
@@ -139,11 +159,23 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
     # Candidates are found on the bytes with numpy (a regex pass over a long prompt costs a
     # quarter of a millisecond); only a candidate is handed to a regex or a decoder.
     raw = base.encode("utf-8", "replace")
-    b = np.frombuffer(raw, dtype=np.uint8)
     short = len(raw) < _SHORT  # a regex pass is cheaper than numpy's fixed costs
-    b64_runs = (
-        [m.span() for m in _B64_RUN.finditer(raw)] if short else runs(np.take(_B64_BYTES, b), 20)
-    )
+    if short:
+        b64_runs = [m.span() for m in _B64_RUN.finditer(raw)]
+        hexy = _HEX_RUN.search(raw) is not None
+    else:
+        # every byte's classes as bits, in one C pass; then whether any class has a run
+        # long enough to decode, for all classes at once (most long prompts have none)
+        flags = np.frombuffer(raw.translate(_FLAGS), dtype=np.uint8)
+        long16 = _eroded(flags, 16)
+        has16 = int(np.bitwise_or.reduce(long16)) if len(long16) else 0
+        long20 = long16[:-4] & long16[4:] if has16 & _B64_BIT else long16[:0]
+        b64_runs = (
+            runs((flags & _B64_BIT) != 0, 20)
+            if len(long20) and int(np.bitwise_or.reduce(long20)) & _B64_BIT
+            else []
+        )
+        hexy = bool(has16 & _HEX_BIT)
     for start, end in b64_runs:
         run = raw[start:end].decode("ascii")
         for m in _BASE64.finditer(run):
@@ -155,12 +187,13 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
                 decoded = _printable(_b64(m.group(), urlsafe=True))
                 if decoded:
                     found.append(Variant("base64", decoded))
-    hexy = _HEX_RUN.search(raw) if short else runs(np.take(_HEX_BYTES, b), 16)
     if hexy or b"\\x" in raw or b"0x" in raw:
         hex_runs = (
             [m.span() for m in _HEXISH_RUN.finditer(raw)]
             if short
-            else runs(np.take(_HEXISH, b), 16)
+            else runs((flags & _HEXISH_BIT) != 0, 16)
+            if has16 & _HEXISH_BIT
+            else []
         )
         for start, end in hex_runs:
             for m in _HEX.finditer(raw[start:end].decode("ascii")):
@@ -174,14 +207,16 @@ def variants(text: str, *, max_decoded: int = 8) -> list[Variant]:
     if short:
         if _SPACED_BYTES.search(raw):
             found.append(Variant("spacing", _collapse(raw).decode("utf-8", "replace")))
-    elif len(b) > 6:
-        letter, sep = np.take(_LETTER, b), np.take(_SEP, b)
+    elif len(raw) > 6:
+        letter, sep = (flags & _LETTER_BIT) != 0, (flags & _SEP_BIT) != 0
         spaced = letter[:-6] & sep[1:-5] & letter[2:-4] & sep[3:-3] & letter[4:-2] & sep[5:-1]
         if spaced.any():
             found.append(Variant("spacing", _stretches(raw, np.flatnonzero(spaced), _collapse)))
-    if len(b) > 2 and any(c in raw for c in _LEET_CHARS):
+    if len(raw) > 2 and any(c in raw for c in _LEET_CHARS):
         # leetspeak: a leet character inside a word, more than once ("1gn0r3", not "in 2024")
-        letter, leet = np.take(_LETTER, b), np.take(_LEET_BYTES, b)
+        if short:
+            flags = np.frombuffer(raw.translate(_FLAGS), dtype=np.uint8)
+        letter, leet = (flags & _LETTER_BIT) != 0, (flags & _LEET_BIT) != 0
         inside = (letter[:-2] & leet[1:-1] & letter[2:]) | (leet[:-2] & leet[1:-1] & letter[2:])
         marks = np.flatnonzero(inside | (letter[:-2] & leet[1:-1] & leet[2:]))
         if len(marks) >= 2:
