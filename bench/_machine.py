@@ -1,5 +1,7 @@
 """What else the machine was doing while a benchmark ran: a figure taken while other
-processes used more than a quarter of a core is printed, and marked, but not judged."""
+processes, or the hypervisor (CPU steal, on a shared virtual machine), took more than a
+quarter of a core is printed, and marked, but not judged.  And how fast this machine is
+(:func:`reference_ms`), so absolute figures from two machines can be told apart."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import time
 
 import psutil
 
-__all__ = ["BUSY_CORES", "OtherLoad"]
+__all__ = ["BUSY_CORES", "OtherLoad", "reference_ms"]
 
 BUSY_CORES = 0.25
 
@@ -47,11 +49,24 @@ class OtherLoad:
         if self.ours:
             own += max(0.0, _cpu(self.ours) - self._servers0)
         self.cores = max(0.0, busy - own) / wall if wall > 0 else 0.0
+        steal = getattr(all1, "steal", 0.0) - getattr(self._all0, "steal", 0.0)
+        self.steal = max(0.0, steal) / wall if wall > 0 else 0.0
 
     @property
     def busy(self) -> bool:
-        return self.cores > BUSY_CORES
+        return self.cores + self.steal > BUSY_CORES
 
     def line(self) -> str:
         note = " (busy machine: not judged)" if self.busy else ""
-        return f"other processes: {self.cores:.2f} cores{note}"
+        return f"other processes: {self.cores:.2f} cores, CPU steal: {self.steal:.2f} cores{note}"
+
+
+def reference_ms() -> float:
+    """The best of five runs of a fixed pure-Python loop (summing a million integers), in
+    ms: a yardstick of the machine's single-core speed, printed beside absolute timings."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        sum(range(1_000_000))
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000

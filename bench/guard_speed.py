@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 from rich.console import Console
 from rich.table import Table
 
+from _machine import OtherLoad, reference_ms
 from fleetpilot.guard import data, pii
 from fleetpilot.guard.detector import Detector
 
@@ -60,31 +60,9 @@ def _texts(seed: int) -> list[str]:
     return rows + long
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=20, help="checks of each text")
-    ap.add_argument("--sample", type=int, default=150, help="texts per bucket, at most")
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
-    console = Console(width=max(Console().width, 150))
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    detector = Detector()
-    rng = random.Random(args.seed)
-    texts = _texts(args.seed)
-    by_bucket: dict[tuple[int, int], list[str]] = {b: [] for b in BUCKETS}
-    for t in texts:
-        tokens = len(t) / 4
-        for lo, hi in BUCKETS:
-            if lo <= tokens < hi:
-                by_bucket[(lo, hi)].append(t)
-    for b, ts in by_bucket.items():
-        rng.shuffle(ts)
-        by_bucket[b] = ts[: args.sample]
-    me = psutil.Process()
-    total0, mine0 = psutil.cpu_times(), me.cpu_times()
-    t_start = time.perf_counter()
+def _measure(
+    detector: Detector, by_bucket: dict[tuple[int, int], list[str]], repeat: int
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for (lo, hi), ts in by_bucket.items():
         if not ts:
@@ -92,7 +70,7 @@ def main() -> None:
         guard_ms, both_ms, length_ms = [], [], []
         for t in ts:
             detector.check(t)  # warm
-            for _ in range(args.repeat):
+            for _ in range(repeat):
                 a = time.perf_counter()
                 detector.check(t)
                 b = time.perf_counter()
@@ -117,20 +95,42 @@ def main() -> None:
                 "length_p99_ms": float(np.percentile(ln, 99)),
             }
         )
-    wall = time.perf_counter() - t_start
-    total1, mine1 = psutil.cpu_times(), me.cpu_times()
-    busy = (total1.user + total1.system) - (total0.user + total0.system)
-    own = (mine1.user + mine1.system) - (mine0.user + mine0.system)
-    others = max(0.0, busy - own) / wall
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=20, help="checks of each text")
+    ap.add_argument("--sample", type=int, default=150, help="texts per bucket, at most")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    console = Console(width=max(Console().width, 150))
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    detector = Detector()
+    rng = random.Random(args.seed)
+    texts = _texts(args.seed)
+    by_bucket: dict[tuple[int, int], list[str]] = {b: [] for b in BUCKETS}
+    for t in texts:
+        tokens = len(t) / 4
+        for lo, hi in BUCKETS:
+            if lo <= tokens < hi:
+                by_bucket[(lo, hi)].append(t)
+    for b, ts in by_bucket.items():
+        rng.shuffle(ts)
+        by_bucket[b] = ts[: args.sample]
+    reference = reference_ms()
+    with OtherLoad() as load:
+        rows = _measure(detector, by_bucket, args.repeat)
     table = Table(title="one guard check on one core, by prompt length (tokens ≈ chars / 4)")
     for col in ("tokens", "texts", "checks", "detector p50 ms", "detector p99 ms",
                 "+ PII p50 ms", "+ PII p99 ms", "length-only p50 ms", "length-only p99 ms",
                 f"detector p99 ≤ {TARGET_P99_MS} ms"):  # fmt: skip
         table.add_column(col, justify="right")
-    verdict_busy = others > 0.25
     for r in rows:
         ok = r["guard_p99_ms"] <= TARGET_P99_MS
-        mark = "busy: not judged" if verdict_busy else ("PASS" if ok else "MISS")
+        mark = "busy: not judged" if load.busy else ("PASS" if ok else "MISS")
         table.add_row(
             r["bucket"], str(r["texts"]), str(r["checks"]), f"{r['guard_p50_ms']:.3f}",
             f"{r['guard_p99_ms']:.3f}", f"{r['with_pii_p50_ms']:.3f}",
@@ -138,11 +138,15 @@ def main() -> None:
             f"{r['length_p50_ms']:.4f}", f"{r['length_p99_ms']:.4f}", mark,
         )  # fmt: skip
     console.print(table)
+    console.print(load.line())
     console.print(
-        f"other processes: {others:.2f} cores" + (" (busy machine)" if verdict_busy else "")
+        f"this machine's speed: {reference:.1f} ms to sum a million integers in Python "
+        "(compare absolute figures between machines by it)"
     )
     if args.json is not None:
-        args.json.write_text(json.dumps({"rows": rows, "other_cores": others}, indent=2))
+        out = {"rows": rows, "other_cores": load.cores, "steal_cores": load.steal,
+               "reference_ms": reference}  # fmt: skip
+        args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

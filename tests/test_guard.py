@@ -343,3 +343,15 @@ def test_the_shortest_payloads_are_decoded_inside_a_long_text() -> None:
             assert len(text.encode()) > 512
             decoded = [v.text for v in normalise.variants(text) if v.how == how]
             assert any(secret[:8].decode() in d for d in decoded), (how, text[:40])
+
+
+def test_every_character_clean_changes_is_seen_in_a_long_text_of_curly_quotes() -> None:
+    """clean() looks for what it changes on the UTF-8 bytes first; a text full of curly
+    quotes and dashes (which share the invisible characters' lead byte) must pass that
+    look untouched, and every character it changes must be caught, wherever it sits."""
+    prose = "Le café “déjà vu” — naïve, à la carte. " * 30
+    assert normalise.clean(prose) == prose
+    changed = [*map(chr, normalise._CLEAN), *map(chr, range(0xE0020, 0xE007F))]
+    for c in changed:
+        cleaned = normalise.clean(prose + "ab" + c + "cd" + prose)
+        assert c not in cleaned and "ab" in cleaned, hex(ord(c))
