@@ -355,3 +355,52 @@ def test_every_character_clean_changes_is_seen_in_a_long_text_of_curly_quotes() 
     for c in changed:
         cleaned = normalise.clean(prose + "ab" + c + "cd" + prose)
         assert c not in cleaned and "ab" in cleaned, hex(ord(c))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "a",
+                "e",
+                " ",
+                ".",
+                "\n",
+                "\u0301",
+                "\u0308",
+                "\u0327",
+                "\u00a0",
+                "\ufb01",
+                "\uff21",
+                "\u2460",
+                "\u00bd",
+                "\u1100",
+                "\u1161",
+                "\u11a8",
+                "\uac00",
+                "\u0915",
+                "\u093c",
+                "\u0b47",
+                "\u0b3e",
+                "\u212b",
+                "ö",
+                "о",
+                "中",
+                "\u200b",
+                "\u1e9b",
+                "\u0323",
+            ]
+        ),
+        max_size=80,
+    )
+)
+def test_nfkc_around_non_ascii_runs_is_unicode_nfkc(parts: list[str]) -> None:
+    """Normalising only around the non-ASCII runs must give exactly what a whole-text NFKC
+    gives: combining marks after ASCII letters, Hangul jamo, Indic vowel signs, ligatures,
+    fullwidth and circled forms, many pieces and few."""
+    import unicodedata
+
+    text = "".join(parts)
+    assert normalise.nfkc(text) == unicodedata.normalize("NFKC", text)
+    assert normalise.nfkc(text * 40) == unicodedata.normalize("NFKC", text * 40)
