@@ -45,7 +45,9 @@ _CONFUSABLE_PAIRS = (
 )
 _CONFUSABLES = {ord(p[0]): p[1] for p in _CONFUSABLE_PAIRS.split()}
 _CLEAN = {**_INVISIBLE, **_CONFUSABLES}
-_CLEAN_ANY = re2.compile("[" + "".join(map(chr, _CLEAN)) + "]+")  # RE2: twice as fast as re here
+_CLEAN_ANY = re2.compile(
+    "[" + "".join(map(chr, _CLEAN)) + "]+"
+)  # RE2: an automaton, faster than re
 
 # Unicode tag characters (U+E0020..U+E007E) mirror printable ASCII and render as nothing:
 # text written in them is read by a model and seen by no one.
@@ -159,8 +161,8 @@ _PIECES = 64
 
 def nfkc(text: str) -> str:
     """``unicodedata.normalize("NFKC", text)``, normalising only around the non-ASCII
-    characters when they are few: a full pass over a long text costs a third of a
-    millisecond once anything in it needs a change (two no-break spaces will do).
+    characters when they are few: a whole pass over a long text is the dearest step of
+    cleaning it once anything in it needs a change (two no-break spaces will do).
 
     Exact, because an ASCII character is its own NFKC, is a starter, and is never the second
     of a composition: nothing before it changes for what follows, so the text splits

@@ -13,7 +13,7 @@ meant to catch every attack alone.
 All of them are compiled into one RE2 set (google-re2) and each reading is scanned once for
 every signature together: RE2 runs an automaton, so a scan is linear in the text whatever
 the patterns, where Python's backtracking ``re`` tried each pattern at every position and
-cost milliseconds on a long prompt.  RE2 reads a word boundary in ASCII (a letter with an
+was the dearest layer on a long prompt.  RE2 reads a word boundary in ASCII (a letter with an
 accent ends a word for it); word characters inside a phrase are written as Unicode letters
 and digits, as ``re`` has them.
 """
