@@ -150,7 +150,10 @@ async def test_a_replica_killed_or_frozen_mid_stream_is_continued_exactly(
             cut.append(replica)
             servers[replica].proc.send_signal(sig)
 
-    cfg = fleet([cpu_pool([a.url, b.url])], first_byte_timeout_s=1.0)
+    # the silence that marks a frozen replica: short, so the test is quick, yet well above
+    # a token's gap on a slow shared two-core machine (at 1 s, a busy one's stall once read
+    # as a second freeze and the stream was continued twice)
+    cfg = fleet([cpu_pool([a.url, b.url])], first_byte_timeout_s=3.0)
     async with serve_gateway(cfg) as gw, client_of(gw.url) as c:
         text, usages, _, _ = await streamed(c, kind, 120, on_chunk)
         async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
